@@ -1,0 +1,28 @@
+# The README's two commands: `make demo` runs the default job, `make test` the
+# tests. Each one first creates or refreshes the virtual environment and
+# installs Fashion-MNIST where apt is available.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: demo test setup data
+
+demo: setup
+	$(PY) main.py $(ARGS)
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+setup: $(VENV)/.installed data
+
+# Reinstalled whenever setup.py changes.
+$(VENV)/.installed: setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+data:
+	bash scripts/install_data.sh

@@ -1,0 +1,256 @@
+"""Command line: absl flag definitions, validation, and the run dispatcher.
+
+This is the only module that reads absl flags. `define_flags` declares them
+(on any `FlagValues`, so tests can parse flagfiles in isolation), validators
+refuse bad values while the command line is parsed, before any work, and
+`config_from_flags` turns them once into the frozen `ExperimentConfig` that
+the library takes.
+"""
+
+import os
+import sys
+from typing import List, Sequence
+
+from absl import flags
+from absl import logging
+
+from tf_slwta import config as config_lib
+
+_SECTIONS = {
+    'data': ('dataset', 'data_dir', 'tfds_data_dir', 'train_examples',
+             'eval_examples', 'batch_size', 'eval_batch_size', 'augment',
+             'download'),
+    'model': ('model', 'activation', 'depth', 'widen_factor',
+              'seed_cnn_filters', 'seed_cnn_units'),
+    'train': ('epochs', 'learning_rate', 'momentum', 'nesterov',
+              'weight_decay', 'lr_schedule', 'lr_warmup_epochs',
+              'lr_decay_epochs', 'lr_decay_ratio', 'label_smoothing', 'seed',
+              'strategy', 'checkpoint_every_steps', 'keep_checkpoints',
+              'log_every_steps'),
+}
+
+
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+  """Declares every tf_slwta flag and its validators on `fv`."""
+  d_data, d_model, d_train = (config_lib.DataConfig(), config_lib.ModelConfig(),
+                              config_lib.TrainConfig())
+  # Run.
+  flags.DEFINE_enum('mode', 'train', config_lib.MODES,
+                    'train: train (or resume) and evaluate every epoch; '
+                    'evaluate: score the latest checkpoint in --output_dir.',
+                    flag_values=fv)
+  flags.DEFINE_string('output_dir', 'runs/quickstart',
+                      'Checkpoints, TensorBoard logs, metrics.jsonl, results.',
+                      flag_values=fv)
+  # Data.
+  flags.DEFINE_enum('dataset', d_data.dataset, config_lib.DATASETS,
+                    'Data set.', flag_values=fv)
+  flags.DEFINE_string('data_dir', None,
+                      'Folder with the four Fashion-MNIST IDX .gz files; '
+                      'searched before /usr/share/datasets/fashion-mnist.',
+                      flag_values=fv)
+  flags.DEFINE_string('tfds_data_dir', None,
+                      'tensorflow-datasets folder for mnist and cifar10.',
+                      flag_values=fv)
+  flags.DEFINE_integer('train_examples', d_data.train_examples,
+                       'Use the first N training examples (0: all).',
+                       lower_bound=0, flag_values=fv)
+  flags.DEFINE_integer('eval_examples', d_data.eval_examples,
+                       'Use the first N test examples (0: all).',
+                       lower_bound=0, flag_values=fv)
+  flags.DEFINE_integer('batch_size', d_data.batch_size,
+                       'Global training batch over all replicas.',
+                       lower_bound=1, flag_values=fv)
+  flags.DEFINE_integer('eval_batch_size', d_data.eval_batch_size,
+                       'Global evaluation batch over all replicas.',
+                       lower_bound=1, flag_values=fv)
+  flags.DEFINE_enum('augment', 'auto', ['auto', 'true', 'false'],
+                    'Pad-crop and flip training images (auto: on for '
+                    'cifar10 only).', flag_values=fv)
+  flags.DEFINE_bool('download', d_data.download,
+                    'Allow downloading a data set that is not found locally.',
+                    flag_values=fv)
+  # Model.
+  flags.DEFINE_enum('model', d_model.name, config_lib.MODELS, 'Network.',
+                    flag_values=fv)
+  flags.DEFINE_enum('activation', d_model.activation, config_lib.ACTIVATIONS,
+                    'Activation after every linear map.', flag_values=fv)
+  flags.DEFINE_integer('depth', d_model.depth, 'WideResNet depth (6n + 4).',
+                       flag_values=fv)
+  flags.DEFINE_integer('widen_factor', d_model.widen_factor,
+                       'WideResNet width multiplier.', lower_bound=1,
+                       flag_values=fv)
+  flags.DEFINE_list('seed_cnn_filters',
+                    [str(f) for f in d_model.seed_cnn_filters],
+                    'Channels of the seed CNN convolutions.', flag_values=fv)
+  flags.DEFINE_integer('seed_cnn_units', d_model.seed_cnn_units,
+                       'Units of the seed CNN dense layer.', lower_bound=1,
+                       flag_values=fv)
+  # Training.
+  flags.DEFINE_integer('epochs', d_train.epochs, 'Training epochs.',
+                       lower_bound=1, flag_values=fv)
+  flags.DEFINE_float('learning_rate', d_train.learning_rate,
+                     'Peak SGD learning rate.', flag_values=fv)
+  flags.DEFINE_float('momentum', d_train.momentum, 'SGD momentum.',
+                     flag_values=fv)
+  flags.DEFINE_bool('nesterov', d_train.nesterov, 'Nesterov momentum.',
+                    flag_values=fv)
+  flags.DEFINE_float('weight_decay', d_train.weight_decay,
+                     'Decoupled weight decay of SGD.', lower_bound=0.0,
+                     flag_values=fv)
+  flags.DEFINE_enum('lr_schedule', d_train.lr_schedule,
+                    config_lib.LR_SCHEDULES, 'Learning-rate schedule.',
+                    flag_values=fv)
+  flags.DEFINE_float('lr_warmup_epochs', d_train.lr_warmup_epochs,
+                     'Linear warm-up epochs.', lower_bound=0.0, flag_values=fv)
+  flags.DEFINE_list('lr_decay_epochs', [],
+                    "Epochs where the 'step' schedule decays.", flag_values=fv)
+  flags.DEFINE_float('lr_decay_ratio', d_train.lr_decay_ratio,
+                     "Decay factor of the 'step' schedule.", flag_values=fv)
+  flags.DEFINE_float('label_smoothing', d_train.label_smoothing,
+                     'Label smoothing of the cross-entropy, in [0, 1).',
+                     flag_values=fv)
+  flags.DEFINE_integer('seed', d_train.seed,
+                       'Seed of weights, shuffling and augmentation.',
+                       flag_values=fv)
+  flags.DEFINE_enum('strategy', d_train.strategy, config_lib.STRATEGIES,
+                    'auto: MirroredStrategy over local GPUs (or the CPU), '
+                    'MultiWorkerMirroredStrategy if TF_CONFIG names several '
+                    'workers; mirrored; multi_worker (TF_CONFIG); one_device.',
+                    flag_values=fv)
+  flags.DEFINE_integer('checkpoint_every_steps',
+                       d_train.checkpoint_every_steps,
+                       'Also checkpoint every N steps (0: each epoch end).',
+                       lower_bound=0, flag_values=fv)
+  flags.DEFINE_integer('keep_checkpoints', d_train.keep_checkpoints,
+                       'Checkpoints to keep.', lower_bound=1, flag_values=fv)
+  flags.DEFINE_integer('log_every_steps', d_train.log_every_steps,
+                       'Progress and TensorBoard interval in steps.',
+                       lower_bound=1, flag_values=fv)
+
+  # Cross-field rules live in the dataclasses; run them while parsing so a
+  # bad combination is refused before any work, naming the flag.
+  for section, names in _SECTIONS.items():
+    flags.register_multi_flags_validator(
+        list(names), _section_checker(section), flag_values=fv)
+  flags.register_validator(
+      'strategy', _check_strategy,
+      message='--strategy=multi_worker needs a valid TF_CONFIG.',
+      flag_values=fv)
+
+
+def _section_checker(section: str):
+  builder = {'data': _data_config, 'model': _model_config,
+             'train': _train_config}[section]
+
+  def check(values):
+    try:
+      builder(values)
+    except ValueError as e:
+      raise flags.ValidationError(str(e)) from e
+    return True
+
+  return check
+
+
+def _check_strategy(value: str) -> bool:
+  from tf_slwta.training import distribute  # pylint: disable=g-import-not-at-top
+  if value == 'multi_worker':
+    problem = distribute.tf_config_error()
+    if problem:
+      raise flags.ValidationError(f'--strategy=multi_worker: {problem}')
+  return True
+
+
+def _int_list(name: str, values: Sequence[str]) -> tuple:
+  try:
+    return tuple(int(v) for v in values)
+  except ValueError as e:
+    raise ValueError(f'--{name} takes comma-separated integers, got '
+                     f'{",".join(values)}.') from e
+
+
+def _data_config(v) -> config_lib.DataConfig:
+  return config_lib.DataConfig(
+      dataset=v['dataset'], data_dir=v['data_dir'],
+      tfds_data_dir=v['tfds_data_dir'], train_examples=v['train_examples'],
+      eval_examples=v['eval_examples'], batch_size=v['batch_size'],
+      eval_batch_size=v['eval_batch_size'],
+      augment={'auto': None, 'true': True, 'false': False}[v['augment']],
+      download=v['download'])
+
+
+def _model_config(v) -> config_lib.ModelConfig:
+  return config_lib.ModelConfig(
+      name=v['model'], activation=v['activation'], depth=v['depth'],
+      widen_factor=v['widen_factor'],
+      seed_cnn_filters=_int_list('seed_cnn_filters', v['seed_cnn_filters']),
+      seed_cnn_units=v['seed_cnn_units'])
+
+
+def _train_config(v) -> config_lib.TrainConfig:
+  return config_lib.TrainConfig(**{
+      name: v[name] for name in _SECTIONS['train'] if name != 'lr_decay_epochs'
+  }, lr_decay_epochs=_int_list('lr_decay_epochs', v['lr_decay_epochs']))
+
+
+def config_from_flags(fv: flags.FlagValues = flags.FLAGS
+                      ) -> config_lib.ExperimentConfig:
+  """Builds the run's `ExperimentConfig` from parsed flags."""
+  values = {name: fv[name].value for names in _SECTIONS.values()
+            for name in names}
+  return config_lib.ExperimentConfig(
+      mode=fv.mode, output_dir=fv.output_dir, data=_data_config(values),
+      model=_model_config(values), train=_train_config(values))
+
+
+def with_default_flagfile(argv: List[str], flagfile: str) -> List[str]:
+  """Puts `--flagfile=flagfile` first unless `argv` names a flagfile.
+
+  So `python main.py` runs the default job, and `python main.py --epochs=1`
+  runs it with one change; a user's own flagfile replaces it entirely.
+  """
+  if any(a.startswith(('--flagfile', '-flagfile')) for a in argv[1:]):
+    return list(argv)
+  return [argv[0], f'--flagfile={flagfile}'] + list(argv[1:])
+
+
+def run(config: config_lib.ExperimentConfig) -> int:
+  """Runs `config.mode`; returns the process exit code.
+
+  Known failures (missing data, diverged training, a mismatched output_dir)
+  are logged as one clear message and give exit code 1.
+  """
+  # Imported here so that flag parsing, and its errors, come before
+  # TensorFlow starts (and so MultiWorkerMirroredStrategy is made first).
+  from tf_slwta import data as data_lib  # pylint: disable=g-import-not-at-top
+  from tf_slwta.training import distribute  # pylint: disable=g-import-not-at-top
+  from tf_slwta.training import loop  # pylint: disable=g-import-not-at-top
+
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.get_logger().setLevel('WARNING')  # Keep TF's per-save INFO lines out.
+  strategy = distribute.make_strategy(config.train.strategy)
+  logging.info('Strategy %s with %d replica(s); settings:\n%s',
+               type(strategy).__name__, strategy.num_replicas_in_sync,
+               config.to_json())
+  try:
+    if config.mode == 'train':
+      record = loop.train(config, strategy)
+      rows = {'test': {'accuracy': record['test/accuracy'],
+                       'loss': record['test/loss'],
+                       'examples': record['test/examples']}}
+    else:
+      rows = {'test': loop.evaluate_checkpoint(config, strategy)}
+  except (data_lib.DataError, loop.TrainingDiverged, loop.RunMismatch,
+          FileNotFoundError, ValueError) as e:
+    logging.error('%s', e)
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  if distribute.is_chief(strategy):
+    print(f'\nResults of {config.output_dir} ({config.data.dataset}, '
+          f'{config.model.name}):')
+    loop.print_table(rows)
+    print(f'Checkpoints: {os.path.join(config.output_dir, "checkpoints")}\n'
+          f'TensorBoard: tensorboard --logdir '
+          f'{os.path.join(config.output_dir, "summaries")}')
+  return 0

@@ -1,0 +1,243 @@
+"""Experiment settings as small frozen dataclasses.
+
+Only `tf_slwta.cli` builds these from absl flags; every library function takes
+them (or plain arguments) instead of reading flags, so the library can be used
+from a notebook or a test without touching `absl.flags`.
+"""
+
+import dataclasses
+import json
+from typing import Any, Dict, Optional, Tuple
+
+DATASETS = ('fashion_mnist', 'mnist', 'cifar10', 'synthetic')
+MODELS = ('seed_cnn', 'wide_resnet')
+ACTIVATIONS = ('relu',)
+STRATEGIES = ('auto', 'mirrored', 'multi_worker', 'one_device')
+LR_SCHEDULES = ('constant', 'cosine', 'step')
+MODES = ('train', 'evaluate')
+
+
+def _check_choice(name: str, value: str, choices: Tuple[str, ...]) -> None:
+  if value not in choices:
+    raise ValueError(
+        f'{name}={value!r} is not supported; choose one of {", ".join(choices)}.')
+
+
+def _check_at_least(name: str, value: float, low: float) -> None:
+  if value < low:
+    raise ValueError(f'{name} must be >= {low}, got {value}.')
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Where the images come from and how they are batched.
+
+  Attributes:
+    dataset: one of `DATASETS`.
+    data_dir: folder holding Fashion-MNIST's four IDX `.gz` files; searched
+      before the Debian location. None to skip.
+    tfds_data_dir: TFDS data folder for `mnist` and `cifar10`; None for the
+      TFDS default.
+    train_examples: use only the first N training examples; 0 for all.
+    eval_examples: use only the first N test examples; 0 for all.
+    batch_size: global training batch (summed over all replicas), >= 1.
+    eval_batch_size: global evaluation batch, >= 1.
+    augment: pad-crop and horizontal flip on training images. None means
+      "the usual for the data set": on for CIFAR-10, off otherwise.
+    download: allow a network download when no local copy is found.
+  """
+  dataset: str = 'fashion_mnist'
+  data_dir: Optional[str] = None
+  tfds_data_dir: Optional[str] = None
+  train_examples: int = 0
+  eval_examples: int = 0
+  batch_size: int = 128
+  eval_batch_size: int = 500
+  augment: Optional[bool] = None
+  download: bool = True
+
+  def __post_init__(self):
+    _check_choice('dataset', self.dataset, DATASETS)
+    _check_at_least('train_examples', self.train_examples, 0)
+    _check_at_least('eval_examples', self.eval_examples, 0)
+    _check_at_least('batch_size', self.batch_size, 1)
+    _check_at_least('eval_batch_size', self.eval_batch_size, 1)
+
+  @property
+  def use_augmentation(self) -> bool:
+    """Whether training images get pad-crop and flip."""
+    if self.augment is None:
+      return self.dataset == 'cifar10'
+    return self.augment
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Which network to build.
+
+  Attributes:
+    name: one of `MODELS`.
+    activation: one of `ACTIVATIONS`.
+    depth: WideResNet depth, 6n + 4 (10, 16, 22, 28, 34, ...).
+    widen_factor: WideResNet width multiplier, >= 1.
+    seed_cnn_filters: channels of the seed CNN's two convolutions.
+    seed_cnn_units: width of the seed CNN's hidden dense layer.
+  """
+  name: str = 'seed_cnn'
+  activation: str = 'relu'
+  depth: int = 34
+  widen_factor: int = 1
+  seed_cnn_filters: Tuple[int, int] = (32, 64)
+  seed_cnn_units: int = 128
+
+  def __post_init__(self):
+    _check_choice('model', self.name, MODELS)
+    _check_choice('activation', self.activation, ACTIVATIONS)
+    _check_at_least('widen_factor', self.widen_factor, 1)
+    _check_at_least('seed_cnn_units', self.seed_cnn_units, 1)
+    if len(self.seed_cnn_filters) != 2 or min(self.seed_cnn_filters) < 1:
+      raise ValueError(
+          f'seed_cnn_filters must be two positive channel counts, got '
+          f'{self.seed_cnn_filters}; pass e.g. --seed_cnn_filters=32,64.')
+    if self.name == 'wide_resnet' and (
+        self.depth < 10 or (self.depth - 4) % 6 != 0):
+      raise ValueError(
+          f'depth={self.depth} is not a valid WideResNet depth: it must be '
+          f'6n + 4 with n >= 1 (10, 16, 22, 28, 34, 40, ...).')
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """How the model is optimized.
+
+  Attributes:
+    epochs: passes over the training set, >= 1.
+    learning_rate: peak SGD learning rate, > 0.
+    momentum: SGD momentum in [0, 1).
+    nesterov: use Nesterov momentum.
+    weight_decay: decoupled weight decay (Keras `SGD(weight_decay=...)`),
+      >= 0.
+    lr_schedule: one of `LR_SCHEDULES`.
+    lr_warmup_epochs: linear warm-up length in epochs, >= 0.
+    lr_decay_epochs: epochs at which the 'step' schedule multiplies the
+      rate by `lr_decay_ratio`.
+    lr_decay_ratio: factor of the 'step' schedule, in (0, 1].
+    label_smoothing: label smoothing of the cross-entropy, in [0, 1).
+    seed: seed for weights, shuffling and augmentation; the same seed
+      repeats a CPU run exactly.
+    strategy: one of `STRATEGIES`.
+    checkpoint_every_steps: also checkpoint every N steps inside an epoch
+      (0: only at the end of each epoch).
+    keep_checkpoints: how many checkpoints to keep, >= 1.
+    log_every_steps: progress-bar and TensorBoard interval, >= 1.
+  """
+  epochs: int = 30
+  learning_rate: float = 0.1
+  momentum: float = 0.9
+  nesterov: bool = False
+  weight_decay: float = 5e-4
+  lr_schedule: str = 'cosine'
+  lr_warmup_epochs: float = 0.0
+  lr_decay_epochs: Tuple[int, ...] = ()
+  lr_decay_ratio: float = 0.1
+  label_smoothing: float = 0.0
+  seed: int = 42
+  strategy: str = 'auto'
+  checkpoint_every_steps: int = 0
+  keep_checkpoints: int = 3
+  log_every_steps: int = 50
+
+  def __post_init__(self):
+    _check_at_least('epochs', self.epochs, 1)
+    if not self.learning_rate > 0:
+      raise ValueError(f'learning_rate must be > 0, got {self.learning_rate}.')
+    if not 0 <= self.momentum < 1:
+      raise ValueError(f'momentum must be in [0, 1), got {self.momentum}.')
+    _check_at_least('weight_decay', self.weight_decay, 0)
+    _check_choice('lr_schedule', self.lr_schedule, LR_SCHEDULES)
+    _check_at_least('lr_warmup_epochs', self.lr_warmup_epochs, 0)
+    if not 0 < self.lr_decay_ratio <= 1:
+      raise ValueError(
+          f'lr_decay_ratio must be in (0, 1], got {self.lr_decay_ratio}.')
+    if list(self.lr_decay_epochs) != sorted(set(self.lr_decay_epochs)) or any(
+        e < 1 for e in self.lr_decay_epochs):
+      raise ValueError(
+          f'lr_decay_epochs must be increasing positive epochs, got '
+          f'{list(self.lr_decay_epochs)}.')
+    if not 0 <= self.label_smoothing < 1:
+      raise ValueError(
+          f'label_smoothing must be in [0, 1), got {self.label_smoothing}.')
+    _check_choice('strategy', self.strategy, STRATEGIES)
+    _check_at_least('checkpoint_every_steps', self.checkpoint_every_steps, 0)
+    _check_at_least('keep_checkpoints', self.keep_checkpoints, 1)
+    _check_at_least('log_every_steps', self.log_every_steps, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+  """One run: what to do, on what, with what, and where to write.
+
+  Attributes:
+    mode: one of `MODES`.
+    output_dir: checkpoints, TensorBoard logs, metrics.jsonl and results.
+    data, model, train: the parts above.
+  """
+  mode: str = 'train'
+  output_dir: str = 'runs/quickstart'
+  data: DataConfig = dataclasses.field(default_factory=DataConfig)
+  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+  def __post_init__(self):
+    _check_choice('mode', self.mode, MODES)
+    if not self.output_dir:
+      raise ValueError('output_dir must not be empty; pass --output_dir=DIR.')
+
+  def to_dict(self) -> Dict[str, Any]:
+    """The settings as JSON-ready nested dicts."""
+    return dataclasses.asdict(self)
+
+  def to_json(self) -> str:
+    """The settings as indented JSON (written beside each run)."""
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+# Settings that change what a checkpoint means. Resuming a run whose
+# output_dir holds a checkpoint made with other values of these is refused;
+# everything else (epochs, logging, evaluation size, strategy) may change.
+RUN_IDENTITY_FIELDS = {
+    'data': ('dataset', 'train_examples', 'batch_size', 'augment'),
+    'model': ('name', 'activation', 'depth', 'widen_factor',
+              'seed_cnn_filters', 'seed_cnn_units'),
+    'train': ('seed', 'learning_rate', 'momentum', 'nesterov', 'weight_decay',
+              'lr_schedule', 'lr_warmup_epochs', 'lr_decay_epochs',
+              'lr_decay_ratio', 'label_smoothing'),
+}
+
+
+def identity_mismatches(saved: Dict[str, Any],
+                        current: ExperimentConfig) -> Dict[str, Tuple[Any, Any]]:
+  """Compares a saved run's settings (`to_dict()` output) with `current`.
+
+  Args:
+    saved: the dict written by an earlier run into its output_dir.
+    current: this run's settings.
+
+  Returns:
+    {'section.field': (saved value, current value)} for every identity field
+    that differs; empty when the checkpoint may be resumed.
+  """
+  now = current.to_dict()
+  diffs = {}
+  for section, names in RUN_IDENTITY_FIELDS.items():
+    for name in names:
+      old = saved.get(section, {}).get(name)
+      new = now[section][name]
+      if isinstance(old, list):
+        old = tuple(old)
+      if isinstance(new, list):
+        new = tuple(new)
+      if old != new:
+        diffs[f'{section}.{name}'] = (old, new)
+  return diffs
+

@@ -1,0 +1,62 @@
+"""The seed's small CNN: conv-pool, conv-pool, flatten, dense, logits."""
+
+from typing import Callable, Mapping, Optional, Sequence, Tuple
+
+import keras
+
+from tf_slwta.layers import make_activation
+from tf_slwta.models.common import normalization
+
+# Where the seed puts its noise layers; `inserts` may place a layer at each.
+INSERTION_POINTS = ('after_pool1', 'after_pool2', 'after_flatten')
+
+
+def seed_cnn(image_shape: Tuple[int, int, int], num_classes: int, *,
+             mean: Sequence[float], std: Sequence[float],
+             filters: Sequence[int] = (32, 64), units: int = 128,
+             activation: str = 'relu',
+             inserts: Optional[Mapping[str, Callable[[str], keras.layers.Layer]]] = None,
+             ) -> keras.Model:
+  """Builds the seed CNN.
+
+  Layout: normalize, conv3x3(filters[0]) + act, maxpool2, [after_pool1],
+  conv3x3(filters[1]) + act, maxpool2, [after_pool2], flatten,
+  [after_flatten], dense(units) + act, dense(num_classes).
+
+  Args:
+    image_shape: (H, W, C) of the float32 input in [0, 1].
+    num_classes: number of logits.
+    mean, std: per-channel pixel statistics for the normalization layer.
+    filters: channels of the two convolutions.
+    units: width of the hidden dense layer.
+    activation: activation kind (see `tf_slwta.layers.make_activation`).
+    inserts: {point: factory}; factory(point) returns the layer to insert
+      at that point (e.g. a noise layer). Unknown points are refused.
+
+  Returns:
+    Functional `keras.Model` named 'seed_cnn': `[B, H, W, C]` -> logits
+    `[B, num_classes]`.
+  """
+  inserts = dict(inserts or {})
+  unknown = set(inserts) - set(INSERTION_POINTS)
+  if unknown:
+    raise ValueError(f'Unknown seed_cnn insertion points {sorted(unknown)}; '
+                     f'known: {", ".join(INSERTION_POINTS)}.')
+
+  def insert(x, point):
+    return inserts[point](point)(x) if point in inserts else x
+
+  inputs = keras.Input(image_shape, name='images')
+  x = normalization(mean, std)(inputs)
+  for i, f in enumerate(filters, start=1):
+    x = keras.layers.Conv2D(f, 3, padding='same', kernel_initializer='he_normal',
+                            name=f'conv{i}')(x)
+    x = make_activation(activation, f'conv{i}_act')(x)
+    x = keras.layers.MaxPooling2D(2, name=f'pool{i}')(x)
+    x = insert(x, f'after_pool{i}')
+  x = keras.layers.Flatten(name='flatten')(x)
+  x = insert(x, 'after_flatten')
+  x = keras.layers.Dense(units, kernel_initializer='he_normal', name='dense')(x)
+  x = make_activation(activation, 'dense_act')(x)
+  logits = keras.layers.Dense(num_classes, name='logits')(x)
+  return keras.Model(inputs, logits, name='seed_cnn')

@@ -1,0 +1,1 @@
+"""Training: strategies, losses, the custom distributed loop and checkpoints."""

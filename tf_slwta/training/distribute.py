@@ -1,0 +1,93 @@
+"""Choosing a tf.distribute strategy and knowing who the chief is."""
+
+import json
+import os
+
+import tensorflow as tf
+
+
+def tf_config_error() -> str:
+  """Why `TF_CONFIG` cannot drive a multi-worker run, or '' if it can."""
+  raw = os.environ.get('TF_CONFIG')
+  if not raw:
+    return ('TF_CONFIG is not set. Set it on every worker, e.g. '
+            '{"cluster": {"worker": ["host1:port", "host2:port"]}, '
+            '"task": {"type": "worker", "index": 0}}.')
+  try:
+    tf_config = json.loads(raw)
+    workers = tf_config['cluster']['worker']
+    task = tf_config['task']
+    index = int(task['index'])
+  except (ValueError, KeyError, TypeError) as e:
+    return f'TF_CONFIG is not valid JSON with cluster.worker and task ({e}).'
+  if not workers:
+    return 'TF_CONFIG lists no workers in cluster.worker.'
+  if task.get('type') == 'worker' and not 0 <= index < len(workers):
+    return f'TF_CONFIG task index {index} is outside its {len(workers)} workers.'
+  return ''
+
+
+def _tf_config_workers() -> int:
+  if tf_config_error():
+    return 0
+  return len(json.loads(os.environ['TF_CONFIG'])['cluster']['worker'])
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+  """Creates the strategy for `--strategy`; call it before any other TF op.
+
+  Args:
+    name: 'auto' (MirroredStrategy over all visible GPUs, or the CPU when
+      there is none; 'multi_worker' when TF_CONFIG names several workers),
+      'mirrored' (the same, explicitly), 'multi_worker'
+      (MultiWorkerMirroredStrategy from TF_CONFIG) or 'one_device' (the first
+      GPU, else the CPU).
+
+  Returns:
+    The strategy. Its `num_replicas_in_sync` divides the global batch.
+  """
+  if name == 'auto' and _tf_config_workers() > 1:
+    name = 'multi_worker'
+  gpus = tf.config.list_logical_devices('GPU')
+  if name in ('auto', 'mirrored'):
+    return tf.distribute.MirroredStrategy()
+  if name == 'one_device':
+    return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else '/cpu:0')
+  if name == 'multi_worker':
+    problem = tf_config_error()
+    if problem:
+      raise ValueError(f'--strategy=multi_worker: {problem}')
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  raise ValueError(f'Unknown strategy {name!r}; choose auto, mirrored, '
+                   f'multi_worker or one_device.')
+
+
+def task_id(strategy: tf.distribute.Strategy) -> int:
+  """This worker's index (0 for single-machine strategies)."""
+  resolver = getattr(strategy, 'cluster_resolver', None)
+  if resolver is None or resolver.task_type is None:
+    return 0
+  return int(resolver.task_id)
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+  """Whether this process writes checkpoints, summaries and results."""
+  resolver = getattr(strategy, 'cluster_resolver', None)
+  if resolver is None or resolver.task_type is None:
+    return True
+  return resolver.task_type == 'chief' or (
+      resolver.task_type == 'worker' and resolver.task_id == 0
+      and 'chief' not in resolver.cluster_spec().as_dict())
+
+
+def worker_path(path: str, strategy: tf.distribute.Strategy) -> str:
+  """`path` for the chief; a private scratch folder beside it for others.
+
+  Every MultiWorkerMirroredStrategy worker must take part in a checkpoint
+  save (it is a collective op), but only the chief's copy is kept.
+  """
+  if is_chief(strategy):
+    return path
+  return os.path.join(os.path.dirname(path.rstrip('/')),
+                      f'worker{task_id(strategy)}_tmp',
+                      os.path.basename(path.rstrip('/')))
