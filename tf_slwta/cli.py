@@ -227,8 +227,9 @@ def run(config: config_lib.ExperimentConfig) -> int:
   from tf_slwta.training import distribute  # pylint: disable=g-import-not-at-top
   from tf_slwta.training import loop  # pylint: disable=g-import-not-at-top
 
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.get_logger().setLevel('WARNING')  # Keep TF's per-save INFO lines out.
+  # TF logs an INFO line through absl at every checkpoint save; keep it out.
+  logging.get_absl_logger().addFilter(
+      lambda record: 'Sharding callback' not in record.getMessage())
   strategy = distribute.make_strategy(config.train.strategy)
   logging.info('Strategy %s with %d replica(s); settings:\n%s',
                type(strategy).__name__, strategy.num_replicas_in_sync,

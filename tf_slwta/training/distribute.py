@@ -48,16 +48,16 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
   """
   if name == 'auto' and _tf_config_workers() > 1:
     name = 'multi_worker'
-  gpus = tf.config.list_logical_devices('GPU')
-  if name in ('auto', 'mirrored'):
-    return tf.distribute.MirroredStrategy()
-  if name == 'one_device':
-    return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else '/cpu:0')
-  if name == 'multi_worker':
+  if name == 'multi_worker':  # Must come before anything starts the runtime.
     problem = tf_config_error()
     if problem:
       raise ValueError(f'--strategy=multi_worker: {problem}')
     return tf.distribute.MultiWorkerMirroredStrategy()
+  if name in ('auto', 'mirrored'):
+    return tf.distribute.MirroredStrategy()
+  if name == 'one_device':
+    gpus = tf.config.list_logical_devices('GPU')
+    return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else '/cpu:0')
   raise ValueError(f'Unknown strategy {name!r}; choose auto, mirrored, '
                    f'multi_worker or one_device.')
 

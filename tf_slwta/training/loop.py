@@ -99,7 +99,7 @@ def learning_rate_schedule(train: config_lib.TrainConfig, steps_per_epoch: int):
     return schedules.CosineDecay(train.learning_rate, total)
   if train.lr_schedule == 'step' and train.lr_decay_epochs:
     base = schedules.PiecewiseConstantDecay(
-        [e * steps_per_epoch for e in train.lr_decay_epochs],
+        [e * steps_per_epoch - 1 for e in train.lr_decay_epochs],
         [train.learning_rate * train.lr_decay_ratio ** i
          for i in range(len(train.lr_decay_epochs) + 1)])
   else:
@@ -472,6 +472,8 @@ def train(config: config_lib.ExperimentConfig, strategy: tf.distribute.Strategy,
       for key in ('test/loss', 'test/accuracy', 'train/epoch_seconds'):
         tf.summary.scalar(key, record[key])
     writer.flush()
+    logging.info('Worker %d finished epoch %d: %s', distribute.task_id(strategy),
+                 epoch + 1, json.dumps(record, sort_keys=True))
     if chief:
       _append_metrics(os.path.join(config.output_dir, METRICS_FILE), record)
       print(json.dumps(record, sort_keys=True), flush=True)

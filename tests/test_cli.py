@@ -1,0 +1,231 @@
+"""The command line: flagfiles, validation, and main.py end to end."""
+
+import glob
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from absl import flags
+import pytest
+
+from tf_slwta import cli
+from tf_slwta import config as config_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLAGFILES = sorted(glob.glob(os.path.join(REPO, 'flags', '**', '*.cfg'),
+                             recursive=True))
+
+
+def parse(*args):
+  """Parses args on fresh FlagValues; returns the ExperimentConfig."""
+  fv = flags.FlagValues()
+  cli.define_flags(fv)
+  fv(['main.py', *args])
+  return cli.config_from_flags(fv)
+
+
+def test_there_are_flagfiles():
+  names = {os.path.relpath(f, os.path.join(REPO, 'flags')) for f in FLAGFILES}
+  assert {'quickstart.cfg', 'smoke.cfg', 'wrn34_cifar10.cfg'} <= names
+
+
+@pytest.mark.parametrize('path', FLAGFILES,
+                         ids=[os.path.relpath(f, REPO) for f in FLAGFILES])
+def test_every_flagfile_parses(path):
+  config = parse(f'--flagfile={path}')
+  assert isinstance(config, config_lib.ExperimentConfig)
+  assert config.output_dir.startswith('runs/')
+
+
+def test_quickstart_is_the_default_job():
+  config = parse(f'--flagfile={os.path.join(REPO, "flags", "quickstart.cfg")}')
+  assert (config.mode, config.data.dataset, config.model.name) == (
+      'train', 'fashion_mnist', 'seed_cnn')
+  argv = cli.with_default_flagfile(['main.py', '--epochs=1'], 'q.cfg')
+  assert argv == ['main.py', '--flagfile=q.cfg', '--epochs=1']
+  own = ['main.py', '--flagfile=mine.cfg']
+  assert cli.with_default_flagfile(own, 'q.cfg') == own
+
+
+def test_seed_recipe_flagfile():
+  config = parse(f'--flagfile={os.path.join(REPO, "flags", "wrn34_cifar10.cfg")}')
+  assert (config.model.name, config.model.depth, config.model.widen_factor) == (
+      'wide_resnet', 34, 1)
+  assert (config.train.epochs, config.train.learning_rate) == (30, 0.1)
+  assert config.data.use_augmentation
+
+
+@pytest.mark.parametrize('args,named', [
+    (['--batch_size=0'], 'batch_size'),
+    (['--model=wide_resnet', '--depth=33'], 'depth'),
+    (['--label_smoothing=1.5'], 'label_smoothing'),
+    (['--momentum=1.0'], 'momentum'),
+    (['--learning_rate=-0.1'], 'learning_rate'),
+    (['--dataset=imagenet'], 'dataset'),
+    (['--seed_cnn_filters=a,b'], 'seed_cnn_filters'),
+    (['--lr_schedule=step', '--lr_decay_epochs=5,3'], 'lr_decay_epochs'),
+    (['--mode=dance'], 'mode'),
+])
+def test_bad_values_are_refused_naming_the_flag(args, named):
+  with pytest.raises(flags.Error, match=named):
+    parse(*args)
+
+
+def test_multi_worker_needs_tf_config(monkeypatch):
+  monkeypatch.delenv('TF_CONFIG', raising=False)
+  with pytest.raises(flags.Error, match='TF_CONFIG'):
+    parse('--strategy=multi_worker')
+  monkeypatch.setenv('TF_CONFIG', '{"cluster": {}}')
+  with pytest.raises(flags.Error, match='TF_CONFIG'):
+    parse('--strategy=multi_worker')
+
+
+def run_main(*args, env=None, timeout=300):
+  return subprocess.run(
+      [sys.executable, os.path.join(REPO, 'main.py'), *args], cwd=REPO,
+      capture_output=True, text=True, timeout=timeout,
+      env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2', **(env or {})})
+
+
+SMOKE = f'--flagfile={os.path.join(REPO, "flags", "smoke.cfg")}'
+
+
+@pytest.mark.slow
+def test_bad_flag_is_refused_before_any_work(tmp_path):
+  out = tmp_path / 'never'
+  result = run_main(SMOKE, f'--output_dir={out}', '--label_smoothing=2')
+  assert result.returncode != 0
+  assert 'label_smoothing' in result.stderr
+  assert not out.exists()
+
+
+@pytest.mark.slow
+def test_main_trains_and_evaluates_end_to_end(tmp_path):
+  out = tmp_path / 'run'
+  trained = run_main(SMOKE, f'--output_dir={out}')
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  assert 'Results of' in trained.stdout and 'accuracy (%)' in trained.stdout
+  assert 'epoch 2 step 8/8' in trained.stdout  # Progress lines.
+  with open(out / 'results.json') as f:
+    results = json.load(f)
+  assert results['epoch'] == 2 and results['test/examples'] == 256
+  assert len((out / 'metrics.jsonl').read_text().splitlines()) == 2
+  assert glob.glob(str(out / 'summaries' / 'events.*'))
+  evaluated = run_main(SMOKE, f'--output_dir={out}', '--mode=evaluate')
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  with open(out / 'eval_results.json') as f:
+    assert json.load(f)['accuracy'] == pytest.approx(results['test/accuracy'])
+  row = re.search(r'^test\s+([\d.]+)', evaluated.stdout, re.M)
+  assert float(row.group(1)) == pytest.approx(
+      100 * results['test/accuracy'], abs=0.01)
+  # The same output_dir with another model is refused, and nothing is lost.
+  other = run_main(SMOKE, f'--output_dir={out}', '--seed_cnn_units=64')
+  assert other.returncode == 1
+  assert 'model.seed_cnn_units' in other.stderr
+  assert len((out / 'metrics.jsonl').read_text().splitlines()) == 2
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_where_it_stopped(tmp_path):
+  args = [SMOKE, '--train_examples=2048', '--batch_size=16', '--epochs=3',
+          '--checkpoint_every_steps=10', '--keep_checkpoints=2',
+          '--log_every_steps=1', '--strategy=one_device']
+  steps_per_epoch = 2048 // 16
+  reference = run_main(*args, f'--output_dir={tmp_path / "reference"}')
+  assert reference.returncode == 0, reference.stderr[-3000:]
+
+  out = tmp_path / 'killed'
+  proc = subprocess.Popen(
+      [sys.executable, os.path.join(REPO, 'main.py'), *args,
+       f'--output_dir={out}'], cwd=REPO, stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL)
+  killed_at = None
+  deadline = time.time() + 240
+  while killed_at is None and time.time() < deadline and proc.poll() is None:
+    for index in glob.glob(str(out / 'checkpoints' / 'ckpt-*.index')):
+      step = int(re.search(r'ckpt-(\d+)', index).group(1))
+      if steps_per_epoch < step and step % steps_per_epoch:
+        proc.send_signal(signal.SIGKILL)  # Mid-epoch 2, no goodbye.
+        killed_at = step
+        break
+    time.sleep(0.01)
+  proc.wait()
+  assert killed_at is not None, 'the run ended before it could be killed'
+
+  resumed = run_main(*args, f'--output_dir={out}')
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  restored = [int(s) for s in re.findall(r'Restored .*ckpt-\d+ \(step (\d+)\)',
+                                         resumed.stderr)]
+  assert restored and restored[0] >= killed_at and restored[0] % 10 == 0
+  assert restored[0] % steps_per_epoch  # It resumed inside the epoch.
+
+  def metrics(run):
+    lines = (tmp_path / run / 'metrics.jsonl').read_text().splitlines()
+    return [json.loads(l) for l in lines]
+
+  got, want = metrics('killed'), metrics('reference')
+  assert [m['epoch'] for m in got] == [1, 2, 3]  # None lost, none repeated.
+  for a, b in zip(got, want):
+    for key in ('train/loss', 'train/accuracy', 'test/loss', 'test/accuracy'):
+      assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (a['epoch'], key)
+
+
+def free_ports(n):
+  sockets = [socket.socket() for _ in range(n)]
+  for s in sockets:
+    s.bind(('127.0.0.1', 0))
+  ports = [s.getsockname()[1] for s in sockets]
+  for s in sockets:
+    s.close()
+  return ports
+
+
+@pytest.mark.slow
+def test_two_workers_train_together(tmp_path):
+  workers = [f'127.0.0.1:{p}' for p in free_ports(2)]
+  args = [SMOKE, '--strategy=multi_worker', f'--output_dir={tmp_path / "mw"}']
+  procs = []
+  for index in range(2):
+    tf_config = json.dumps({'cluster': {'worker': workers},
+                            'task': {'type': 'worker', 'index': index}})
+    procs.append(subprocess.Popen(
+        [sys.executable, os.path.join(REPO, 'main.py'), *args], cwd=REPO,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, 'TF_CONFIG': tf_config,
+             'TF_CPP_MIN_LOG_LEVEL': '2'}))
+  outputs = []
+  try:
+    for proc in procs:
+      outputs.append(proc.communicate(timeout=300))
+  finally:
+    for proc in procs:
+      proc.kill()
+  for proc, (_, err) in zip(procs, outputs):
+    assert proc.returncode == 0, err[-3000:]
+
+  def final_record(index):
+    match = re.search(rf'Worker {index} finished epoch 2: (\{{.*\}})',
+                      outputs[index][1])
+    assert match, outputs[index][1][-3000:]
+    return json.loads(match.group(1))
+
+  chief, other = final_record(0), final_record(1)
+  assert chief['train/loss'] == other['train/loss']
+  assert chief['test/loss'] == other['test/loss']
+  assert 'Results of' in outputs[0][0] and 'Results of' not in outputs[1][0]
+  assert (tmp_path / 'mw' / 'results.json').exists()
+  assert not (tmp_path / 'worker1_tmp').exists()
+  # Worker i reads every 2nd example of each global batch, so together they
+  # train on the batches one device sees: the same loss.
+  single = run_main(SMOKE, '--strategy=one_device',
+                    f'--output_dir={tmp_path / "single"}')
+  assert single.returncode == 0, single.stderr[-3000:]
+  with open(tmp_path / 'single' / 'results.json') as f:
+    alone = json.load(f)
+  assert chief['train/loss'] == pytest.approx(alone['train/loss'], rel=1e-4)
+  assert chief['test/loss'] == pytest.approx(alone['test/loss'], rel=1e-4)

@@ -1,0 +1,169 @@
+"""The distributed training loop: learning, replicas, seeds, schedules, NaN."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_slwta import config as config_lib
+from tf_slwta import data as data_lib
+from tf_slwta.training import loop
+
+
+def small_config(output_dir, *, epochs=2, train_examples=512, batch_size=32,
+                 **train_overrides):
+  """A seconds-long run: tiny seed CNN on synthetic data."""
+  return config_lib.ExperimentConfig(
+      output_dir=str(output_dir),
+      data=config_lib.DataConfig(dataset='synthetic',
+                                 train_examples=train_examples,
+                                 eval_examples=256, batch_size=batch_size,
+                                 eval_batch_size=128),
+      model=config_lib.ModelConfig(seed_cnn_filters=(8, 16), seed_cnn_units=32),
+      train=config_lib.TrainConfig(**{
+          'epochs': epochs, 'learning_rate': 0.05, 'log_every_steps': 4,
+          'strategy': 'one_device', **train_overrides}))
+
+
+def read_metrics(output_dir):
+  with open(os.path.join(output_dir, loop.METRICS_FILE)) as f:
+    return [json.loads(line) for line in f]
+
+
+ONE_DEVICE = lambda: tf.distribute.OneDeviceStrategy('/cpu:0')
+TWO_REPLICAS = lambda: tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+
+
+def test_loss_falls_and_model_learns(tmp_path):
+  cfg = small_config(tmp_path, epochs=3, train_examples=1024)
+  final = loop.train(cfg, ONE_DEVICE())
+  metrics = read_metrics(tmp_path)
+  assert [m['epoch'] for m in metrics] == [1, 2, 3]
+  assert metrics[-1]['train/loss'] < 0.5 * metrics[0]['train/loss']
+  assert final['test/accuracy'] > 0.8  # 10 classes: chance is 0.1.
+  assert final == metrics[-1]
+  # What a user is promised to find in output_dir.
+  assert tf.train.latest_checkpoint(os.path.join(tmp_path, 'checkpoints'))
+  assert tf.io.gfile.glob(os.path.join(tmp_path, 'summaries', 'events.*'))
+  with open(os.path.join(tmp_path, loop.CONFIG_FILE)) as f:
+    assert json.load(f) == json.loads(cfg.to_json())
+
+
+def test_two_replicas_give_the_loss_of_one_device(tmp_path):
+  one = loop.train(small_config(tmp_path / 'one'), ONE_DEVICE())
+  two_strategy = TWO_REPLICAS()
+  assert two_strategy.num_replicas_in_sync == 2
+  two = loop.train(small_config(tmp_path / 'two'), two_strategy)
+  for a, b in zip(read_metrics(tmp_path / 'one'), read_metrics(tmp_path / 'two')):
+    for key in ('train/loss', 'train/accuracy', 'test/loss', 'test/accuracy'):
+      assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-4), key
+  assert one['test/loss'] == pytest.approx(two['test/loss'], rel=1e-4)
+
+
+def test_same_seed_repeats_a_cpu_run(tmp_path):
+  a = loop.train(small_config(tmp_path / 'a', seed=7), ONE_DEVICE())
+  b = loop.train(small_config(tmp_path / 'b', seed=7), ONE_DEVICE())
+  c = loop.train(small_config(tmp_path / 'c', seed=8), ONE_DEVICE())
+  for key in ('train/loss', 'test/loss', 'test/accuracy'):
+    assert a[key] == b[key], key
+  assert a['train/loss'] != c['train/loss']
+
+
+def test_finished_run_is_not_trained_again(tmp_path):
+  cfg = small_config(tmp_path, epochs=1)
+  first = loop.train(cfg, ONE_DEVICE())
+  again = loop.train(cfg, ONE_DEVICE())
+  assert again['step'] == first['step']
+  assert again['test/loss'] == pytest.approx(first['test/loss'], rel=1e-6)
+  assert len(read_metrics(tmp_path)) == 1
+  # More epochs continue the same run from where it stopped.
+  longer = loop.train(small_config(tmp_path, epochs=2), ONE_DEVICE())
+  assert longer['epoch'] == 2 and longer['step'] == 2 * first['step']
+  assert [m['epoch'] for m in read_metrics(tmp_path)] == [1, 2]
+
+
+def test_other_settings_in_the_same_output_dir_are_refused(tmp_path):
+  loop.train(small_config(tmp_path, epochs=1), ONE_DEVICE())
+  with pytest.raises(loop.RunMismatch, match='model.seed_cnn_units'):
+    other = small_config(tmp_path, epochs=1)
+    other = config_lib.ExperimentConfig(
+        output_dir=other.output_dir, data=other.data, train=other.train,
+        model=config_lib.ModelConfig(seed_cnn_filters=(8, 16),
+                                     seed_cnn_units=64))
+    loop.train(other, ONE_DEVICE())
+
+
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+  calls = tf.Variable(0)
+
+  def poison_after_ten_steps(model, images, labels):
+    del model, labels
+    calls.assign_add(1)
+    return tf.cond(calls > 10, lambda: images * np.nan, lambda: images)
+
+  cfg = small_config(tmp_path, epochs=2, checkpoint_every_steps=4,
+                     log_every_steps=2)
+  with pytest.raises(loop.TrainingDiverged, match='--learning_rate') as err:
+    loop.train(cfg, ONE_DEVICE(), perturb=poison_after_ten_steps)
+  latest = tf.train.latest_checkpoint(os.path.join(tmp_path, 'checkpoints'))
+  assert latest.endswith('ckpt-8')
+  assert 'ckpt-8' in str(err.value)
+  reader = tf.train.load_checkpoint(latest)
+  for name in reader.get_variable_to_shape_map():
+    value = reader.get_tensor(name)
+    if np.issubdtype(np.asarray(value).dtype, np.floating):
+      assert np.all(np.isfinite(value)), name
+
+
+def test_perturbation_seam_sees_each_training_batch(tmp_path):
+  seen = tf.Variable(0.0)
+
+  def count_images(model, images, labels):
+    del model, labels
+    seen.assign_add(tf.cast(tf.shape(images)[0], tf.float32))
+    return tf.clip_by_value(images + 0.01, 0.0, 1.0)
+
+  cfg = small_config(tmp_path, epochs=1)
+  loop.train(cfg, ONE_DEVICE(), perturb=count_images)
+  assert seen.numpy() == (512 // 32) * 32
+
+
+def test_learning_rate_schedules():
+  warm = config_lib.TrainConfig(epochs=10, learning_rate=0.1,
+                                lr_warmup_epochs=2)
+  schedule = loop.learning_rate_schedule(warm, steps_per_epoch=10)
+  assert float(schedule(0)) < 0.02
+  assert float(schedule(20)) == pytest.approx(0.1, rel=1e-3)
+  assert float(schedule(99)) < 0.001
+  step = config_lib.TrainConfig(epochs=10, learning_rate=0.1,
+                                lr_schedule='step', lr_decay_epochs=(3, 6),
+                                lr_decay_ratio=0.5)
+  schedule = loop.learning_rate_schedule(step, steps_per_epoch=10)
+  assert [float(schedule(s)) for s in (0, 29, 30, 60)] == pytest.approx(
+      [0.1, 0.1, 0.05, 0.025])
+  const = loop.learning_rate_schedule(
+      config_lib.TrainConfig(lr_schedule='constant', learning_rate=0.3), 5)
+  assert float(const(10_000)) == pytest.approx(0.3)
+
+
+def test_batch_must_split_over_replicas(tmp_path):
+  cfg = small_config(tmp_path, batch_size=33)
+  with pytest.raises(ValueError, match='--batch_size=33'):
+    loop.train(cfg, TWO_REPLICAS())
+
+
+def test_evaluate_checkpoint_matches_training_result(tmp_path):
+  cfg = small_config(tmp_path, epochs=1)
+  final = loop.train(cfg, ONE_DEVICE())
+  result = loop.evaluate_checkpoint(cfg, ONE_DEVICE())
+  assert result['accuracy'] == pytest.approx(final['test/accuracy'])
+  assert result['examples'] == 256
+  with open(os.path.join(tmp_path, 'eval_results.json')) as f:
+    assert json.load(f)['accuracy'] == result['accuracy']
+
+
+def test_evaluate_without_checkpoint_says_what_to_do(tmp_path):
+  with pytest.raises(FileNotFoundError, match='--mode=train'):
+    loop.evaluate_checkpoint(small_config(tmp_path), ONE_DEVICE())
