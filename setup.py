@@ -24,7 +24,7 @@ setuptools.setup(
         'matplotlib>=3.8',
     ],
     extras_require={
-        'test': ['pytest>=8'],
+        'test': ['pytest>=8', 'adversarial-robustness-toolbox>=1.17'],
         'serving': ['tensorflow-serving-api>=2.19', 'requests>=2.31'],
     },
 )

@@ -22,16 +22,26 @@ FLAGFILES = sorted(glob.glob(os.path.join(REPO, 'flags', '**', '*.cfg'),
 
 
 def parse(*args):
-  """Parses args on fresh FlagValues; returns the ExperimentConfig."""
-  fv = flags.FlagValues()
-  cli.define_flags(fv)
-  fv(['main.py', *args])
-  return cli.config_from_flags(fv)
+  """Parses args on fresh FlagValues; returns the ExperimentConfig.
+
+  Nested --flagfile lines are relative to the working directory, which is
+  the repository root for every documented command.
+  """
+  cwd = os.getcwd()
+  os.chdir(REPO)
+  try:
+    fv = flags.FlagValues()
+    cli.define_flags(fv)
+    fv(['main.py', *args])
+    return cli.config_from_flags(fv)
+  finally:
+    os.chdir(cwd)
 
 
 def test_there_are_flagfiles():
   names = {os.path.relpath(f, os.path.join(REPO, 'flags')) for f in FLAGFILES}
-  assert {'quickstart.cfg', 'smoke.cfg', 'wrn34_cifar10.cfg'} <= names
+  assert {'quickstart.cfg', 'smoke.cfg', 'wrn34_cifar10.cfg',
+          'attacks/seed.cfg', 'attacks/strong.cfg'} <= names
 
 
 @pytest.mark.parametrize('path', FLAGFILES,
@@ -60,6 +70,19 @@ def test_seed_recipe_flagfile():
   assert config.data.use_augmentation
 
 
+def test_seed_attack_settings():
+  attack = parse('--flagfile=flags/attacks/seed.cfg').attack
+  assert (attack.fgsm_eps, attack.pgd_eps, attack.pgd_alpha, attack.pgd_steps,
+          attack.cw_c, attack.cw_kappa, attack.cw_steps) == (
+              0.3, 0.3, 0.01, 3, 1e-4, 0.01, 3)
+  strong = parse('--flagfile=flags/attacks/strong.cfg')
+  assert strong.attack.pgd_steps >= 50 and strong.attack.pgd_restarts > 1
+  assert strong.attack.cw_steps >= 100 and strong.attack.cw_binary_search_steps > 1
+  assert strong.attack.eot_samples > 1 and strong.attack.mc_samples > 1
+  quick = parse('--flagfile=flags/quickstart.cfg')
+  assert quick.evaluate_robustness and quick.attack == attack
+
+
 @pytest.mark.parametrize('args,named', [
     (['--batch_size=0'], 'batch_size'),
     (['--model=wide_resnet', '--depth=33'], 'depth'),
@@ -70,6 +93,9 @@ def test_seed_recipe_flagfile():
     (['--seed_cnn_filters=a,b'], 'seed_cnn_filters'),
     (['--lr_schedule=step', '--lr_decay_epochs=5,3'], 'lr_decay_epochs'),
     (['--mode=dance'], 'mode'),
+    (['--attacks=fgsm,deepfool'], 'attacks'),
+    (['--pgd_eps=0.1', '--pgd_alpha=0.2'], 'pgd_alpha'),
+    (['--mc_samples=0'], 'mc_samples'),
 ])
 def test_bad_values_are_refused_naming_the_flag(args, named):
   with pytest.raises(flags.Error, match=named):
@@ -120,6 +146,11 @@ def test_main_trains_and_evaluates_end_to_end(tmp_path):
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   with open(out / 'eval_results.json') as f:
     assert json.load(f)['accuracy'] == pytest.approx(results['test/accuracy'])
+  assert 'Robustness on 256 test images' in evaluated.stdout
+  with open(out / 'robustness.json') as f:
+    attacks_run = [r['attack'] for r in json.load(f)['rows']]
+  assert attacks_run == ['natural', 'fgsm', 'pgd_linf', 'pgd_l2', 'cw',
+                         'combined']
   row = re.search(r'^test\s+([\d.]+)', evaluated.stdout, re.M)
   assert float(row.group(1)) == pytest.approx(
       100 * results['test/accuracy'], abs=0.01)
@@ -208,13 +239,12 @@ def test_two_workers_train_together(tmp_path):
   for proc, (_, err) in zip(procs, outputs):
     assert proc.returncode == 0, err[-3000:]
 
-  def final_record(index):
-    match = re.search(rf'Worker {index} finished epoch 2: (\{{.*\}})',
-                      outputs[index][1])
-    assert match, outputs[index][1][-3000:]
-    return json.loads(match.group(1))
-
-  chief, other = final_record(0), final_record(1)
+  # The chief prints each epoch's JSON line; the other worker logs its own.
+  chief = json.loads(re.search(r'^(\{"epoch": 2,.*\})$', outputs[0][0],
+                               re.M).group(1))
+  match = re.search(r'Worker 1 finished epoch 2: (\{.*\})', outputs[1][1])
+  assert match, outputs[1][1][-3000:]
+  other = json.loads(match.group(1))
   assert chief['train/loss'] == other['train/loss']
   assert chief['test/loss'] == other['test/loss']
   assert 'Results of' in outputs[0][0] and 'Results of' not in outputs[1][0]

@@ -22,6 +22,11 @@ _SECTIONS = {
              'download'),
     'model': ('model', 'activation', 'depth', 'widen_factor',
               'seed_cnn_filters', 'seed_cnn_units'),
+    'attack': ('attacks', 'combined', 'fgsm_eps', 'pgd_eps', 'pgd_alpha',
+               'pgd_steps', 'pgd_l2_eps', 'pgd_l2_alpha', 'pgd_restarts',
+               'pgd_random_start', 'cw_c', 'cw_kappa', 'cw_steps',
+               'cw_binary_search_steps', 'cw_learning_rate', 'eot_samples',
+               'mc_samples', 'attack_seed'),
     'train': ('epochs', 'learning_rate', 'momentum', 'nesterov',
               'weight_decay', 'lr_schedule', 'lr_warmup_epochs',
               'lr_decay_epochs', 'lr_decay_ratio', 'label_smoothing', 'seed',
@@ -128,6 +133,58 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                        'Progress and TensorBoard interval in steps.',
                        lower_bound=1, flag_values=fv)
 
+  # Attacks (robustness evaluation).
+  d_attack = config_lib.AttackConfig()
+  flags.DEFINE_bool('evaluate_robustness', False,
+                    'After --mode=train, also attack the test examples and '
+                    'write the robustness table.', flag_values=fv)
+  flags.DEFINE_list('attacks', list(d_attack.attacks),
+                    f'Attacks to run, in order: any of '
+                    f'{",".join(config_lib.ATTACKS)} (empty: none).',
+                    flag_values=fv)
+  flags.DEFINE_enum('combined', d_attack.combined, config_lib.COMBINED_MODES,
+                    'worst_case: robust only if every attack fails; '
+                    "sequential: attacks chained as in the seed's figure.",
+                    flag_values=fv)
+  flags.DEFINE_float('fgsm_eps', d_attack.fgsm_eps, 'FGSM L-inf budget.',
+                     flag_values=fv)
+  flags.DEFINE_float('pgd_eps', d_attack.pgd_eps, 'PGD L-inf budget.',
+                     flag_values=fv)
+  flags.DEFINE_float('pgd_alpha', d_attack.pgd_alpha, 'PGD L-inf step.',
+                     flag_values=fv)
+  flags.DEFINE_integer('pgd_steps', d_attack.pgd_steps,
+                       'PGD iterations (both norms).', flag_values=fv)
+  flags.DEFINE_float('pgd_l2_eps', d_attack.pgd_l2_eps, 'PGD L2 budget.',
+                     flag_values=fv)
+  flags.DEFINE_float('pgd_l2_alpha', d_attack.pgd_l2_alpha, 'PGD L2 step.',
+                     flag_values=fv)
+  flags.DEFINE_integer('pgd_restarts', d_attack.pgd_restarts,
+                       'PGD random restarts (worst case kept).',
+                       flag_values=fv)
+  flags.DEFINE_bool('pgd_random_start', d_attack.pgd_random_start,
+                    'Start PGD at a random point of the ball.', flag_values=fv)
+  flags.DEFINE_float('cw_c', d_attack.cw_c, 'Carlini-Wagner initial c.',
+                     flag_values=fv)
+  flags.DEFINE_float('cw_kappa', d_attack.cw_kappa,
+                     'Carlini-Wagner confidence kappa.', flag_values=fv)
+  flags.DEFINE_integer('cw_steps', d_attack.cw_steps,
+                       'Carlini-Wagner Adam iterations per search step.',
+                       flag_values=fv)
+  flags.DEFINE_integer('cw_binary_search_steps',
+                       d_attack.cw_binary_search_steps,
+                       'Carlini-Wagner binary-search steps over c.',
+                       flag_values=fv)
+  flags.DEFINE_float('cw_learning_rate', d_attack.cw_learning_rate,
+                     'Carlini-Wagner Adam step size.', flag_values=fv)
+  flags.DEFINE_integer('eot_samples', d_attack.eot_samples,
+                       'Passes averaged per attack gradient (EOT) for '
+                       'stochastic models.', flag_values=fv)
+  flags.DEFINE_integer('mc_samples', d_attack.mc_samples,
+                       'Passes whose mean probabilities make the decision, '
+                       'when attacking and when scoring.', flag_values=fv)
+  flags.DEFINE_integer('attack_seed', d_attack.seed,
+                       'Seed of the attacks\' random starts.', flag_values=fv)
+
   # Cross-field rules live in the dataclasses; run them while parsing so a
   # bad combination is refused before any work, naming the flag.
   for section, names in _SECTIONS.items():
@@ -141,7 +198,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 def _section_checker(section: str):
   builder = {'data': _data_config, 'model': _model_config,
-             'train': _train_config}[section]
+             'train': _train_config, 'attack': _attack_config}[section]
 
   def check(values):
     try:
@@ -194,14 +251,23 @@ def _train_config(v) -> config_lib.TrainConfig:
   }, lr_decay_epochs=_int_list('lr_decay_epochs', v['lr_decay_epochs']))
 
 
+def _attack_config(v) -> config_lib.AttackConfig:
+  names = [n for n in _SECTIONS['attack'] if n not in ('attacks', 'attack_seed')]
+  return config_lib.AttackConfig(
+      attacks=tuple(v['attacks']), seed=v['attack_seed'],
+      **{name: v[name] for name in names})
+
+
 def config_from_flags(fv: flags.FlagValues = flags.FLAGS
                       ) -> config_lib.ExperimentConfig:
   """Builds the run's `ExperimentConfig` from parsed flags."""
   values = {name: fv[name].value for names in _SECTIONS.values()
             for name in names}
   return config_lib.ExperimentConfig(
-      mode=fv.mode, output_dir=fv.output_dir, data=_data_config(values),
-      model=_model_config(values), train=_train_config(values))
+      mode=fv.mode, output_dir=fv.output_dir,
+      evaluate_robustness=fv.evaluate_robustness, data=_data_config(values),
+      model=_model_config(values), train=_train_config(values),
+      attack=_attack_config(values))
 
 
 def with_default_flagfile(argv: List[str], flagfile: str) -> List[str]:
@@ -234,23 +300,43 @@ def run(config: config_lib.ExperimentConfig) -> int:
   logging.info('Strategy %s with %d replica(s); settings:\n%s',
                type(strategy).__name__, strategy.num_replicas_in_sync,
                config.to_json())
+  from tf_slwta.evaluation import robustness  # pylint: disable=g-import-not-at-top
+  chief = distribute.is_chief(strategy)
   try:
     if config.mode == 'train':
       record = loop.train(config, strategy)
       rows = {'test': {'accuracy': record['test/accuracy'],
                        'loss': record['test/loss'],
                        'examples': record['test/examples']}}
+      attack = config.evaluate_robustness and bool(config.attack.attacks)
+      model = loop.restore_model(config, strategy) if attack and chief else None
     else:
-      rows = {'test': loop.evaluate_checkpoint(config, strategy)}
+      model = loop.restore_model(config, strategy)
+      rows = {'test': loop.evaluate_model(config, strategy, model)}
+      attack = bool(config.attack.attacks)
+    robust_rows = None
+    if attack and chief:
+      images, labels = data_lib.load_arrays(config.data, 'test')
+      robust_rows = robustness.evaluate_robustness(
+          lambda x: model(x, training=False), images, labels, config.attack,
+          batch_size=config.data.eval_batch_size)
+      robustness.write_report(robust_rows, config.output_dir, meta={
+          'output_dir': config.output_dir, 'dataset': config.data.dataset,
+          'model': config.model.name, 'attack_settings': config.to_dict()['attack']})
   except (data_lib.DataError, loop.TrainingDiverged, loop.RunMismatch,
           FileNotFoundError, ValueError) as e:
     logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)
     return 1
-  if distribute.is_chief(strategy):
+  if chief:
     print(f'\nResults of {config.output_dir} ({config.data.dataset}, '
           f'{config.model.name}):')
     loop.print_table(rows)
+    if robust_rows is not None:
+      print(f'\nRobustness on {robust_rows[0]["examples"]} test images '
+            f'(also in {os.path.join(config.output_dir, "robustness.md")}, '
+            f'.csv, .json):')
+      robustness.print_table(robust_rows)
     print(f'Checkpoints: {os.path.join(config.output_dir, "checkpoints")}\n'
           f'TensorBoard: tensorboard --logdir '
           f'{os.path.join(config.output_dir, "summaries")}')

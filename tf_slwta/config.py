@@ -173,6 +173,79 @@ class TrainConfig:
     _check_at_least('log_every_steps', self.log_every_steps, 1)
 
 
+ATTACKS = ('fgsm', 'pgd_linf', 'pgd_l2', 'cw')
+COMBINED_MODES = ('worst_case', 'sequential')
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackConfig:
+  """Attacks run by robustness evaluation (and, later, adversarial training).
+
+  Images live in [clip_min, clip_max] = [0, 1]. Defaults are the seed's
+  settings (flags/attacks/seed.cfg).
+
+  Attributes:
+    attacks: which attacks to run, a subset of `ATTACKS`, in order.
+    combined: 'worst_case' (robust only if every attack fails) or
+      'sequential' (each attack starts from the previous one's output, as
+      the seed's "all attacks combined" figure; not bounded by eps).
+    fgsm_eps: L-inf budget of FGSM, >= 0.
+    pgd_eps, pgd_alpha, pgd_steps: L-inf PGD budget, step and iterations.
+    pgd_l2_eps, pgd_l2_alpha: L2 PGD budget and step (same steps).
+    pgd_restarts: random restarts per PGD attack (the worst case is kept).
+    pgd_random_start: start PGD at a random point of the ball.
+    cw_c: initial constant c of Carlini-Wagner L2, > 0.
+    cw_kappa: confidence margin kappa, >= 0.
+    cw_steps: Adam iterations per binary-search step, >= 1.
+    cw_binary_search_steps: searches over c per example, >= 1.
+    cw_learning_rate: Adam step size on the tanh-space offset, > 0.
+    eot_samples: forward passes averaged per attack gradient (expectation
+      over transformation), for stochastic models; >= 1.
+    mc_samples: forward passes whose mean probabilities make the model's
+      decision, both when attacking and when scoring; >= 1.
+    seed: seed of the attacks' random starts.
+  """
+  attacks: Tuple[str, ...] = ATTACKS
+  combined: str = 'worst_case'
+  fgsm_eps: float = 0.3
+  pgd_eps: float = 0.3
+  pgd_alpha: float = 0.01
+  pgd_steps: int = 3
+  pgd_l2_eps: float = 1.5
+  pgd_l2_alpha: float = 0.1
+  pgd_restarts: int = 1
+  pgd_random_start: bool = True
+  cw_c: float = 1e-4
+  cw_kappa: float = 0.01
+  cw_steps: int = 3
+  cw_binary_search_steps: int = 1
+  cw_learning_rate: float = 0.01
+  eot_samples: int = 1
+  mc_samples: int = 1
+  seed: int = 0
+
+  def __post_init__(self):
+    for name in self.attacks:
+      _check_choice('attacks', name, ATTACKS)
+    if len(set(self.attacks)) != len(self.attacks):
+      raise ValueError(f'attacks lists one twice: {",".join(self.attacks)}.')
+    _check_choice('combined', self.combined, COMBINED_MODES)
+    for name in ('fgsm_eps', 'pgd_eps', 'pgd_l2_eps', 'cw_kappa'):
+      _check_at_least(name, getattr(self, name), 0)
+    for name in ('pgd_alpha', 'pgd_l2_alpha', 'cw_c', 'cw_learning_rate'):
+      if not getattr(self, name) > 0:
+        raise ValueError(f'{name} must be > 0, got {getattr(self, name)}.')
+    if self.pgd_alpha > self.pgd_eps > 0:
+      raise ValueError(f'pgd_alpha={self.pgd_alpha} is larger than '
+                       f'pgd_eps={self.pgd_eps}; use a step <= eps.')
+    if self.pgd_l2_alpha > self.pgd_l2_eps > 0:
+      raise ValueError(f'pgd_l2_alpha={self.pgd_l2_alpha} is larger than '
+                       f'pgd_l2_eps={self.pgd_l2_eps}; use a step <= eps.')
+    for name in ('pgd_steps', 'pgd_restarts', 'cw_steps',
+                 'cw_binary_search_steps', 'eot_samples', 'mc_samples'):
+      _check_at_least(name, getattr(self, name), 1)
+
+
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
   """One run: what to do, on what, with what, and where to write.
@@ -180,13 +253,17 @@ class ExperimentConfig:
   Attributes:
     mode: one of `MODES`.
     output_dir: checkpoints, TensorBoard logs, metrics.jsonl and results.
-    data, model, train: the parts above.
+    evaluate_robustness: after --mode=train, also run the attacks of
+      `attack` on the test examples and write the robustness table.
+    data, model, train, attack: the parts above.
   """
   mode: str = 'train'
   output_dir: str = 'runs/quickstart'
+  evaluate_robustness: bool = False
   data: DataConfig = dataclasses.field(default_factory=DataConfig)
   model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
   train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+  attack: AttackConfig = dataclasses.field(default_factory=AttackConfig)
 
   def __post_init__(self):
     _check_choice('mode', self.mode, MODES)

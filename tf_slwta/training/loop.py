@@ -472,11 +472,13 @@ def train(config: config_lib.ExperimentConfig, strategy: tf.distribute.Strategy,
       for key in ('test/loss', 'test/accuracy', 'train/epoch_seconds'):
         tf.summary.scalar(key, record[key])
     writer.flush()
-    logging.info('Worker %d finished epoch %d: %s', distribute.task_id(strategy),
-                 epoch + 1, json.dumps(record, sort_keys=True))
     if chief:
       _append_metrics(os.path.join(config.output_dir, METRICS_FILE), record)
       print(json.dumps(record, sort_keys=True), flush=True)
+    else:
+      logging.info('Worker %d finished epoch %d: %s',
+                   distribute.task_id(strategy), epoch + 1,
+                   json.dumps(record, sort_keys=True))
     _check_finite(state, f'at the end of epoch {epoch + 1}')
     state.manager.save(checkpoint_number=record['step'])
 
@@ -516,21 +518,28 @@ def restore_model(config: config_lib.ExperimentConfig,
   return model
 
 
-def evaluate_checkpoint(config: config_lib.ExperimentConfig,
-                        strategy: tf.distribute.Strategy,
-                        test_arrays: Optional[Arrays] = None) -> Dict[str, float]:
-  """`--mode=evaluate`: clean test metrics of the run's latest checkpoint.
+def evaluate_model(config: config_lib.ExperimentConfig,
+                   strategy: tf.distribute.Strategy, model: keras.Model,
+                   test_arrays: Optional[Arrays] = None) -> Dict[str, float]:
+  """Clean test metrics of `model`; writes `<output_dir>/eval_results.json`.
 
-  Writes `<output_dir>/eval_results.json` (chief only) and returns
-  {'loss', 'accuracy' in [0, 1], 'examples'}.
+  Returns:
+    {'loss': mean cross-entropy, 'accuracy' in [0, 1], 'examples'}.
   """
-  model = restore_model(config, strategy)
   images, labels = test_arrays or data_lib.load_arrays(config.data, 'test')
   result = evaluate(strategy, make_eval_step(model, strategy), images, labels,
                     config.data.eval_batch_size)
   if distribute.is_chief(strategy):
     _write_json(os.path.join(config.output_dir, 'eval_results.json'), result)
   return result
+
+
+def evaluate_checkpoint(config: config_lib.ExperimentConfig,
+                        strategy: tf.distribute.Strategy,
+                        test_arrays: Optional[Arrays] = None) -> Dict[str, float]:
+  """Clean test metrics of the run's latest checkpoint (see `evaluate_model`)."""
+  return evaluate_model(config, strategy, restore_model(config, strategy),
+                        test_arrays)
 
 
 def print_table(rows: Dict[str, Dict[str, float]], stream=sys.stdout) -> None:

@@ -1,0 +1,19 @@
+"""Adversarial attacks on any callable that maps images to logits.
+
+Each attack takes float32 images `[B, H, W, C]` in [clip_min, clip_max] and
+integer labels `[B]`, never modifies its inputs, and returns adversarial
+images of the same shape. Stochastic models are handled by averaging
+gradients over `eot_samples` passes and deciding over `mc_samples` passes
+(see `eot`).
+"""
+
+from tf_slwta.attacks.combined import sequential
+from tf_slwta.attacks.combined import worst_case
+from tf_slwta.attacks.cw import carlini_wagner_l2
+from tf_slwta.attacks.eot import mean_probabilities
+from tf_slwta.attacks.eot import predict
+from tf_slwta.attacks.fgsm import fgsm
+from tf_slwta.attacks.pgd import pgd
+
+__all__ = ['carlini_wagner_l2', 'fgsm', 'mean_probabilities', 'pgd', 'predict',
+           'sequential', 'worst_case']

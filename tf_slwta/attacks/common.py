@@ -1,0 +1,143 @@
+"""Argument checks, norms and projections shared by the attacks."""
+
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+NORMS = ('inf', '2')
+_TINY = 1e-12
+
+
+def normalize_norm(norm) -> str:
+  """Accepts inf, np.inf, 'inf', 'linf', 2 or '2'; returns 'inf' or '2'."""
+  text = str(norm).lower()
+  if text in ('inf', 'linf', 'l_inf'):
+    return 'inf'
+  if text in ('2', 'l2', '2.0'):
+    return '2'
+  raise ValueError(f'norm={norm!r} is not supported; use np.inf or 2.')
+
+
+def check_images(x, clip_min: float, clip_max: float) -> tf.Tensor:
+  """Validates an attack's input images and returns them as float32.
+
+  Args:
+    x: images `[B, ...]`, finite, inside [clip_min, clip_max].
+    clip_min, clip_max: the valid pixel range, clip_min < clip_max.
+
+  Raises:
+    ValueError: non-finite values, values outside the range, or an empty
+      range; the message says which.
+  """
+  if not clip_min < clip_max:
+    raise ValueError(f'clip_min={clip_min} must be below clip_max={clip_max}.')
+  x = tf.convert_to_tensor(x, tf.float32)
+  values = x.numpy() if tf.executing_eagerly() else None
+  if values is not None:
+    if not np.all(np.isfinite(values)):
+      raise ValueError('The input images hold NaN or infinite values.')
+    low, high = values.min(initial=clip_min), values.max(initial=clip_max)
+    if low < clip_min - 1e-6 or high > clip_max + 1e-6:
+      raise ValueError(
+          f'The input images span [{low:.4g}, {high:.4g}], outside '
+          f'[clip_min, clip_max] = [{clip_min}, {clip_max}]. Images are '
+          f'expected in [0, 1]; rescale them or set clip_min/clip_max.')
+  return x
+
+
+def check_labels(y, batch: int) -> tf.Tensor:
+  """Validates integer labels `[B]`; returns them as int64."""
+  y = tf.convert_to_tensor(y)
+  if not y.dtype.is_integer or y.shape.rank != 1 or (
+      y.shape[0] is not None and y.shape[0] != batch):
+    raise ValueError(f'Labels must be integers of shape [{batch}], got '
+                     f'{y.dtype.name} {y.shape}.')
+  return tf.cast(y, tf.int64)
+
+
+def check_non_negative(name: str, value: float) -> float:
+  if not np.isfinite(value) or value < 0:
+    raise ValueError(f'{name} must be a finite number >= 0, got {value}.')
+  return float(value)
+
+
+def check_positive(name: str, value: float) -> float:
+  if not np.isfinite(value) or value <= 0:
+    raise ValueError(f'{name} must be a finite number > 0, got {value}.')
+  return float(value)
+
+
+def check_count(name: str, value: int, low: int = 1) -> int:
+  if int(value) != value or value < low:
+    raise ValueError(f'{name} must be an integer >= {low}, got {value}.')
+  return int(value)
+
+
+def _per_example_norm(v: tf.Tensor) -> tf.Tensor:
+  """L2 norm of each example, shaped `[B, 1, ..., 1]` to broadcast."""
+  axes = list(range(1, v.shape.rank))
+  return tf.sqrt(tf.reduce_sum(tf.square(v), axis=axes, keepdims=True))
+
+
+def l2_norm(v: tf.Tensor) -> tf.Tensor:
+  """L2 norm of each example of `[B, ...]`; float32 `[B]`."""
+  return tf.reshape(_per_example_norm(v), [-1])
+
+
+def steepest_direction(grad: tf.Tensor, norm: str) -> tf.Tensor:
+  """The unit step of steepest ascent: sign(grad) for L-inf, grad/||grad||_2 for L2."""
+  if norm == 'inf':
+    return tf.sign(grad)
+  return grad / (_per_example_norm(grad) + _TINY)
+
+
+def project(delta: tf.Tensor, eps, norm: str) -> tf.Tensor:
+  """Projects each example of `delta` onto the norm ball of radius `eps`."""
+  if norm == 'inf':
+    return tf.clip_by_value(delta, -eps, eps)
+  return delta * tf.minimum(1.0, eps / (_per_example_norm(delta) + _TINY))
+
+
+def random_in_ball(shape, eps, norm: str, seed) -> tf.Tensor:
+  """A uniform random point of the norm ball of radius `eps` per example.
+
+  Args:
+    shape: `[B, ...]`.
+    eps: radius.
+    norm: 'inf' or '2'.
+    seed: int `[2]` stateless seed.
+  """
+  if norm == 'inf':
+    return tf.random.stateless_uniform(shape, seed, -eps, eps)
+  direction_seed, radius_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, num=2))
+  direction = tf.random.stateless_normal(shape, direction_seed)
+  direction /= _per_example_norm(direction) + _TINY
+  dims = tf.cast(tf.reduce_prod(shape[1:]), tf.float32)
+  u = tf.random.stateless_uniform(
+      tf.concat([shape[:1], tf.ones_like(shape[1:])], 0), radius_seed)
+  return direction * eps * u ** (1.0 / dims)
+
+
+def cross_entropy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+  """Per-example softmax cross-entropy; `[B]`."""
+  return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels,
+                                                        logits=logits)
+
+
+def is_success(predictions: tf.Tensor, labels: tf.Tensor,
+               targeted: bool) -> tf.Tensor:
+  """bool `[B]`: the prediction is the target (targeted) or not the label."""
+  hit = tf.equal(predictions, labels)
+  return hit if targeted else tf.logical_not(hit)
+
+
+def seed_pair(seed: Optional[int], index: int = 0) -> tf.Tensor:
+  """A stateless seed `[2]` from an attack's seed and a counter."""
+  return tf.constant([0 if seed is None else seed, index], tf.int64)
+
+
+def broadcast_mask(mask: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
+  """bool `[B]` reshaped to `[B, 1, ..., 1]` to select whole examples of `like`."""
+  return mask[(slice(None),) + (None,) * (like.shape.rank - 1)]

@@ -1,0 +1,115 @@
+"""Projected Gradient Descent (Madry et al., 2018), L-inf and L2."""
+
+import tensorflow as tf
+
+from tf_slwta.attacks import common
+from tf_slwta.attacks import eot
+
+
+def pgd(logits_fn: eot.LogitsFn, x, y, eps: float, alpha: float, steps: int,
+        *, norm='inf', random_start: bool = True, restarts: int = 1,
+        clip_min: float = 0.0, clip_max: float = 1.0, targeted: bool = False,
+        eot_samples: int = 1, mc_samples: int = 1, seed: int = 0
+        ) -> tf.Tensor:
+  """Iterated steepest-ascent steps projected onto the eps ball around x.
+
+  Each step: x' = clip(x + project(x' + alpha * dir(grad) - x, eps)), with
+  dir = sign for L-inf and grad/||grad||_2 for L2. An example stops moving
+  once it is misclassified (reaches the target, when targeted), so more
+  steps never undo a success. With several restarts, each example keeps
+  the restart that fooled the model, judged by the decision rule over
+  `mc_samples` passes, or else the one with the highest loss.
+
+  Args:
+    logits_fn: images `[B, H, W, C]` -> logits `[B, K]` (same callable on
+      every call: compiled attacks are cached per callable).
+    x: float32 images `[B, H, W, C]` in [clip_min, clip_max] (not modified).
+    y: int labels `[B]` (the targets when `targeted`).
+    eps: radius >= 0 of the norm ball.
+    alpha: step size, 0 < alpha <= eps.
+    steps: iterations >= 0.
+    norm: np.inf / 'inf' or 2.
+    random_start: start at a uniform random point of the ball.
+    restarts: independent runs >= 1; the worst case per example is kept.
+    clip_min, clip_max: valid pixel range.
+    targeted: move towards `y` instead of away from it.
+    eot_samples: passes averaged per gradient, >= 1.
+    mc_samples: passes averaged for the decision, >= 1.
+    seed: seed of the random starts (restart r uses (seed, r)).
+
+  Returns:
+    float32 `[B, H, W, C]` adversarial images within eps of x and inside
+    [clip_min, clip_max].
+  """
+  norm = common.normalize_norm(norm)
+  eps = common.check_non_negative('eps', eps)
+  steps = common.check_count('steps', steps, low=0)
+  restarts = common.check_count('restarts', restarts)
+  eot_samples = common.check_count('eot_samples', eot_samples)
+  mc_samples = common.check_count('mc_samples', mc_samples)
+  x = common.check_images(x, clip_min, clip_max)
+  y = common.check_labels(y, x.shape[0])
+  if eps == 0:
+    return tf.identity(x)
+  alpha = common.check_positive('alpha', alpha)
+  if alpha > eps:
+    raise ValueError(
+        f'alpha={alpha} is larger than eps={eps}: every step would leave the '
+        f'ball and be projected back. Use alpha <= eps (e.g. eps / 4 or '
+        f'2.5 * eps / steps).')
+  return _pgd(logits_fn, x, y, tf.constant(eps), tf.constant(alpha),
+              tf.constant(steps), norm, random_start, restarts,
+              float(clip_min), float(clip_max), targeted, eot_samples,
+              mc_samples, tf.constant(seed, tf.int64))
+
+
+@tf.function(reduce_retracing=True)
+def _pgd(logits_fn, x, y, eps, alpha, steps, norm, random_start,
+         restarts, clip_min, clip_max, targeted, eot_samples, mc_samples,
+         seed):
+  best = x
+  best_success = tf.zeros_like(y, tf.bool)
+  best_loss = tf.fill(tf.shape(y), -float('inf'))
+  for restart in range(restarts):
+    adv = x
+    if random_start:
+      noise = common.random_in_ball(tf.shape(x), eps, norm,
+                                    tf.stack([seed, restart]))
+      adv = tf.clip_by_value(x + noise, clip_min, clip_max)
+    adv = _iterate(logits_fn, x, y, adv, eps, alpha, steps, norm, clip_min,
+                   clip_max, targeted, eot_samples)
+    probs = eot.mean_probabilities(logits_fn, adv, mc_samples)
+    success = common.is_success(tf.argmax(probs, -1), y, targeted)
+    loss = -tf.math.log(tf.gather(probs, y, batch_dims=1) + 1e-12)
+    if targeted:
+      loss = -loss
+    better = tf.logical_or(
+        tf.logical_and(success, tf.logical_not(best_success)),
+        tf.logical_and(tf.equal(success, best_success), loss > best_loss))
+    best = tf.where(common.broadcast_mask(better, adv), adv, best)
+    best_success = tf.logical_or(best_success, success)
+    best_loss = tf.where(better, loss, best_loss)
+  return best
+
+
+def _iterate(logits_fn, x, y, adv, eps, alpha, steps, norm, clip_min,
+             clip_max, targeted, eot_samples):
+  """`steps` projected steps from `adv`; an example that already fools the
+  model (judged on the passes that gave its gradient) stops moving."""
+  sign = -1.0 if targeted else 1.0
+
+  def body(i, adv, done):
+    grad, probs = eot.loss_gradient(
+        logits_fn, lambda logits: common.cross_entropy(y, logits), adv,
+        eot_samples)
+    done = tf.logical_or(done, common.is_success(tf.argmax(probs, -1), y,
+                                                 targeted))
+    moved = adv + sign * alpha * common.steepest_direction(grad, norm)
+    moved = tf.clip_by_value(x + common.project(moved - x, eps, norm),
+                             clip_min, clip_max)
+    return i + 1, tf.where(common.broadcast_mask(done, adv), adv, moved), done
+
+  _, adv, _ = tf.while_loop(
+      lambda i, *_: i < steps, body,
+      (tf.constant(0), adv, tf.zeros_like(y, tf.bool)))
+  return adv

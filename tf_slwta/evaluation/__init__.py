@@ -1,0 +1,1 @@
+"""Evaluation: robustness tables (and, later, certification and figures)."""

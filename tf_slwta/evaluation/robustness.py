@@ -1,0 +1,229 @@
+"""Robustness evaluation: natural accuracy and accuracy under every attack.
+
+All scores use one decision rule, the argmax of the softmax averaged over
+`mc_samples` passes, for clean images, for adversarial images, and inside
+the attacks when they judge success. For deterministic models set
+mc_samples = eot_samples = 1.
+"""
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from tf_slwta import attacks
+from tf_slwta import config as config_lib
+from tf_slwta import data as data_lib
+
+COLUMNS = ('attack', 'settings', 'accuracy', 'success_rate', 'median_l2',
+           'max_linf', 'examples')
+FILE_STEM = 'robustness'
+
+
+def attack_functions(logits_fn: attacks.eot.LogitsFn,
+                     cfg: config_lib.AttackConfig,
+                     seed: int = 0) -> Dict[str, attacks.combined.Attack]:
+  """The configured attacks as `name -> attack(images, labels)`.
+
+  Args:
+    logits_fn: images `[B, H, W, C]` in [0, 1] -> logits `[B, K]`.
+    cfg: attack settings; `cfg.attacks` picks and orders them.
+    seed: seed of PGD's random starts for this batch.
+
+  Returns:
+    An ordered dict over `cfg.attacks`.
+  """
+  common = dict(eot_samples=cfg.eot_samples)
+  pgd_common = dict(steps=cfg.pgd_steps, restarts=cfg.pgd_restarts,
+                    random_start=cfg.pgd_random_start,
+                    mc_samples=cfg.mc_samples, seed=seed, **common)
+  table = {
+      'fgsm': lambda x, y: attacks.fgsm(logits_fn, x, y, cfg.fgsm_eps,
+                                        **common),
+      'pgd_linf': lambda x, y: attacks.pgd(
+          logits_fn, x, y, cfg.pgd_eps, cfg.pgd_alpha, norm='inf',
+          **pgd_common),
+      'pgd_l2': lambda x, y: attacks.pgd(
+          logits_fn, x, y, cfg.pgd_l2_eps, cfg.pgd_l2_alpha, norm=2,
+          **pgd_common),
+      'cw': lambda x, y: attacks.carlini_wagner_l2(
+          logits_fn, x, y, c=cfg.cw_c, kappa=cfg.cw_kappa, steps=cfg.cw_steps,
+          binary_search_steps=cfg.cw_binary_search_steps,
+          learning_rate=cfg.cw_learning_rate, **common),
+  }
+  return {name: table[name] for name in cfg.attacks}
+
+
+def attack_settings(name: str, cfg: config_lib.AttackConfig) -> str:
+  """A short human-readable description of an attack's parameters."""
+  pgd = (f'alpha={cfg.pgd_alpha:g}, steps={cfg.pgd_steps}, '
+         f'restarts={cfg.pgd_restarts}')
+  return {
+      'natural': '-',
+      'fgsm': f'Linf eps={cfg.fgsm_eps:g}',
+      'pgd_linf': f'Linf eps={cfg.pgd_eps:g}, {pgd}',
+      'pgd_l2': (f'L2 eps={cfg.pgd_l2_eps:g}, alpha={cfg.pgd_l2_alpha:g}, '
+                 f'steps={cfg.pgd_steps}, restarts={cfg.pgd_restarts}'),
+      'cw': (f'c={cfg.cw_c:g}, kappa={cfg.cw_kappa:g}, '
+             f'steps={cfg.cw_steps}, searches={cfg.cw_binary_search_steps}'),
+      'combined': f'{cfg.combined} of {"+".join(cfg.attacks)}',
+  }[name]
+
+
+@dataclasses.dataclass
+class _Tally:
+  """Per-attack sums over batches."""
+  correct: int = 0
+  flipped: int = 0  # Clean-correct examples the attack made wrong.
+  l2: List[float] = dataclasses.field(default_factory=list)
+  max_linf: float = 0.0
+
+
+def evaluate_robustness(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
+                        labels: np.ndarray, cfg: config_lib.AttackConfig, *,
+                        batch_size: int = 500, verbose: bool = True
+                        ) -> List[Dict[str, object]]:
+  """Scores a model on clean images and under each configured attack.
+
+  Args:
+    logits_fn: images `[B, H, W, C]` in [0, 1] -> logits `[B, K]`; pass one
+      callable (attacks are compiled per callable).
+    images: uint8 `[N, H, W, C]` test images.
+    labels: int `[N]`.
+    cfg: attack settings.
+    batch_size: images per attack batch.
+    verbose: print one progress line per batch.
+
+  Returns:
+    One dict per row (natural, each attack, combined) with `COLUMNS`:
+    accuracy in [0, 1]; success_rate = share of clean-correct examples the
+    attack turned wrong, in [0, 1]; median_l2 = median L2 norm of those
+    successful perturbations (None when there are none); max_linf = largest
+    L-inf perturbation; examples = N.
+  """
+  names = ['natural', *cfg.attacks, 'combined']
+  tallies = {name: _Tally() for name in names}
+  batches = data_lib.as_batches(images, labels, batch_size)
+  total = -(-len(images) // batch_size)
+  start = time.perf_counter()
+  for index, (x, y) in enumerate(batches):
+    seed = cfg.seed * 1_000_003 + index
+    clean_ok = _correct(logits_fn, x, y, cfg.mc_samples)
+    _tally(tallies['natural'], x, x, clean_ok, clean_ok)
+    outputs = {}
+    for name, attack in attack_functions(logits_fn, cfg, seed).items():
+      outputs[name] = attack(x, y)
+      ok = _correct(logits_fn, outputs[name], y, cfg.mc_samples)
+      _tally(tallies[name], x, outputs[name], clean_ok, ok)
+    if cfg.combined == 'worst_case':
+      combined_x, ok = attacks.worst_case(logits_fn, x, y, outputs,
+                                          mc_samples=cfg.mc_samples)
+      ok = ok.numpy()
+    else:
+      combined_x = attacks.sequential(
+          x, y, attack_functions(logits_fn, cfg, seed))
+      ok = _correct(logits_fn, combined_x, y, cfg.mc_samples)
+    _tally(tallies['combined'], x, combined_x, clean_ok, ok)
+    if verbose:
+      done = min((index + 1) * batch_size, len(images))
+      print(f'robustness: batch {index + 1}/{total} ({done} images, '
+            f'{time.perf_counter() - start:.0f} s)', flush=True)
+  rows = []
+  clean_correct = max(tallies['natural'].correct, 1)
+  for name in names:
+    tally = tallies[name]
+    rows.append({
+        'attack': name,
+        'settings': attack_settings(name, cfg),
+        'accuracy': tally.correct / len(images),
+        'success_rate': (None if name == 'natural'
+                         else tally.flipped / clean_correct),
+        'median_l2': float(np.median(tally.l2)) if tally.l2 else None,
+        'max_linf': tally.max_linf,
+        'examples': len(images),
+    })
+  return rows
+
+
+def _correct(logits_fn, x, y, mc_samples) -> np.ndarray:
+  return (attacks.predict(logits_fn, x, mc_samples).numpy() == y.numpy())
+
+
+def _tally(tally: _Tally, x, adv, clean_ok: np.ndarray, ok: np.ndarray) -> None:
+  delta = (tf.convert_to_tensor(adv) - x).numpy().reshape(len(ok), -1)
+  flipped = clean_ok & ~ok
+  tally.correct += int(ok.sum())
+  tally.flipped += int(flipped.sum())
+  tally.l2.extend(np.linalg.norm(delta[flipped], axis=1).tolist())
+  tally.max_linf = max(tally.max_linf, float(np.abs(delta).max(initial=0.0)))
+
+
+def _cell(column: str, value) -> str:
+  if value is None:
+    return '-'
+  if column in ('accuracy', 'success_rate'):
+    return f'{100 * value:.2f}'
+  if column in ('median_l2', 'max_linf'):
+    return f'{value:.4f}'
+  return str(value)
+
+
+_HEADERS = {'attack': 'attack', 'settings': 'settings',
+            'accuracy': 'accuracy (%)', 'success_rate': 'attack success (%)',
+            'median_l2': 'median L2 (successful)', 'max_linf': 'max Linf',
+            'examples': 'examples'}
+
+
+def markdown_table(rows: Sequence[Dict[str, object]]) -> str:
+  """The rows as a Markdown table (percentages with two decimals)."""
+  lines = ['| ' + ' | '.join(_HEADERS[c] for c in COLUMNS) + ' |',
+           '|' + '|'.join('---' for _ in COLUMNS) + '|']
+  for row in rows:
+    lines.append('| ' + ' | '.join(_cell(c, row[c]) for c in COLUMNS) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def write_report(rows: Sequence[Dict[str, object]], output_dir: str,
+                 meta: Optional[Dict[str, object]] = None) -> Dict[str, str]:
+  """Writes robustness.md, robustness.csv and robustness.json.
+
+  Args:
+    rows: from `evaluate_robustness`.
+    output_dir: folder to write into (created if needed).
+    meta: extra facts for the JSON (checkpoint, data set, settings).
+
+  Returns:
+    {'md': path, 'csv': path, 'json': path}.
+  """
+  tf.io.gfile.makedirs(output_dir)
+  paths = {ext: os.path.join(output_dir, f'{FILE_STEM}.{ext}')
+           for ext in ('md', 'csv', 'json')}
+  with tf.io.gfile.GFile(paths['md'], 'w') as f:
+    f.write(markdown_table(rows))
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+  writer.writeheader()
+  writer.writerows(rows)
+  with tf.io.gfile.GFile(paths['csv'], 'w') as f:
+    f.write(buffer.getvalue())
+  with tf.io.gfile.GFile(paths['json'], 'w') as f:
+    json.dump({'rows': list(rows), **(meta or {})}, f, indent=2,
+              sort_keys=True)
+  return paths
+
+
+def print_table(rows: Sequence[Dict[str, object]], stream=sys.stdout) -> None:
+  """Prints the rows as an aligned plain-text table."""
+  cells = [[_HEADERS[c] for c in COLUMNS]] + [
+      [_cell(c, row[c]) for c in COLUMNS] for row in rows]
+  widths = [max(len(r[i]) for r in cells) for i in range(len(COLUMNS))]
+  for r in cells:
+    stream.write('  '.join(v.ljust(w) for v, w in zip(r, widths)).rstrip() + '\n')
+  stream.flush()
