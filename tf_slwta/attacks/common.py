@@ -57,18 +57,21 @@ def check_labels(y, batch: int) -> tf.Tensor:
 
 
 def check_non_negative(name: str, value: float) -> float:
+  """Returns `value` as a float; ValueError unless finite and >= 0."""
   if not np.isfinite(value) or value < 0:
     raise ValueError(f'{name} must be a finite number >= 0, got {value}.')
   return float(value)
 
 
 def check_positive(name: str, value: float) -> float:
+  """Returns `value` as a float; ValueError unless finite and > 0."""
   if not np.isfinite(value) or value <= 0:
     raise ValueError(f'{name} must be a finite number > 0, got {value}.')
   return float(value)
 
 
 def check_count(name: str, value: int, low: int = 1) -> int:
+  """Returns `value` as an int; ValueError unless a whole number >= low."""
   if int(value) != value or value < low:
     raise ValueError(f'{name} must be an integer >= {low}, got {value}.')
   return int(value)

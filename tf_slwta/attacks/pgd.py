@@ -35,7 +35,8 @@ def pgd(logits_fn: eot.LogitsFn, x, y, eps: float, alpha: float, steps: int,
     targeted: move towards `y` instead of away from it.
     eot_samples: passes averaged per gradient, >= 1.
     mc_samples: passes averaged for the decision, >= 1.
-    seed: seed of the random starts (restart r uses (seed, r)).
+    seed: int or int64 scalar tensor, seed of the random starts (restart r
+      uses (seed, r)).
 
   Returns:
     float32 `[B, H, W, C]` adversarial images within eps of x and inside
@@ -60,7 +61,7 @@ def pgd(logits_fn: eot.LogitsFn, x, y, eps: float, alpha: float, steps: int,
   return _pgd(logits_fn, x, y, tf.constant(eps), tf.constant(alpha),
               tf.constant(steps), norm, random_start, restarts,
               float(clip_min), float(clip_max), targeted, eot_samples,
-              mc_samples, tf.constant(seed, tf.int64))
+              mc_samples, tf.cast(seed, tf.int64))
 
 
 @tf.function(reduce_retracing=True)
