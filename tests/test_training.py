@@ -167,3 +167,22 @@ def test_evaluate_checkpoint_matches_training_result(tmp_path):
 def test_evaluate_without_checkpoint_says_what_to_do(tmp_path):
   with pytest.raises(FileNotFoundError, match='--mode=train'):
     loop.evaluate_checkpoint(small_config(tmp_path), ONE_DEVICE())
+
+
+def test_config_round_trips_through_its_json(tmp_path):
+  cfg = small_config(tmp_path, lr_decay_epochs=(1,), lr_schedule='step')
+  assert config_lib.ExperimentConfig.from_dict(json.loads(cfg.to_json())) == cfg
+
+
+def test_uneven_evaluation_split_counts_every_example_once(tmp_path):
+  cfg = small_config(tmp_path, epochs=1)
+  loop.train(cfg, ONE_DEVICE())
+  images, labels = data_lib.make_synthetic('test', 70)
+  results = []
+  for strategy in (ONE_DEVICE(), TWO_REPLICAS()):
+    model = loop.restore_model(cfg, strategy)
+    results.append(loop.evaluate(strategy, loop.make_eval_step(model, strategy),
+                                 images, labels, global_batch_size=32))
+  assert results[0]['examples'] == results[1]['examples'] == 70
+  assert results[0]['accuracy'] == pytest.approx(results[1]['accuracy'])
+  assert results[0]['loss'] == pytest.approx(results[1]['loss'], rel=1e-5)

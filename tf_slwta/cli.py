@@ -7,6 +7,8 @@ refuse bad values while the command line is parsed, before any work, and
 the library takes.
 """
 
+import dataclasses
+import glob
 import os
 import sys
 from typing import List, Sequence
@@ -21,7 +23,8 @@ _SECTIONS = {
              'eval_examples', 'batch_size', 'eval_batch_size', 'augment',
              'download'),
     'model': ('model', 'activation', 'depth', 'widen_factor',
-              'seed_cnn_filters', 'seed_cnn_units'),
+              'seed_cnn_filters', 'seed_cnn_units', 'pni', 'pni_alpha_init',
+              'pni_channelwise', 'pni_at_test'),
     'attack': ('attacks', 'combined', 'fgsm_eps', 'pgd_eps', 'pgd_alpha',
                'pgd_steps', 'pgd_l2_eps', 'pgd_l2_alpha', 'pgd_restarts',
                'pgd_random_start', 'cw_c', 'cw_kappa', 'cw_steps',
@@ -31,7 +34,10 @@ _SECTIONS = {
               'weight_decay', 'lr_schedule', 'lr_warmup_epochs',
               'lr_decay_epochs', 'lr_decay_ratio', 'label_smoothing', 'seed',
               'strategy', 'checkpoint_every_steps', 'keep_checkpoints',
-              'log_every_steps'),
+              'log_every_steps', 'mixture', 'noise_sigma',
+              'clean_loss_weight'),
+    'certify': ('certify_sigma', 'certify_n0', 'certify_n', 'certify_alpha',
+                'certify_batch_size', 'certify_radii'),
 }
 
 
@@ -133,6 +139,54 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                        'Progress and TensorBoard interval in steps.',
                        lower_bound=1, flag_values=fv)
 
+  # Defenses.
+  flags.DEFINE_enum('pni', d_model.pni, config_lib.PNI_MODES,
+                    'Parametric Noise Injection in seed_cnn: activation (the '
+                    "seed's three places), weight (every kernel), both.",
+                    flag_values=fv)
+  flags.DEFINE_float('pni_alpha_init', d_model.pni_alpha_init,
+                     'Initial PNI noise scale.', flag_values=fv)
+  flags.DEFINE_bool('pni_channelwise', d_model.pni_channelwise,
+                    'One PNI scale per channel instead of per layer.',
+                    flag_values=fv)
+  flags.DEFINE_bool('pni_at_test', d_model.pni_at_test,
+                    'Keep PNI noise on at test time.', flag_values=fv)
+  flags.DEFINE_list('mixture', [],
+                    'Adversarial training: branch:weight entries over '
+                    f'{",".join(config_lib.MIXTURE_BRANCHES)}, one branch '
+                    "drawn per step; 'seed' is the seed's scheme "
+                    '(noise:1,fgsm:1,pgd:1,cw:1,clean:4); empty: clean.',
+                    flag_values=fv)
+  flags.DEFINE_float('noise_sigma', d_train.noise_sigma,
+                     'Std of the mixture\'s Gaussian-noise branch.',
+                     flag_values=fv)
+  flags.DEFINE_float('clean_loss_weight', d_train.clean_loss_weight,
+                     'w of w * CE(clean) + (1 - w) * CE(perturbed).',
+                     flag_values=fv)
+  d_certify = config_lib.CertifyConfig()
+  flags.DEFINE_float('certify_sigma', d_certify.sigma,
+                     'Randomized smoothing noise std (--mode=certify).',
+                     flag_values=fv)
+  flags.DEFINE_integer('certify_n0', d_certify.n0,
+                       'CERTIFY samples that select the class.',
+                       flag_values=fv)
+  flags.DEFINE_integer('certify_n', d_certify.n,
+                       'PREDICT / CERTIFY estimation samples.', flag_values=fv)
+  flags.DEFINE_float('certify_alpha', d_certify.alpha,
+                     'Failure probability of the certificate.', flag_values=fv)
+  flags.DEFINE_integer('certify_batch_size', d_certify.batch_size,
+                       'Noisy copies per forward pass.', flag_values=fv)
+  flags.DEFINE_list('certify_radii', [str(r) for r in d_certify.radii],
+                    'L2 radii of the certified-accuracy table.',
+                    flag_values=fv)
+  flags.DEFINE_list('grid', [],
+                    'Flagfiles (or glob patterns) of the runs --mode=grid '
+                    'trains and evaluates; default flags/seed_table/[0-9]*.cfg.',
+                    flag_values=fv)
+  flags.DEFINE_string('grid_overrides', None,
+                      'Flagfile applied after each grid row (e.g. a budget).',
+                      flag_values=fv)
+
   # Attacks (robustness evaluation).
   d_attack = config_lib.AttackConfig()
   flags.DEFINE_bool('evaluate_robustness', False,
@@ -198,7 +252,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 def _section_checker(section: str):
   builder = {'data': _data_config, 'model': _model_config,
-             'train': _train_config, 'attack': _attack_config}[section]
+             'train': _train_config, 'attack': _attack_config,
+             'certify': _certify_config}[section]
 
   def check(values):
     try:
@@ -242,13 +297,42 @@ def _model_config(v) -> config_lib.ModelConfig:
       name=v['model'], activation=v['activation'], depth=v['depth'],
       widen_factor=v['widen_factor'],
       seed_cnn_filters=_int_list('seed_cnn_filters', v['seed_cnn_filters']),
-      seed_cnn_units=v['seed_cnn_units'])
+      seed_cnn_units=v['seed_cnn_units'], pni=v['pni'],
+      pni_alpha_init=v['pni_alpha_init'],
+      pni_channelwise=v['pni_channelwise'], pni_at_test=v['pni_at_test'])
+
+
+def _mixture(entries: Sequence[str]) -> tuple:
+  """'branch:weight' entries (or 'seed') -> ((branch, weight), ...)."""
+  if list(entries) == ['seed']:
+    return config_lib.SEED_MIXTURE
+  parsed = []
+  for entry in entries:
+    name, _, weight = entry.partition(':')
+    try:
+      parsed.append((name, float(weight or 1.0)))
+    except ValueError as e:
+      raise ValueError(f'--mixture entry {entry!r} is not branch:weight.') from e
+  return tuple(parsed)
 
 
 def _train_config(v) -> config_lib.TrainConfig:
+  special = ('lr_decay_epochs', 'mixture')
   return config_lib.TrainConfig(**{
-      name: v[name] for name in _SECTIONS['train'] if name != 'lr_decay_epochs'
-  }, lr_decay_epochs=_int_list('lr_decay_epochs', v['lr_decay_epochs']))
+      name: v[name] for name in _SECTIONS['train'] if name not in special
+  }, lr_decay_epochs=_int_list('lr_decay_epochs', v['lr_decay_epochs']),
+      mixture=_mixture(v['mixture']))
+
+
+def _certify_config(v) -> config_lib.CertifyConfig:
+  try:
+    radii = tuple(float(r) for r in v['certify_radii'])
+  except ValueError as e:
+    raise ValueError('--certify_radii takes comma-separated numbers.') from e
+  return config_lib.CertifyConfig(
+      sigma=v['certify_sigma'], n0=v['certify_n0'], n=v['certify_n'],
+      alpha=v['certify_alpha'], batch_size=v['certify_batch_size'],
+      radii=radii)
 
 
 def _attack_config(v) -> config_lib.AttackConfig:
@@ -267,7 +351,8 @@ def config_from_flags(fv: flags.FlagValues = flags.FLAGS
       mode=fv.mode, output_dir=fv.output_dir,
       evaluate_robustness=fv.evaluate_robustness, data=_data_config(values),
       model=_model_config(values), train=_train_config(values),
-      attack=_attack_config(values))
+      attack=_attack_config(values), certify=_certify_config(values),
+      grid=tuple(fv.grid), grid_overrides=fv.grid_overrides)
 
 
 def with_default_flagfile(argv: List[str], flagfile: str) -> List[str]:
@@ -281,11 +366,23 @@ def with_default_flagfile(argv: List[str], flagfile: str) -> List[str]:
   return [argv[0], f'--flagfile={flagfile}'] + list(argv[1:])
 
 
+def parse_flagfiles(paths: Sequence[str]) -> config_lib.ExperimentConfig:
+  """Settings from flagfiles alone (later ones override earlier ones).
+
+  Parsed on fresh `FlagValues`, so the process's own flags are untouched;
+  used by --mode=grid for each row.
+  """
+  fv = flags.FlagValues()
+  define_flags(fv)
+  fv(['main.py'] + [f'--flagfile={p}' for p in paths])
+  return config_from_flags(fv)
+
+
 def run(config: config_lib.ExperimentConfig) -> int:
   """Runs `config.mode`; returns the process exit code.
 
-  Known failures (missing data, diverged training, a mismatched output_dir)
-  are logged as one clear message and give exit code 1.
+  Known failures (missing data, diverged training, a mismatched output_dir,
+  a bad grid flagfile) are logged as one clear message and give exit code 1.
   """
   # Imported here so that flag parsing, and its errors, come before
   # TensorFlow starts (and so MultiWorkerMirroredStrategy is made first).
@@ -300,44 +397,136 @@ def run(config: config_lib.ExperimentConfig) -> int:
   logging.info('Strategy %s with %d replica(s); settings:\n%s',
                type(strategy).__name__, strategy.num_replicas_in_sync,
                config.to_json())
-  from tf_slwta.evaluation import robustness  # pylint: disable=g-import-not-at-top
-  chief = distribute.is_chief(strategy)
   try:
-    if config.mode == 'train':
-      record = loop.train(config, strategy)
-      rows = {'test': {'accuracy': record['test/accuracy'],
-                       'loss': record['test/loss'],
-                       'examples': record['test/examples']}}
-      attack = config.evaluate_robustness and bool(config.attack.attacks)
-      model = loop.restore_model(config, strategy) if attack and chief else None
+    if config.mode == 'grid':
+      _run_grid(config, strategy)
+    elif config.mode == 'certify':
+      _run_certify(config, strategy)
     else:
-      model = loop.restore_model(config, strategy)
-      rows = {'test': loop.evaluate_model(config, strategy, model)}
-      attack = bool(config.attack.attacks)
-    robust_rows = None
-    if attack and chief:
-      images, labels = data_lib.load_arrays(config.data, 'test')
-      robust_rows = robustness.evaluate_robustness(
-          lambda x: model(x, training=False), images, labels, config.attack,
-          batch_size=config.data.eval_batch_size)
-      robustness.write_report(robust_rows, config.output_dir, meta={
-          'output_dir': config.output_dir, 'dataset': config.data.dataset,
-          'model': config.model.name, 'attack_settings': config.to_dict()['attack']})
+      _run_one(config, strategy)
   except (data_lib.DataError, loop.TrainingDiverged, loop.RunMismatch,
-          FileNotFoundError, ValueError) as e:
+          FileNotFoundError, ValueError, flags.Error) as e:
     logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)
     return 1
+  return 0
+
+
+def _perturbation(config: config_lib.ExperimentConfig, strategy):
+  """The training batches' perturbation: the attack mixture, or none."""
+  from tf_slwta.defenses import mixture  # pylint: disable=g-import-not-at-top
+  from tf_slwta.training import loop  # pylint: disable=g-import-not-at-top
+  if not config.train.mixture:
+    return loop.identity_perturbation
+  return mixture.AttackMixture(config.train.mixture, config.attack,
+                               config.train.noise_sigma, strategy)
+
+
+def _run_one(config: config_lib.ExperimentConfig, strategy,
+             reuse_robustness: bool = False):
+  """--mode=train or evaluate: clean metrics and, if asked, the attacks.
+
+  Returns:
+    (clean metrics {'accuracy', 'loss', 'examples'}, robustness rows or None).
+  """
+  from tf_slwta import data as data_lib  # pylint: disable=g-import-not-at-top
+  from tf_slwta.evaluation import robustness  # pylint: disable=g-import-not-at-top
+  from tf_slwta.training import distribute  # pylint: disable=g-import-not-at-top
+  from tf_slwta.training import loop  # pylint: disable=g-import-not-at-top
+
+  chief = distribute.is_chief(strategy)
+  if config.mode == 'train':
+    record = loop.train(config, strategy,
+                        perturb=_perturbation(config, strategy))
+    clean = {'accuracy': record['test/accuracy'], 'loss': record['test/loss'],
+             'examples': record['test/examples']}
+    attack = config.evaluate_robustness and bool(config.attack.attacks)
+    model = loop.restore_model(config, strategy) if attack and chief else None
+  else:
+    model = loop.restore_model(config, strategy)
+    clean = loop.evaluate_model(config, strategy, model)
+    attack = bool(config.attack.attacks)
+  rows = None
+  if attack and chief:
+    meta = {'output_dir': config.output_dir, 'dataset': config.data.dataset,
+            'model': config.model.name,
+            'checkpoint': _latest_checkpoint(config.output_dir),
+            'eval_examples': config.data.eval_examples,
+            'attack_settings': config.to_dict()['attack']}
+    rows = robustness.load_report(config.output_dir, meta) if (
+        reuse_robustness) else None
+    if rows is None:
+      images, labels = data_lib.load_arrays(config.data, 'test')
+      rows = robustness.evaluate_robustness(
+          lambda x: model(x, training=False), images, labels, config.attack,
+          batch_size=config.data.eval_batch_size)
+      robustness.write_report(rows, config.output_dir, meta=meta)
   if chief:
     print(f'\nResults of {config.output_dir} ({config.data.dataset}, '
           f'{config.model.name}):')
-    loop.print_table(rows)
-    if robust_rows is not None:
-      print(f'\nRobustness on {robust_rows[0]["examples"]} test images '
-            f'(also in {os.path.join(config.output_dir, "robustness.md")}, '
-            f'.csv, .json):')
-      robustness.print_table(robust_rows)
+    loop.print_table({'test': clean})
+    if rows is not None:
+      print(f'\nRobustness on {rows[0]["examples"]} test images (also in '
+            f'{os.path.join(config.output_dir, "robustness.md")}, .csv, '
+            f'.json):')
+      robustness.print_table(rows)
     print(f'Checkpoints: {os.path.join(config.output_dir, "checkpoints")}\n'
           f'TensorBoard: tensorboard --logdir '
           f'{os.path.join(config.output_dir, "summaries")}')
-  return 0
+  return clean, rows
+
+
+def _latest_checkpoint(output_dir: str):
+  """Path of the run's latest checkpoint, or None."""
+  from tf_slwta.training import loop  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return tf.train.latest_checkpoint(loop.checkpoint_dir(output_dir))
+
+
+def _run_certify(config: config_lib.ExperimentConfig, strategy) -> None:
+  """--mode=certify: randomized smoothing of the latest checkpoint."""
+  from tf_slwta import data as data_lib  # pylint: disable=g-import-not-at-top
+  from tf_slwta.evaluation import certify  # pylint: disable=g-import-not-at-top
+  from tf_slwta.training import loop  # pylint: disable=g-import-not-at-top
+  model = loop.restore_model(config, strategy)
+  images, labels = data_lib.load_arrays(config.data, 'test')
+  info = data_lib.dataset_info(config.data.dataset)
+  result = certify.certify_dataset(lambda x: model(x, training=False), images,
+                                   labels, config.certify, info.num_classes)
+  paths = certify.write_report(result, config.output_dir)
+  print(f'\nRandomized smoothing of {config.output_dir} (also in '
+        f'{paths["md"]}, {paths["json"]}):')
+  print(certify.markdown_table(result))
+
+
+def _run_grid(config: config_lib.ExperimentConfig, strategy) -> None:
+  """--mode=grid: train and evaluate every row, then one consolidated table."""
+  from tf_slwta.evaluation import robustness  # pylint: disable=g-import-not-at-top
+  patterns = config.grid or (os.path.join('flags', 'seed_table', '[0-9]*.cfg'),)
+  rows = [path for pattern in patterns
+          for path in (sorted(glob.glob(pattern)) if glob.has_magic(pattern)
+                       else [pattern])]
+  if not rows:
+    raise FileNotFoundError('--mode=grid found no flagfiles: pass --grid=A.cfg,'
+                            'B.cfg or run from the repository root.')
+  results = []
+  for path in rows:
+    if not os.path.exists(path):
+      raise FileNotFoundError(f'Grid flagfile {path} does not exist.')
+    row_config = parse_flagfiles(
+        [path] + ([config.grid_overrides] if config.grid_overrides else []))
+    row_config = dataclasses.replace(row_config, mode='train',
+                                     evaluate_robustness=True)
+    print(f'\n=== grid row {path} -> {row_config.output_dir} ===', flush=True)
+    clean, attack_rows = _run_one(row_config, strategy, reuse_robustness=True)
+    results.append({'row': os.path.splitext(os.path.basename(path))[0],
+                    'flagfile': path, 'output_dir': row_config.output_dir,
+                    'clean_accuracy': clean['accuracy'],
+                    'attacks': attack_rows})
+  # The table goes beside the runs it sums up (runs/seed_table/ by default).
+  paths = robustness.write_grid(
+      results, os.path.commonpath([r['output_dir'] for r in results])
+      if len(results) > 1 else config.output_dir)
+  print(f'\nGrid of {len(results)} runs (also in {paths["md"]}, '
+        f'{paths["csv"]}, {paths["json"]}):\n')
+  print(open(paths['md']).read())

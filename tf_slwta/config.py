@@ -14,7 +14,19 @@ MODELS = ('seed_cnn', 'wide_resnet')
 ACTIVATIONS = ('relu',)
 STRATEGIES = ('auto', 'mirrored', 'multi_worker', 'one_device')
 LR_SCHEDULES = ('constant', 'cosine', 'step')
-MODES = ('train', 'evaluate')
+MODES = ('train', 'evaluate', 'certify', 'grid')
+PNI_MODES = ('none', 'activation', 'weight', 'both')
+MIXTURE_BRANCHES = ('noise', 'fgsm', 'pgd', 'cw', 'clean')
+# The seed draws k uniformly from 0..7: 0 noise, 1 FGSM, 2 PGD, 3 CW, 4-7 clean.
+SEED_MIXTURE = (('noise', 1.0), ('fgsm', 1.0), ('pgd', 1.0), ('cw', 1.0),
+                ('clean', 4.0))
+
+
+def _as_tuple(value):
+  """Lists (as JSON gives them) to tuples, recursively."""
+  if isinstance(value, (list, tuple)):
+    return tuple(_as_tuple(v) for v in value)
+  return value
 
 
 def _check_choice(name: str, value: str, choices: Tuple[str, ...]) -> None:
@@ -82,6 +94,12 @@ class ModelConfig:
     widen_factor: WideResNet width multiplier, >= 1.
     seed_cnn_filters: channels of the seed CNN's two convolutions.
     seed_cnn_units: width of the seed CNN's hidden dense layer.
+    pni: Parametric Noise Injection in seed_cnn: 'activation' (after pool 1,
+      pool 2 and flatten, the seed's three places), 'weight' (every
+      convolution and dense kernel), 'both' or 'none'.
+    pni_alpha_init: initial noise scale alpha, >= 0.
+    pni_channelwise: one alpha per channel instead of one per layer.
+    pni_at_test: keep the noise on at test time.
   """
   name: str = 'seed_cnn'
   activation: str = 'relu'
@@ -89,12 +107,21 @@ class ModelConfig:
   widen_factor: int = 1
   seed_cnn_filters: Tuple[int, int] = (32, 64)
   seed_cnn_units: int = 128
+  pni: str = 'none'
+  pni_alpha_init: float = 0.25
+  pni_channelwise: bool = False
+  pni_at_test: bool = True
 
   def __post_init__(self):
     _check_choice('model', self.name, MODELS)
     _check_choice('activation', self.activation, ACTIVATIONS)
     _check_at_least('widen_factor', self.widen_factor, 1)
     _check_at_least('seed_cnn_units', self.seed_cnn_units, 1)
+    _check_choice('pni', self.pni, PNI_MODES)
+    _check_at_least('pni_alpha_init', self.pni_alpha_init, 0)
+    if self.pni != 'none' and self.name != 'seed_cnn':
+      raise ValueError(f'pni={self.pni} is implemented for seed_cnn only, '
+                       f'not {self.name}; pass --pni=none.')
     if len(self.seed_cnn_filters) != 2 or min(self.seed_cnn_filters) < 1:
       raise ValueError(
           f'seed_cnn_filters must be two positive channel counts, got '
@@ -130,6 +157,12 @@ class TrainConfig:
       (0: only at the end of each epoch).
     keep_checkpoints: how many checkpoints to keep, >= 1.
     log_every_steps: progress-bar and TensorBoard interval, >= 1.
+    mixture: adversarial training, ((branch, weight), ...) over
+      `MIXTURE_BRANCHES`; one branch is drawn per step with probability
+      proportional to its weight. () trains on clean batches.
+    noise_sigma: std of the mixture's Gaussian-noise branch, >= 0.
+    clean_loss_weight: w in w * CE(clean) + (1 - w) * CE(perturbed), in
+      [0, 1); 0 trains on the perturbed batch only.
   """
   epochs: int = 30
   learning_rate: float = 0.1
@@ -146,6 +179,9 @@ class TrainConfig:
   checkpoint_every_steps: int = 0
   keep_checkpoints: int = 3
   log_every_steps: int = 50
+  mixture: Tuple[Tuple[str, float], ...] = ()
+  noise_sigma: float = 0.1
+  clean_loss_weight: float = 0.0
 
   def __post_init__(self):
     _check_at_least('epochs', self.epochs, 1)
@@ -171,6 +207,17 @@ class TrainConfig:
     _check_at_least('checkpoint_every_steps', self.checkpoint_every_steps, 0)
     _check_at_least('keep_checkpoints', self.keep_checkpoints, 1)
     _check_at_least('log_every_steps', self.log_every_steps, 1)
+    names = [name for name, _ in self.mixture]
+    for name, weight in self.mixture:
+      _check_choice('mixture', name, MIXTURE_BRANCHES)
+      if not weight > 0:
+        raise ValueError(f'mixture weight of {name} must be > 0, got {weight}.')
+    if len(set(names)) != len(names):
+      raise ValueError(f'mixture names a branch twice: {names}.')
+    _check_at_least('noise_sigma', self.noise_sigma, 0)
+    if not 0 <= self.clean_loss_weight < 1:
+      raise ValueError(f'clean_loss_weight must be in [0, 1), got '
+                       f'{self.clean_loss_weight}.')
 
 
 ATTACKS = ('fgsm', 'pgd_linf', 'pgd_l2', 'cw')
@@ -247,6 +294,37 @@ class AttackConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class CertifyConfig:
+  """Randomized smoothing (Cohen et al., 2019) for --mode=certify.
+
+  Attributes:
+    sigma: std of the Gaussian noise in [0, 1] pixel units, > 0.
+    n0: samples that select the class in CERTIFY, >= 1.
+    n: samples that estimate its probability (CERTIFY) or vote (PREDICT).
+    alpha: failure probability of the statistical tests, in (0, 1).
+    batch_size: noisy copies classified per forward pass, >= 1.
+    radii: increasing L2 radii >= 0 at which certified accuracy is reported.
+  """
+  sigma: float = 0.25
+  n0: int = 100
+  n: int = 1000
+  alpha: float = 0.001
+  batch_size: int = 500
+  radii: Tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+  def __post_init__(self):
+    if not self.sigma > 0:
+      raise ValueError(f'certify_sigma must be > 0, got {self.sigma}.')
+    for name in ('n0', 'n', 'batch_size'):
+      _check_at_least(f'certify_{name}', getattr(self, name), 1)
+    if not 0 < self.alpha < 1:
+      raise ValueError(f'certify_alpha must be in (0, 1), got {self.alpha}.')
+    if any(r < 0 for r in self.radii) or list(self.radii) != sorted(self.radii):
+      raise ValueError(f'certify_radii must be increasing and >= 0, got '
+                       f'{list(self.radii)}.')
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
   """One run: what to do, on what, with what, and where to write.
 
@@ -255,7 +333,10 @@ class ExperimentConfig:
     output_dir: checkpoints, TensorBoard logs, metrics.jsonl and results.
     evaluate_robustness: after --mode=train, also run the attacks of
       `attack` on the test examples and write the robustness table.
-    data, model, train, attack: the parts above.
+    data, model, train, attack, certify: the parts above.
+    grid: flagfiles of the runs --mode=grid trains and evaluates.
+    grid_overrides: a flagfile applied after each grid row's own (e.g. a
+      shorter budget), or None.
   """
   mode: str = 'train'
   output_dir: str = 'runs/quickstart'
@@ -264,6 +345,9 @@ class ExperimentConfig:
   model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
   train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
   attack: AttackConfig = dataclasses.field(default_factory=AttackConfig)
+  certify: CertifyConfig = dataclasses.field(default_factory=CertifyConfig)
+  grid: Tuple[str, ...] = ()
+  grid_overrides: Optional[str] = None
 
   def __post_init__(self):
     _check_choice('mode', self.mode, MODES)
@@ -273,6 +357,17 @@ class ExperimentConfig:
   def to_dict(self) -> Dict[str, Any]:
     """The settings as JSON-ready nested dicts."""
     return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, saved: Dict[str, Any]) -> 'ExperimentConfig':
+    """Rebuilds settings from `to_dict()` output (e.g. a run's config.json)."""
+    sections = {'data': DataConfig, 'model': ModelConfig,
+                'train': TrainConfig, 'attack': AttackConfig,
+                'certify': CertifyConfig}
+    tuples = lambda d: {k: _as_tuple(v) for k, v in d.items()}
+    top = tuples({k: v for k, v in saved.items() if k not in sections})
+    return cls(**top, **{name: kind(**tuples(saved.get(name, {})))
+                         for name, kind in sections.items()})
 
   def to_json(self) -> str:
     """The settings as indented JSON (written beside each run)."""
@@ -285,10 +380,12 @@ class ExperimentConfig:
 RUN_IDENTITY_FIELDS = {
     'data': ('dataset', 'train_examples', 'batch_size', 'augment'),
     'model': ('name', 'activation', 'depth', 'widen_factor',
-              'seed_cnn_filters', 'seed_cnn_units'),
+              'seed_cnn_filters', 'seed_cnn_units', 'pni', 'pni_alpha_init',
+              'pni_channelwise'),
     'train': ('seed', 'learning_rate', 'momentum', 'nesterov', 'weight_decay',
               'lr_schedule', 'lr_warmup_epochs', 'lr_decay_epochs',
-              'lr_decay_ratio', 'label_smoothing'),
+              'lr_decay_ratio', 'label_smoothing', 'mixture', 'noise_sigma',
+              'clean_loss_weight'),
 }
 
 
@@ -310,10 +407,7 @@ def identity_mismatches(saved: Dict[str, Any],
     for name in names:
       old = saved.get(section, {}).get(name)
       new = now[section][name]
-      if isinstance(old, list):
-        old = tuple(old)
-      if isinstance(new, list):
-        new = tuple(new)
+      old, new = _as_tuple(old), _as_tuple(new)
       if old != new:
         diffs[f'{section}.{name}'] = (old, new)
   return diffs

@@ -377,6 +377,11 @@ def eval_dataset_fn(
 ) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
   """Builds the evaluation input function: every example once, in order.
 
+  The split is padded with zero-weight blank examples to a whole number of
+  global batches, so every replica always gets a full batch (a replica left
+  with an empty final batch breaks some strategies) and the weights say
+  which examples count.
+
   Args:
     images: uint8 `[N, H, W, C]`.
     labels: int64 `[N]`.
@@ -384,17 +389,23 @@ def eval_dataset_fn(
 
   Returns:
     A function for `strategy.distribute_datasets_from_function` whose
-    datasets yield (float32 `[b, H, W, C]` in [0, 1], int64 `[b]`); the last
-    batch may be partial.
+    datasets yield (float32 images `[b, H, W, C]` in [0, 1], int64 labels
+    `[b]`, float32 weights `[b]` in {0, 1}).
   """
+  pad = -len(images) % global_batch_size
+  weights = np.concatenate([np.ones(len(images), np.float32),
+                            np.zeros(pad, np.float32)])
+  images = np.concatenate([images, np.zeros((pad,) + images.shape[1:],
+                                            images.dtype)])
+  labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
 
   def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
     per_replica = ctx.get_per_replica_batch_size(global_batch_size)
-    ds = tf.data.Dataset.from_tensor_slices((images, labels))
+    ds = tf.data.Dataset.from_tensor_slices((images, labels, weights))
     ds = ds.shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
-    ds = ds.map(lambda x, y: (to_float_image(x), y),
+    ds = ds.map(lambda x, y, w: (to_float_image(x), y, w),
                 num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.batch(per_replica).prefetch(tf.data.AUTOTUNE)
+    return ds.batch(per_replica, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
   return dataset_fn
 
@@ -404,9 +415,11 @@ def as_batches(images: np.ndarray, labels: np.ndarray,
   """A plain (undistributed) in-order float dataset, for tools and tests.
 
   Returns:
-    Dataset of (float32 `[b, H, W, C]` in [0, 1], int64 `[b]`).
+    Dataset of (float32 `[b, H, W, C]` in [0, 1], int64 `[b]`); the last
+    batch may be smaller.
   """
-  return eval_dataset_fn(images, labels, batch_size)(tf.distribute.InputContext())
+  ds = tf.data.Dataset.from_tensor_slices((images, labels))
+  return ds.map(lambda x, y: (to_float_image(x), y)).batch(batch_size)
 
 
 def class_names(name: str) -> Sequence[str]:

@@ -227,3 +227,67 @@ def print_table(rows: Sequence[Dict[str, object]], stream=sys.stdout) -> None:
   for r in cells:
     stream.write('  '.join(v.ljust(w) for v, w in zip(r, widths)).rstrip() + '\n')
   stream.flush()
+
+
+def load_report(output_dir: str, meta: Dict[str, object]):
+  """The rows of an earlier robustness.json made with exactly `meta`, or None.
+
+  Lets a grid reuse the attacks already run on the same checkpoint with the
+  same settings instead of running them again.
+  """
+  path = os.path.join(output_dir, f'{FILE_STEM}.json')
+  if not tf.io.gfile.exists(path):
+    return None
+  with tf.io.gfile.GFile(path) as f:
+    saved = json.load(f)
+  same = all(saved.get(k) == json.loads(json.dumps(v)) for k, v in meta.items())
+  return saved['rows'] if same else None
+
+
+# The seed's table columns, then what it did not report.
+GRID_COLUMNS = (('natural', 'Natural'), ('pgd_linf', 'PGD Linf'),
+                ('fgsm', 'FGSM'), ('cw', 'CW'), ('pgd_l2', 'PGD L2'),
+                ('combined', 'Combined worst case'))
+
+
+def write_grid(results: Sequence[Dict[str, object]],
+               output_dir: str) -> Dict[str, str]:
+  """Writes grid.md, grid.csv and grid.json: one row per run, accuracy (%).
+
+  Args:
+    results: [{'row': name, 'flagfile', 'output_dir', 'attacks': rows from
+      `evaluate_robustness`}, ...].
+    output_dir: folder for the three files.
+
+  Returns:
+    {'md': path, 'csv': path, 'json': path}.
+  """
+  table = []
+  for result in results:
+    by_name = {r['attack']: r for r in result['attacks']}
+    table.append({'model': result['row'], **{
+        title: (None if key not in by_name else
+                round(100 * by_name[key]['accuracy'], 2))
+        for key, title in GRID_COLUMNS}, 'flagfile': result['flagfile']})
+  tf.io.gfile.makedirs(output_dir)
+  paths = {ext: os.path.join(output_dir, f'grid.{ext}')
+           for ext in ('md', 'csv', 'json')}
+  titles = [title for _, title in GRID_COLUMNS]
+  lines = ['| model | ' + ' | '.join(f'{t} (%)' for t in titles) +
+           ' | flagfile |', '|' + '---|' * (len(titles) + 2)]
+  for row in table:
+    cells = ['-' if row[t] is None else f'{row[t]:.2f}' for t in titles]
+    lines.append(f'| {row["model"]} | ' + ' | '.join(cells) +
+                 f' | {row["flagfile"]} |')
+  with tf.io.gfile.GFile(paths['md'], 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, fieldnames=['model', *titles, 'flagfile'])
+  writer.writeheader()
+  writer.writerows(table)
+  with tf.io.gfile.GFile(paths['csv'], 'w') as f:
+    f.write(buffer.getvalue())
+  with tf.io.gfile.GFile(paths['json'], 'w') as f:
+    json.dump({'table': table, 'runs': list(results)}, f, indent=2,
+              sort_keys=True)
+  return paths

@@ -34,7 +34,9 @@ def build_model(model: config_lib.ModelConfig, info: data_lib.DatasetInfo,
     return seed_cnn.seed_cnn(
         info.image_shape, info.num_classes, mean=info.mean, std=info.std,
         filters=model.seed_cnn_filters, units=model.seed_cnn_units,
-        activation=model.activation, inserts=inserts)
+        activation=model.activation, inserts=inserts, pni=model.pni,
+        pni_alpha_init=model.pni_alpha_init,
+        pni_channelwise=model.pni_channelwise, pni_at_test=model.pni_at_test)
   if inserts:
     raise ValueError(f'Model {model.name} has no insertion points; only '
                      f'seed_cnn takes inserts.')

@@ -5,6 +5,7 @@ from typing import Callable, Mapping, Optional, Sequence, Tuple
 import keras
 
 from tf_slwta.layers import make_activation
+from tf_slwta.layers import noise
 from tf_slwta.models.common import normalization
 
 # Where the seed puts its noise layers; `inserts` may place a layer at each.
@@ -16,6 +17,8 @@ def seed_cnn(image_shape: Tuple[int, int, int], num_classes: int, *,
              filters: Sequence[int] = (32, 64), units: int = 128,
              activation: str = 'relu',
              inserts: Optional[Mapping[str, Callable[[str], keras.layers.Layer]]] = None,
+             pni: str = 'none', pni_alpha_init: float = 0.25,
+             pni_channelwise: bool = False, pni_at_test: bool = True,
              ) -> keras.Model:
   """Builds the seed CNN.
 
@@ -32,12 +35,30 @@ def seed_cnn(image_shape: Tuple[int, int, int], num_classes: int, *,
     activation: activation kind (see `tf_slwta.layers.make_activation`).
     inserts: {point: factory}; factory(point) returns the layer to insert
       at that point (e.g. a noise layer). Unknown points are refused.
+    pni: Parametric Noise Injection: 'activation' puts
+      `noise.ActivationNoise` at the three insertion points, 'weight' makes
+      every kernel noisy (`noise.NoisyConv2D`, `noise.NoisyDense`), 'both'
+      does both, 'none' neither.
+    pni_alpha_init, pni_channelwise, pni_at_test: the PNI layers' settings.
 
   Returns:
     Functional `keras.Model` named 'seed_cnn': `[B, H, W, C]` -> logits
     `[B, num_classes]`.
   """
   inserts = dict(inserts or {})
+  pni_args = dict(alpha_init=pni_alpha_init, channelwise=pni_channelwise,
+                  noise_at_test=pni_at_test)
+  if pni in ('activation', 'both'):
+    for point in INSERTION_POINTS:
+      if point in inserts:
+        raise ValueError(f'pni={pni} and an insert both claim {point}.')
+      inserts[point] = lambda p: noise.ActivationNoise(name=f'pni_{p}',
+                                                       **pni_args)
+  noisy = pni in ('weight', 'both')
+  conv = (lambda *a, **k: noise.NoisyConv2D(*a, **k, **pni_args)) if noisy \
+      else keras.layers.Conv2D
+  dense = (lambda *a, **k: noise.NoisyDense(*a, **k, **pni_args)) if noisy \
+      else keras.layers.Dense
   unknown = set(inserts) - set(INSERTION_POINTS)
   if unknown:
     raise ValueError(f'Unknown seed_cnn insertion points {sorted(unknown)}; '
@@ -49,14 +70,14 @@ def seed_cnn(image_shape: Tuple[int, int, int], num_classes: int, *,
   inputs = keras.Input(image_shape, name='images')
   x = normalization(mean, std)(inputs)
   for i, f in enumerate(filters, start=1):
-    x = keras.layers.Conv2D(f, 3, padding='same', kernel_initializer='he_normal',
-                            name=f'conv{i}')(x)
+    x = conv(f, 3, padding='same', kernel_initializer='he_normal',
+             name=f'conv{i}')(x)
     x = make_activation(activation, f'conv{i}_act')(x)
     x = keras.layers.MaxPooling2D(2, name=f'pool{i}')(x)
     x = insert(x, f'after_pool{i}')
   x = keras.layers.Flatten(name='flatten')(x)
   x = insert(x, 'after_flatten')
-  x = keras.layers.Dense(units, kernel_initializer='he_normal', name='dense')(x)
+  x = dense(units, kernel_initializer='he_normal', name='dense')(x)
   x = make_activation(activation, 'dense_act')(x)
-  logits = keras.layers.Dense(num_classes, name='logits')(x)
+  logits = dense(num_classes, name='logits')(x)
   return keras.Model(inputs, logits, name='seed_cnn')

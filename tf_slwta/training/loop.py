@@ -33,6 +33,7 @@ import tensorflow as tf
 from tf_slwta import config as config_lib
 from tf_slwta import data as data_lib
 from tf_slwta import models
+from tf_slwta.layers import noise
 from tf_slwta.training import distribute
 from tf_slwta.training import losses
 
@@ -138,12 +139,16 @@ def make_optimizer(train: config_lib.TrainConfig,
                    steps_per_epoch: int) -> keras.optimizers.Optimizer:
   """SGD with momentum, the schedule above and decoupled weight decay.
 
-  Call inside `strategy.scope()`.
+  Noise scales of Parametric Noise Injection are exempt from weight decay
+  (it would drive them to 0). Call inside `strategy.scope()`.
   """
-  return keras.optimizers.SGD(
+  optimizer = keras.optimizers.SGD(
       learning_rate=learning_rate_schedule(train, steps_per_epoch),
       momentum=train.momentum, nesterov=train.nesterov,
       weight_decay=train.weight_decay or None)
+  if train.weight_decay:
+    optimizer.exclude_from_weight_decay(var_names=[noise.ALPHA_NAME])
+  return optimizer
 
 
 @dataclasses.dataclass
@@ -229,8 +234,11 @@ def check_run_identity(config: config_lib.ExperimentConfig) -> None:
 
 def make_train_step(state: TrainingState, strategy: tf.distribute.Strategy, *,
                     global_batch_size: int, label_smoothing: float,
-                    perturb: PerturbFn):
+                    perturb: PerturbFn, clean_loss_weight: float = 0.0):
   """Builds the compiled training step.
+
+  With `clean_loss_weight` w > 0 the objective is
+  w * loss(clean batch) + (1 - w) * loss(perturbed batch).
 
   Returns:
     `train_step(iterator) -> (objective, stats)`: runs one optimizer step
@@ -240,13 +248,19 @@ def make_train_step(state: TrainingState, strategy: tf.distribute.Strategy, *,
   """
   model, optimizer = state.model, state.optimizer
 
+  def objective(images, labels):
+    logits = model(images, training=True)
+    return logits, losses.replica_loss(model, labels, logits,
+                                       global_batch_size=global_batch_size,
+                                       label_smoothing=label_smoothing)
+
   def step_fn(images, labels):
-    images = tf.stop_gradient(perturb(model, images, labels))
+    perturbed = tf.stop_gradient(perturb(model, images, labels))
     with tf.GradientTape() as tape:
-      logits = model(images, training=True)
-      loss = losses.replica_loss(model, labels, logits,
-                                 global_batch_size=global_batch_size,
-                                 label_smoothing=label_smoothing)
+      logits, loss = objective(perturbed, labels)
+      if clean_loss_weight:
+        _, clean_loss = objective(images, labels)
+        loss = clean_loss_weight * clean_loss + (1 - clean_loss_weight) * loss
     grads = tape.gradient(loss, model.trainable_variables)
     optimizer.apply_gradients(zip(grads, model.trainable_variables))
     correct = tf.reduce_sum(tf.cast(
@@ -268,15 +282,16 @@ def make_eval_step(model: keras.Model, strategy: tf.distribute.Strategy):
 
   Returns:
     `eval_step(batch) -> float32 [3]`: (cross-entropy sum, correct,
-    examples) of one distributed batch, summed over replicas.
+    examples) of one distributed (images, labels, weights) batch, summed
+    over replicas; padding examples (weight 0) do not count.
   """
 
-  def step_fn(images, labels):
+  def step_fn(images, labels, weights):
     logits = model(images, training=False)
     ce = losses.per_example_cross_entropy(labels, logits)
     correct = tf.cast(tf.equal(tf.argmax(logits, axis=-1), labels), tf.float32)
-    return tf.stack([tf.reduce_sum(ce), tf.reduce_sum(correct),
-                     tf.cast(tf.shape(labels)[0], tf.float32)])
+    return tf.stack([tf.reduce_sum(weights * ce),
+                     tf.reduce_sum(weights * correct), tf.reduce_sum(weights)])
 
   @tf.function
   def eval_step(batch):
@@ -402,7 +417,11 @@ def train(config: config_lib.ExperimentConfig, strategy: tf.distribute.Strategy,
   state = build_training_state(config, strategy, steps_per_epoch)
   train_step = make_train_step(
       state, strategy, global_batch_size=data_cfg.batch_size,
-      label_smoothing=train_cfg.label_smoothing, perturb=perturb)
+      label_smoothing=train_cfg.label_smoothing, perturb=perturb,
+      clean_loss_weight=train_cfg.clean_loss_weight)
+  # A perturbation may report its own numbers (e.g. the mixture's branch
+  # shares) through a `summaries() -> {name: value}` method.
+  perturb_summaries = getattr(perturb, 'summaries', dict)
   eval_step = make_eval_step(state.model, strategy)
   writer = (tf.summary.create_file_writer(
       os.path.join(config.output_dir, 'summaries')) if chief
@@ -447,6 +466,8 @@ def train(config: config_lib.ExperimentConfig, strategy: tf.distribute.Strategy,
           tf.summary.scalar('train/accuracy', accuracy)
           tf.summary.scalar('train/learning_rate', learning_rate)
           tf.summary.scalar('train/images_per_sec', images_per_sec)
+          for key, value in perturb_summaries().items():
+            tf.summary.scalar(key, value)
       if (train_cfg.checkpoint_every_steps and step + 1 < steps_per_epoch and
           global_step % train_cfg.checkpoint_every_steps == 0):
         _check_finite(state, f'at step {global_step} (epoch {epoch + 1})')
@@ -467,6 +488,7 @@ def train(config: config_lib.ExperimentConfig, strategy: tf.distribute.Strategy,
         'test/loss': test['loss'],
         'test/accuracy': test['accuracy'],
         'test/examples': test['examples'],
+        **perturb_summaries(),
     }
     with writer.as_default(step=record['step']):
       for key in ('test/loss', 'test/accuracy', 'train/epoch_seconds'):

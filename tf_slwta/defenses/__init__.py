@@ -1,0 +1,1 @@
+"""Defenses: adversarial-training mixtures and randomized smoothing."""

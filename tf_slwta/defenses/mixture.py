@@ -1,0 +1,106 @@
+"""Adversarial training by a random mixture of perturbations (the seed's scheme).
+
+At every training step one branch is drawn inside the compiled step with a
+TF random op, with probability proportional to its weight:
+
+  noise  Gaussian noise N(0, noise_sigma^2) added to the batch, clipped
+  fgsm   FGSM with the attack settings' fgsm_eps
+  pgd    L-inf PGD with pgd_eps, pgd_alpha, pgd_steps (random start)
+  cw     Carlini-Wagner L2 with cw_c, cw_kappa, cw_steps, cw_binary_search_steps
+  clean  the batch unchanged
+
+The seed draws k uniformly from 0..7: 0 noise, 1 FGSM, 2 PGD, 3 CW, 4-7
+clean, i.e. weights noise:1, fgsm:1, pgd:1, cw:1, clean:4
+(`config.SEED_MIXTURE`).
+Madry-style training is `pgd:1`. Attacks see the model in inference mode
+(`training=False`) and are recomputed on the current weights every step.
+"""
+
+from typing import Dict, Sequence, Tuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_slwta import attacks
+from tf_slwta import config as config_lib
+
+BRANCHES = config_lib.MIXTURE_BRANCHES
+
+
+class AttackMixture:
+  """The training loop's perturbation seam for adversarial training.
+
+  Call as `mixture(model, images, labels) -> images` inside the compiled
+  training step (on each replica). `counts` holds how often each branch was
+  drawn, summed over replicas; `summaries()` gives their shares for
+  TensorBoard.
+
+  Args:
+    mixture: ((branch, weight), ...) with weights > 0, non-empty.
+    attack: attack settings shared with evaluation.
+    noise_sigma: std of the Gaussian-noise branch, in [0, 1] pixel units.
+    strategy: the training strategy (the counters are made in its scope).
+  """
+
+  def __init__(self, mixture: Sequence[Tuple[str, float]],
+               attack: config_lib.AttackConfig, noise_sigma: float,
+               strategy: tf.distribute.Strategy):
+    if not mixture:
+      raise ValueError('An AttackMixture needs at least one branch.')
+    self.active = [name for name, _ in mixture]
+    weights = np.array([w for _, w in mixture], np.float32)
+    self.log_weights = tf.constant(np.log(weights / weights.sum()))[None, :]
+    self.attack = attack
+    self.noise_sigma = float(noise_sigma)
+    with strategy.scope():
+      self.counts = tf.Variable(
+          tf.zeros([len(BRANCHES)], tf.int64), trainable=False,
+          synchronization=tf.VariableSynchronization.ON_READ,
+          aggregation=tf.VariableAggregation.SUM, name='mixture_counts')
+
+  def _branch(self, name: str, model: keras.Model, images, labels):
+    cfg = self.attack
+    logits_fn = lambda x: model(x, training=False)
+    if name == 'noise':
+      noise = tf.random.normal(tf.shape(images), stddev=self.noise_sigma)
+      return tf.clip_by_value(images + noise, 0.0, 1.0)
+    if name == 'fgsm':
+      return attacks.fgsm(logits_fn, images, labels, cfg.fgsm_eps,
+                          eot_samples=cfg.eot_samples)
+    if name == 'pgd':
+      seed = tf.random.uniform([], 0, 2**31 - 1, dtype=tf.int64)
+      return attacks.pgd(logits_fn, images, labels, cfg.pgd_eps,
+                         cfg.pgd_alpha, cfg.pgd_steps,
+                         random_start=cfg.pgd_random_start,
+                         eot_samples=cfg.eot_samples, seed=seed)
+    if name == 'cw':
+      return attacks.carlini_wagner_l2(
+          logits_fn, images, labels, c=cfg.cw_c, kappa=cfg.cw_kappa,
+          steps=cfg.cw_steps, binary_search_steps=cfg.cw_binary_search_steps,
+          learning_rate=cfg.cw_learning_rate, eot_samples=cfg.eot_samples)
+    return tf.identity(images)
+
+  def draw(self) -> tf.Tensor:
+    """Draws a branch and counts it; int32 index into `self.active`."""
+    k = tf.random.categorical(self.log_weights, 1, dtype=tf.int32)[0, 0]
+    index = tf.gather([BRANCHES.index(n) for n in self.active], k)
+    self.counts.assign_add(tf.one_hot(index, len(BRANCHES), dtype=tf.int64))
+    return k
+
+  def __call__(self, model: keras.Model, images: tf.Tensor,
+               labels: tf.Tensor) -> tf.Tensor:
+    """Perturbs one replica's batch `[b, H, W, C]` in [0, 1] by a drawn branch."""
+    k = self.draw()
+    branches = [lambda name=name: self._branch(name, model, images, labels)
+                for name in self.active]
+    out = tf.switch_case(k, branches)
+    out.set_shape(images.shape)
+    return out
+
+  def summaries(self) -> Dict[str, float]:
+    """{'mixture/<branch>': share of draws so far in [0, 1]} for active branches."""
+    counts = tf.convert_to_tensor(self.counts).numpy()
+    total = max(int(counts.sum()), 1)
+    return {f'mixture/{name}': counts[BRANCHES.index(name)] / total
+            for name in self.active}
