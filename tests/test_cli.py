@@ -177,13 +177,14 @@ def test_killed_run_resumes_where_it_stopped(tmp_path):
       stderr=subprocess.DEVNULL)
   killed_at = None
   deadline = time.time() + 240
+  state = out / 'checkpoints' / 'checkpoint'  # Rewritten after each save.
   while killed_at is None and time.time() < deadline and proc.poll() is None:
-    for index in glob.glob(str(out / 'checkpoints' / 'ckpt-*.index')):
-      step = int(re.search(r'ckpt-(\d+)', index).group(1))
-      if steps_per_epoch < step and step % steps_per_epoch:
-        proc.send_signal(signal.SIGKILL)  # Mid-epoch 2, no goodbye.
-        killed_at = step
-        break
+    latest = re.search(r'^model_checkpoint_path: "ckpt-(\d+)"',
+                       state.read_text() if state.exists() else '', re.M)
+    step = int(latest.group(1)) if latest else 0
+    if steps_per_epoch < step and step % steps_per_epoch:
+      proc.send_signal(signal.SIGKILL)  # Mid-epoch 2, no goodbye.
+      killed_at = step
     time.sleep(0.01)
   proc.wait()
   assert killed_at is not None, 'the run ended before it could be killed'

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from attack_fixtures import accuracy, logits_fn, sample_batch
 from tf_slwta import config as config_lib
@@ -71,3 +72,17 @@ def test_report_files(tmp_path, uint8_batch):
   with open(paths['json']) as f:
     saved = json.load(f)
   assert saved['model'] == 'x' and saved['rows'] == json.loads(json.dumps(rows))
+
+
+def test_combined_never_beats_an_attack_on_a_stochastic_model(uint8_batch):
+  images, labels = uint8_batch
+  base = logits_fn()
+  noisy = lambda x: base(x) + tf.random.normal([tf.shape(x)[0], 10], stddev=2.0)
+  cfg = config_lib.AttackConfig(attacks=('fgsm', 'pgd_linf'), fgsm_eps=0.02,
+                                pgd_eps=0.02, pgd_alpha=0.005, pgd_steps=3,
+                                eot_samples=2, mc_samples=3)
+  rows = robustness.evaluate_robustness(noisy, images, labels, cfg,
+                                        verbose=False)
+  by_name = {r['attack']: r['accuracy'] for r in rows}
+  assert by_name['combined'] <= min(by_name['fgsm'], by_name['pgd_linf'],
+                                    by_name['natural'])

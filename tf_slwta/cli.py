@@ -9,6 +9,7 @@ the library takes.
 
 import dataclasses
 import glob
+import json
 import os
 import sys
 from typing import List, Sequence
@@ -24,13 +25,15 @@ _SECTIONS = {
              'download'),
     'model': ('model', 'activation', 'depth', 'widen_factor',
               'seed_cnn_filters', 'seed_cnn_units', 'pni', 'pni_alpha_init',
-              'pni_channelwise', 'pni_at_test'),
+              'pni_channelwise', 'pni_at_test', 'lwta_competitors',
+              'lwta_temperature', 'lwta_test_temperature',
+              'lwta_deterministic', 'ibp', 'ibp_threshold'),
     'attack': ('attacks', 'combined', 'fgsm_eps', 'pgd_eps', 'pgd_alpha',
                'pgd_steps', 'pgd_l2_eps', 'pgd_l2_alpha', 'pgd_restarts',
                'pgd_random_start', 'cw_c', 'cw_kappa', 'cw_steps',
                'cw_binary_search_steps', 'cw_learning_rate', 'eot_samples',
                'mc_samples', 'attack_seed'),
-    'train': ('epochs', 'learning_rate', 'momentum', 'nesterov',
+    'train': ('epochs', 'kl_anneal_epochs', 'learning_rate', 'momentum', 'nesterov',
               'weight_decay', 'lr_schedule', 'lr_warmup_epochs',
               'lr_decay_epochs', 'lr_decay_ratio', 'label_smoothing', 'seed',
               'strategy', 'checkpoint_every_steps', 'keep_checkpoints',
@@ -138,6 +141,30 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_integer('log_every_steps', d_train.log_every_steps,
                        'Progress and TensorBoard interval in steps.',
                        lower_bound=1, flag_values=fv)
+
+  # Stochastic LWTA and IBP.
+  flags.DEFINE_integer('lwta_competitors', d_model.lwta_competitors,
+                       'Units per LWTA block (--activation=lwta).',
+                       flag_values=fv)
+  flags.DEFINE_float('lwta_temperature', d_model.lwta_temperature,
+                     'LWTA Gumbel-softmax temperature in training.',
+                     flag_values=fv)
+  flags.DEFINE_float('lwta_test_temperature', d_model.lwta_test_temperature,
+                     'LWTA temperature at test (sampling stays on).',
+                     flag_values=fv)
+  flags.DEFINE_bool('lwta_deterministic', d_model.lwta_deterministic,
+                    'Hard argmax LWTA winners instead of sampling.',
+                    flag_values=fv)
+  flags.DEFINE_bool('ibp', d_model.ibp,
+                    'Indian Buffet Process priors (blocks of '
+                    '--lwta_competitors) on seed_cnn\'s hidden layers or '
+                    'wide_resnet\'s residual convolutions.', flag_values=fv)
+  flags.DEFINE_float('ibp_threshold', d_model.ibp_threshold,
+                     'IBP utilities at or under it prune their block at test.',
+                     flag_values=fv)
+  flags.DEFINE_float('kl_anneal_epochs', d_train.kl_anneal_epochs,
+                     'Epochs over which the KL weight grows from 0 to 1.',
+                     flag_values=fv)
 
   # Defenses.
   flags.DEFINE_enum('pni', d_model.pni, config_lib.PNI_MODES,
@@ -293,13 +320,11 @@ def _data_config(v) -> config_lib.DataConfig:
 
 
 def _model_config(v) -> config_lib.ModelConfig:
+  special = ('model', 'seed_cnn_filters')
   return config_lib.ModelConfig(
-      name=v['model'], activation=v['activation'], depth=v['depth'],
-      widen_factor=v['widen_factor'],
+      name=v['model'],
       seed_cnn_filters=_int_list('seed_cnn_filters', v['seed_cnn_filters']),
-      seed_cnn_units=v['seed_cnn_units'], pni=v['pni'],
-      pni_alpha_init=v['pni_alpha_init'],
-      pni_channelwise=v['pni_channelwise'], pni_at_test=v['pni_at_test'])
+      **{name: v[name] for name in _SECTIONS['model'] if name not in special})
 
 
 def _mixture(entries: Sequence[str]) -> tuple:
@@ -431,6 +456,7 @@ def _run_one(config: config_lib.ExperimentConfig, strategy,
   """
   from tf_slwta import data as data_lib  # pylint: disable=g-import-not-at-top
   from tf_slwta.evaluation import robustness  # pylint: disable=g-import-not-at-top
+  from tf_slwta.layers import ibp  # pylint: disable=g-import-not-at-top
   from tf_slwta.training import distribute  # pylint: disable=g-import-not-at-top
   from tf_slwta.training import loop  # pylint: disable=g-import-not-at-top
 
@@ -441,7 +467,8 @@ def _run_one(config: config_lib.ExperimentConfig, strategy,
     clean = {'accuracy': record['test/accuracy'], 'loss': record['test/loss'],
              'examples': record['test/examples']}
     attack = config.evaluate_robustness and bool(config.attack.attacks)
-    model = loop.restore_model(config, strategy) if attack and chief else None
+    model = loop.restore_model(config, strategy) if (
+        attack or config.model.ibp) and chief else None
   else:
     model = loop.restore_model(config, strategy)
     clean = loop.evaluate_model(config, strategy, model)
@@ -470,6 +497,13 @@ def _run_one(config: config_lib.ExperimentConfig, strategy,
             f'{os.path.join(config.output_dir, "robustness.md")}, .csv, '
             f'.json):')
       robustness.print_table(rows)
+    if config.model.ibp and model is not None:
+      pruned = ibp.pruned_fractions(model)
+      with open(os.path.join(config.output_dir, 'ibp_pruned.json'), 'w') as f:
+        json.dump(pruned, f, indent=2, sort_keys=True)
+      print('\nIBP: share of blocks pruned at test time (utility <= '
+            f'{config.model.ibp_threshold}): ' + ', '.join(
+                f'{k} {100 * v:.1f}%' for k, v in pruned.items()))
     print(f'Checkpoints: {os.path.join(config.output_dir, "checkpoints")}\n'
           f'TensorBoard: tensorboard --logdir '
           f'{os.path.join(config.output_dir, "summaries")}')

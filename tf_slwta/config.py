@@ -11,7 +11,7 @@ from typing import Any, Dict, Optional, Tuple
 
 DATASETS = ('fashion_mnist', 'mnist', 'cifar10', 'synthetic')
 MODELS = ('seed_cnn', 'wide_resnet')
-ACTIVATIONS = ('relu',)
+ACTIVATIONS = ('relu', 'lwta')
 STRATEGIES = ('auto', 'mirrored', 'multi_worker', 'one_device')
 LR_SCHEDULES = ('constant', 'cosine', 'step')
 MODES = ('train', 'evaluate', 'certify', 'grid')
@@ -100,6 +100,14 @@ class ModelConfig:
     pni_alpha_init: initial noise scale alpha, >= 0.
     pni_channelwise: one alpha per channel instead of one per layer.
     pni_at_test: keep the noise on at test time.
+    lwta_competitors: units U per LWTA block, >= 2 (every activation's
+      channel count must be a multiple of it).
+    lwta_temperature, lwta_test_temperature: Gumbel-softmax temperatures of
+      the winners in training and at test, > 0 (sampling stays on at test).
+    lwta_deterministic: hard argmax winners instead of sampling.
+    ibp: Indian Buffet Process priors on seed_cnn's hidden layers, or on
+      every residual 3x3 convolution of wide_resnet.
+    ibp_threshold: test-time utilities at or under it prune their block.
   """
   name: str = 'seed_cnn'
   activation: str = 'relu'
@@ -111,6 +119,12 @@ class ModelConfig:
   pni_alpha_init: float = 0.25
   pni_channelwise: bool = False
   pni_at_test: bool = True
+  lwta_competitors: int = 2
+  lwta_temperature: float = 0.67
+  lwta_test_temperature: float = 0.01
+  lwta_deterministic: bool = False
+  ibp: bool = False
+  ibp_threshold: float = 0.01
 
   def __post_init__(self):
     _check_choice('model', self.name, MODELS)
@@ -119,6 +133,23 @@ class ModelConfig:
     _check_at_least('seed_cnn_units', self.seed_cnn_units, 1)
     _check_choice('pni', self.pni, PNI_MODES)
     _check_at_least('pni_alpha_init', self.pni_alpha_init, 0)
+    _check_at_least('lwta_competitors', self.lwta_competitors, 2)
+    for name in ('lwta_temperature', 'lwta_test_temperature'):
+      if not getattr(self, name) > 0:
+        raise ValueError(f'{name} must be > 0, got {getattr(self, name)}; '
+                         f'use --lwta_deterministic for hard winners.')
+    if not 0 <= self.ibp_threshold < 1:
+      raise ValueError(f'ibp_threshold must be in [0, 1), got '
+                       f'{self.ibp_threshold}.')
+    if self.activation == 'lwta' or self.ibp:
+      widths = (self.seed_cnn_filters + (self.seed_cnn_units,)
+                if self.name == 'seed_cnn' else (16 * self.widen_factor,))
+      for width in widths:
+        if width % self.lwta_competitors:
+          raise ValueError(
+              f'{width} channels do not split into LWTA blocks of '
+              f'lwta_competitors={self.lwta_competitors}; choose widths that '
+              f'are multiples of it.')
     if self.pni != 'none' and self.name != 'seed_cnn':
       raise ValueError(f'pni={self.pni} is implemented for seed_cnn only, '
                        f'not {self.name}; pass --pni=none.')
@@ -139,6 +170,8 @@ class TrainConfig:
 
   Attributes:
     epochs: passes over the training set, >= 1.
+    kl_anneal_epochs: the KL terms' weight grows linearly from 0 to 1 over
+      this many epochs (0: full weight from the start).
     learning_rate: peak SGD learning rate, > 0.
     momentum: SGD momentum in [0, 1).
     nesterov: use Nesterov momentum.
@@ -165,6 +198,7 @@ class TrainConfig:
       [0, 1); 0 trains on the perturbed batch only.
   """
   epochs: int = 30
+  kl_anneal_epochs: float = 0.0
   learning_rate: float = 0.1
   momentum: float = 0.9
   nesterov: bool = False
@@ -185,6 +219,7 @@ class TrainConfig:
 
   def __post_init__(self):
     _check_at_least('epochs', self.epochs, 1)
+    _check_at_least('kl_anneal_epochs', self.kl_anneal_epochs, 0)
     if not self.learning_rate > 0:
       raise ValueError(f'learning_rate must be > 0, got {self.learning_rate}.')
     if not 0 <= self.momentum < 1:
@@ -381,11 +416,11 @@ RUN_IDENTITY_FIELDS = {
     'data': ('dataset', 'train_examples', 'batch_size', 'augment'),
     'model': ('name', 'activation', 'depth', 'widen_factor',
               'seed_cnn_filters', 'seed_cnn_units', 'pni', 'pni_alpha_init',
-              'pni_channelwise'),
+              'pni_channelwise', 'lwta_competitors', 'ibp'),
     'train': ('seed', 'learning_rate', 'momentum', 'nesterov', 'weight_decay',
               'lr_schedule', 'lr_warmup_epochs', 'lr_decay_epochs',
               'lr_decay_ratio', 'label_smoothing', 'mixture', 'noise_sigma',
-              'clean_loss_weight'),
+              'clean_loss_weight', 'kl_anneal_epochs'),
 }
 
 

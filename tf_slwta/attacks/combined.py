@@ -5,40 +5,36 @@ from typing import Callable, Mapping, Tuple
 import tensorflow as tf
 
 from tf_slwta.attacks import common
-from tf_slwta.attacks import eot
 
 # attack(images, labels) -> adversarial images of the same shape.
 Attack = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
 
-def worst_case(logits_fn: eot.LogitsFn, x, y,
-               adversarials: Mapping[str, tf.Tensor], *,
-               mc_samples: int = 1) -> Tuple[tf.Tensor, tf.Tensor]:
+def worst_case(x, adversarials: Mapping[str, tf.Tensor],
+               fooled: Mapping[str, tf.Tensor]) -> Tuple[tf.Tensor, tf.Tensor]:
   """Combines attacks' outputs: an example is robust only if all fail.
 
+  The caller judges each attack once, with its decision rule, and passes
+  the verdicts; judging again here would draw new Monte Carlo samples for a
+  stochastic model and could contradict the per-attack scores.
+
   Args:
-    logits_fn: images -> logits.
     x: float32 clean images `[B, H, W, C]`.
-    y: int labels `[B]`.
     adversarials: {attack name: its adversarial images `[B, H, W, C]`}.
-    mc_samples: passes of the decision rule, >= 1.
+    fooled: {attack name: bool `[B]`, the model was wrong on its image}.
 
   Returns:
-    (images `[B, H, W, C]`: per example the first attack's image that fools
-    the model, else the clean image; robust bool `[B]`: the model is right
-    on the clean image and on every attack's image).
+    (images `[B, H, W, C]`: per example the first attack's image that fooled
+    the model, else the clean image; bool `[B]`: some attack fooled it).
   """
-  y = tf.cast(y, tf.int64)
-  robust = tf.equal(eot.predict(logits_fn, x, mc_samples), y)
   chosen = tf.convert_to_tensor(x)
-  found = tf.zeros_like(robust)
-  for images in adversarials.values():
-    fooled = tf.not_equal(eot.predict(logits_fn, images, mc_samples), y)
-    take = tf.logical_and(fooled, tf.logical_not(found))
+  found = tf.zeros([tf.shape(chosen)[0]], tf.bool)
+  for name, images in adversarials.items():
+    hit = tf.convert_to_tensor(fooled[name])
+    take = tf.logical_and(hit, tf.logical_not(found))
     chosen = tf.where(common.broadcast_mask(take, chosen), images, chosen)
-    found = tf.logical_or(found, fooled)
-    robust = tf.logical_and(robust, tf.logical_not(fooled))
-  return chosen, robust
+    found = tf.logical_or(found, hit)
+  return chosen, found
 
 
 def sequential(x, y, attacks: Mapping[str, Attack]) -> tf.Tensor:

@@ -23,6 +23,17 @@ def _noise_scale(v: tf.Tensor) -> tf.Tensor:
   return tf.stop_gradient(tf.math.reduce_std(v))
 
 
+def finish_linear(layer, outputs):
+  """Adds a Dense/Conv layer's bias and applies its activation.
+
+  For subclasses that compute their own kernel product (noisy or masked
+  kernels) and then finish exactly as Keras does.
+  """
+  if layer.use_bias:
+    outputs = outputs + layer.bias
+  return layer.activation(outputs) if layer.activation is not None else outputs
+
+
 class _AlphaMixin:
   """The learnable noise scale shared by the PNI layers."""
 
@@ -110,10 +121,8 @@ class NoisyConv2D(_AlphaMixin, keras.layers.Conv2D):
     self._add_alpha(self.filters)
 
   def call(self, inputs, training=None):
-    outputs = self.convolution_op(inputs, self._noisy(self.kernel, training))
-    if self.use_bias:
-      outputs = outputs + self.bias
-    return self.activation(outputs) if self.activation is not None else outputs
+    return finish_linear(
+        self, self.convolution_op(inputs, self._noisy(self.kernel, training)))
 
   def get_config(self):
     return {**super().get_config(), **self._pni_config()}
@@ -137,10 +146,8 @@ class NoisyDense(_AlphaMixin, keras.layers.Dense):
     self._add_alpha(self.units)
 
   def call(self, inputs, training=None):
-    outputs = ops.matmul(inputs, self._noisy(self.kernel, training))
-    if self.use_bias:
-      outputs = outputs + self.bias
-    return self.activation(outputs) if self.activation is not None else outputs
+    return finish_linear(
+        self, ops.matmul(inputs, self._noisy(self.kernel, training)))
 
   def get_config(self):
     return {**super().get_config(), **self._pni_config()}

@@ -4,6 +4,7 @@ from typing import Callable, Mapping, Optional, Sequence, Tuple
 
 import keras
 
+from tf_slwta.layers import ibp as ibp_lib
 from tf_slwta.layers import make_activation
 from tf_slwta.layers import noise
 from tf_slwta.models.common import normalization
@@ -19,6 +20,8 @@ def seed_cnn(image_shape: Tuple[int, int, int], num_classes: int, *,
              inserts: Optional[Mapping[str, Callable[[str], keras.layers.Layer]]] = None,
              pni: str = 'none', pni_alpha_init: float = 0.25,
              pni_channelwise: bool = False, pni_at_test: bool = True,
+             activation_options: Optional[Mapping[str, object]] = None,
+             ibp: bool = False, ibp_threshold: float = 0.01,
              ) -> keras.Model:
   """Builds the seed CNN.
 
@@ -40,6 +43,11 @@ def seed_cnn(image_shape: Tuple[int, int, int], num_classes: int, *,
       every kernel noisy (`noise.NoisyConv2D`, `noise.NoisyDense`), 'both'
       does both, 'none' neither.
     pni_alpha_init, pni_channelwise, pni_at_test: the PNI layers' settings.
+    activation_options: keyword arguments of the activation layers (the
+      LWTA settings).
+    ibp: give conv1, conv2 and dense Indian Buffet Process priors over
+      blocks of `activation_options['competitors']` (default 2) units.
+    ibp_threshold: test-time pruning threshold of the IBP utilities.
 
   Returns:
     Functional `keras.Model` named 'seed_cnn': `[B, H, W, C]` -> logits
@@ -55,10 +63,21 @@ def seed_cnn(image_shape: Tuple[int, int, int], num_classes: int, *,
       inserts[point] = lambda p: noise.ActivationNoise(name=f'pni_{p}',
                                                        **pni_args)
   noisy = pni in ('weight', 'both')
+  if noisy and ibp:
+    raise ValueError('PNI weight noise and IBP priors cannot share layers; '
+                     'use --pni=activation with --ibp.')
+  options = dict(activation_options or {})
+  ibp_args = dict(competitors=options.get('competitors', 2),
+                  threshold=ibp_threshold)
   conv = (lambda *a, **k: noise.NoisyConv2D(*a, **k, **pni_args)) if noisy \
       else keras.layers.Conv2D
   dense = (lambda *a, **k: noise.NoisyDense(*a, **k, **pni_args)) if noisy \
       else keras.layers.Dense
+  hidden_conv = (lambda f, k, **kw: ibp_lib.IBPConv2D(f, k, **kw, **ibp_args)
+                 ) if ibp else conv
+  hidden_dense = (lambda u, **kw: ibp_lib.IBPDense(u, **kw, **ibp_args)
+                  ) if ibp else dense
+  act = lambda layer_name: make_activation(activation, layer_name, **options)
   unknown = set(inserts) - set(INSERTION_POINTS)
   if unknown:
     raise ValueError(f'Unknown seed_cnn insertion points {sorted(unknown)}; '
@@ -70,14 +89,14 @@ def seed_cnn(image_shape: Tuple[int, int, int], num_classes: int, *,
   inputs = keras.Input(image_shape, name='images')
   x = normalization(mean, std)(inputs)
   for i, f in enumerate(filters, start=1):
-    x = conv(f, 3, padding='same', kernel_initializer='he_normal',
-             name=f'conv{i}')(x)
-    x = make_activation(activation, f'conv{i}_act')(x)
+    x = hidden_conv(f, 3, padding='same', kernel_initializer='he_normal',
+                    name=f'conv{i}')(x)
+    x = act(f'conv{i}_act')(x)
     x = keras.layers.MaxPooling2D(2, name=f'pool{i}')(x)
     x = insert(x, f'after_pool{i}')
   x = keras.layers.Flatten(name='flatten')(x)
   x = insert(x, 'after_flatten')
-  x = dense(units, kernel_initializer='he_normal', name='dense')(x)
-  x = make_activation(activation, 'dense_act')(x)
+  x = hidden_dense(units, kernel_initializer='he_normal', name='dense')(x)
+  x = act('dense_act')(x)
   logits = dense(num_classes, name='logits')(x)
   return keras.Model(inputs, logits, name='seed_cnn')

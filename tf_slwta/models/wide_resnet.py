@@ -9,6 +9,7 @@ from typing import Sequence, Tuple
 
 import keras
 
+from tf_slwta.layers import ibp as ibp_lib
 from tf_slwta.layers import make_activation
 from tf_slwta.models.common import normalization
 
@@ -27,24 +28,45 @@ def _conv(filters, kernel, strides, name):
                              name=name)
 
 
-def basic_block(x, filters: int, strides: int, activation: str, name: str):
-  """One pre-activation residual block; `[B, H, W, C]` -> `[B, H/s, W/s, filters]`."""
+def _ibp_conv(filters, kernel, strides, name, competitors, threshold):
+  return ibp_lib.IBPConv2D(filters, kernel, strides=strides, padding='same',
+                           use_bias=False, kernel_initializer='he_normal',
+                           competitors=competitors, threshold=threshold,
+                           name=name)
+
+
+def basic_block(x, filters: int, strides: int, activation: str, name: str,
+                activation_options=None, ibp: bool = False,
+                ibp_threshold: float = 0.01):
+  """One pre-activation residual block; `[B, H, W, C]` -> `[B, H/s, W/s, filters]`.
+
+  With `ibp`, both 3x3 convolutions get IBP priors over blocks of the
+  activation's competitors (the 1x1 shortcut stays plain).
+  """
+  options = dict(activation_options or {})
+  if ibp:
+    competitors = options.get('competitors', 2)
+    conv = lambda f, k, s, n: _ibp_conv(f, k, s, n, competitors, ibp_threshold)
+  else:
+    conv = _conv
   y = _batch_norm(f'{name}_bn1')(x)
-  y = make_activation(activation, f'{name}_act1')(y)
+  y = make_activation(activation, f'{name}_act1', **options)(y)
   if strides != 1 or x.shape[-1] != filters:
     shortcut = _conv(filters, 1, strides, f'{name}_shortcut')(y)
   else:
     shortcut = x
-  y = _conv(filters, 3, strides, f'{name}_conv1')(y)
+  y = conv(filters, 3, strides, f'{name}_conv1')(y)
   y = _batch_norm(f'{name}_bn2')(y)
-  y = make_activation(activation, f'{name}_act2')(y)
-  y = _conv(filters, 3, 1, f'{name}_conv2')(y)
+  y = make_activation(activation, f'{name}_act2', **options)(y)
+  y = conv(filters, 3, 1, f'{name}_conv2')(y)
   return keras.layers.Add(name=f'{name}_add')([shortcut, y])
 
 
 def wide_resnet(image_shape: Tuple[int, int, int], num_classes: int, *,
                 mean: Sequence[float], std: Sequence[float], depth: int = 34,
-                widen_factor: int = 1, activation: str = 'relu') -> keras.Model:
+                widen_factor: int = 1, activation: str = 'relu',
+                activation_options=None, ibp: bool = False,
+                ibp_threshold: float = 0.01) -> keras.Model:
   """Builds WRN-depth-widen_factor.
 
   Args:
@@ -53,7 +75,12 @@ def wide_resnet(image_shape: Tuple[int, int, int], num_classes: int, *,
     mean, std: per-channel pixel statistics for the normalization layer.
     depth: 6n + 4 for n >= 1 blocks per group (34 as in the seed).
     widen_factor: channel multiplier k >= 1 (1 as in the seed).
-    activation: activation kind (see `tf_slwta.layers.make_activation`).
+    activation: activation kind (see `tf_slwta.layers.make_activation`);
+      every activation of the network is of this kind.
+    activation_options: keyword arguments of the activation layers (the
+      LWTA settings).
+    ibp: IBP priors on every residual 3x3 convolution.
+    ibp_threshold: test-time pruning threshold of the IBP utilities.
 
   Returns:
     Functional `keras.Model` named 'wide_resnet_{depth}_{k}': `[B, H, W, C]`
@@ -73,9 +100,11 @@ def wide_resnet(image_shape: Tuple[int, int, int], num_classes: int, *,
       start=1):
     for block in range(blocks):
       x = basic_block(x, width, strides if block == 0 else 1, activation,
-                      name=f'group{group}_block{block + 1}')
+                      name=f'group{group}_block{block + 1}',
+                      activation_options=activation_options, ibp=ibp,
+                      ibp_threshold=ibp_threshold)
   x = _batch_norm('final_bn')(x)
-  x = make_activation(activation, 'final_act')(x)
+  x = make_activation(activation, 'final_act', **dict(activation_options or {}))(x)
   x = keras.layers.GlobalAveragePooling2D(name='pool')(x)
   logits = keras.layers.Dense(num_classes, kernel_initializer='he_normal',
                               name='logits')(x)

@@ -234,11 +234,14 @@ def check_run_identity(config: config_lib.ExperimentConfig) -> None:
 
 def make_train_step(state: TrainingState, strategy: tf.distribute.Strategy, *,
                     global_batch_size: int, label_smoothing: float,
-                    perturb: PerturbFn, clean_loss_weight: float = 0.0):
+                    perturb: PerturbFn, clean_loss_weight: float = 0.0,
+                    num_train_examples: int = 1, kl_anneal_steps: int = 0):
   """Builds the compiled training step.
 
   With `clean_loss_weight` w > 0 the objective is
-  w * loss(clean batch) + (1 - w) * loss(perturbed batch).
+  w * loss(clean batch) + (1 - w) * loss(perturbed batch). KL terms of
+  stochastic layers are divided by `num_train_examples` and annealed over
+  `kl_anneal_steps` (see `losses.replica_loss`).
 
   Returns:
     `train_step(iterator) -> (objective, stats)`: runs one optimizer step
@@ -250,9 +253,11 @@ def make_train_step(state: TrainingState, strategy: tf.distribute.Strategy, *,
 
   def objective(images, labels):
     logits = model(images, training=True)
-    return logits, losses.replica_loss(model, labels, logits,
-                                       global_batch_size=global_batch_size,
-                                       label_smoothing=label_smoothing)
+    return logits, losses.replica_loss(
+        model, labels, logits, global_batch_size=global_batch_size,
+        label_smoothing=label_smoothing,
+        kl_scale=losses.kl_scale(optimizer.iterations, num_train_examples,
+                                 kl_anneal_steps))
 
   def step_fn(images, labels):
     perturbed = tf.stop_gradient(perturb(model, images, labels))
@@ -418,7 +423,9 @@ def train(config: config_lib.ExperimentConfig, strategy: tf.distribute.Strategy,
   train_step = make_train_step(
       state, strategy, global_batch_size=data_cfg.batch_size,
       label_smoothing=train_cfg.label_smoothing, perturb=perturb,
-      clean_loss_weight=train_cfg.clean_loss_weight)
+      clean_loss_weight=train_cfg.clean_loss_weight,
+      num_train_examples=len(train_images),
+      kl_anneal_steps=int(train_cfg.kl_anneal_epochs * steps_per_epoch))
   # A perturbation may report its own numbers (e.g. the mixture's branch
   # shares) through a `summaries() -> {name: value}` method.
   perturb_summaries = getattr(perturb, 'summaries', dict)
