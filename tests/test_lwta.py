@@ -211,3 +211,9 @@ def test_kl_annealing_ramps_to_one_over_n():
       pytest.approx(0.005))
   assert float(losses.kl_scale(tf.constant(50), 100, anneal_steps=10)) == (
       pytest.approx(0.01))
+
+
+def test_utility_kl_is_the_bernoulli_kl():
+  q, p = tf.constant([0.2, 0.9]), tf.constant([0.5, 0.1])
+  expected = (q * np.log(q / p) + (1 - q) * np.log((1 - q) / (1 - p))).numpy()
+  np.testing.assert_allclose(ibp.bernoulli_kl(q, p), expected, rtol=1e-5)

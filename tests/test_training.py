@@ -186,3 +186,15 @@ def test_uneven_evaluation_split_counts_every_example_once(tmp_path):
   assert results[0]['examples'] == results[1]['examples'] == 70
   assert results[0]['accuracy'] == pytest.approx(results[1]['accuracy'])
   assert results[0]['loss'] == pytest.approx(results[1]['loss'], rel=1e-5)
+
+
+def test_runs_from_before_a_new_setting_still_resume(tmp_path):
+  cfg = small_config(tmp_path, epochs=1)
+  loop.train(cfg, ONE_DEVICE())
+  path = os.path.join(tmp_path, loop.CONFIG_FILE)
+  with open(path) as f:
+    saved = json.load(f)
+  del saved['model']['pni'], saved['train']['mixture']  # An older version.
+  with open(path, 'w') as f:
+    json.dump(saved, f)
+  assert loop.train(small_config(tmp_path, epochs=2), ONE_DEVICE())['epoch'] == 2

@@ -437,10 +437,12 @@ def identity_mismatches(saved: Dict[str, Any],
     that differs; empty when the checkpoint may be resumed.
   """
   now = current.to_dict()
+  # A field added after the run was made counts as its default there.
+  defaults = ExperimentConfig().to_dict()
   diffs = {}
   for section, names in RUN_IDENTITY_FIELDS.items():
     for name in names:
-      old = saved.get(section, {}).get(name)
+      old = saved.get(section, {}).get(name, defaults[section][name])
       new = now[section][name]
       old, new = _as_tuple(old), _as_tuple(new)
       if old != new:

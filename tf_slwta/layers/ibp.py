@@ -50,10 +50,15 @@ def kumaraswamy_beta_kl(a: tf.Tensor, b: tf.Tensor, alpha: float) -> tf.Tensor:
 
 
 def bernoulli_kl(q: tf.Tensor, p: tf.Tensor) -> tf.Tensor:
-  """KL(Bernoulli(q) || Bernoulli(p)) elementwise; q, p in (0, 1)."""
-  q = tf.clip_by_value(q, _EPS, 1 - _EPS)
-  p = tf.clip_by_value(p, _EPS, 1 - _EPS)
-  return q * tf.math.log(q / p) + (1 - q) * tf.math.log((1 - q) / (1 - p))
+  """KL(Bernoulli(q) || Bernoulli(p)) elementwise (TFP's registered KL).
+
+  Args:
+    q, p: probabilities, clipped into (0, 1) so the KL stays finite.
+  """
+  clip = lambda v: tf.clip_by_value(v, _EPS, 1 - _EPS)
+  return tfp.distributions.kl_divergence(
+      tfp.distributions.Bernoulli(probs=clip(q)),
+      tfp.distributions.Bernoulli(probs=clip(p)))
 
 
 class _IBPMixin:
