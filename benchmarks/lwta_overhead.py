@@ -63,6 +63,9 @@ def _step_fn(model, batch):
 
 def main(argv):
   del argv
+  # Each variant is its own tf.function, traced once; TF's retracing
+  # warning counts them together and would be noise here.
+  tf.get_logger().setLevel('ERROR')
   info = data_lib.dataset_info('fashion_mnist')
   variants = {}
   for name, base in PAIRS.items():
