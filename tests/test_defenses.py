@@ -1,5 +1,6 @@
 """Defenses: the attack mixture, Parametric Noise Injection, smoothing, the grid."""
 
+import dataclasses
 import glob
 import json
 import os
@@ -161,6 +162,9 @@ def test_pni_model_places_and_weight_decay(tmp_path):
                                 model.get_layer('dense').kernel)
 
 
+GENERATOR = tf.random.Generator.from_seed(7)
+
+
 def _certify_cfg(**kwargs):
   return config_lib.CertifyConfig(**{'sigma': 0.5, 'n0': 20, 'n': 200,
                                      'alpha': 0.001, 'batch_size': 100,
@@ -171,12 +175,12 @@ def test_certify_constant_classifier_has_the_closed_form_radius():
   always_three = lambda x: tf.one_hot(tf.fill([tf.shape(x)[0]], 3), 10) * 5.0
   cfg = _certify_cfg()
   image = np.full((4, 4, 1), 0.5, np.float32)
-  label, radius = certify.certify(always_three, image, cfg, 10)
+  label, radius = certify.certify(always_three, image, cfg, 10, GENERATOR)
   p_lower = cfg.alpha ** (1.0 / cfg.n)  # Clopper-Pearson with n of n.
   expected = cfg.sigma * float(tfp.distributions.Normal(0., 1.).quantile(p_lower))
   assert label == 3
   assert radius == pytest.approx(expected, rel=1e-4)
-  assert certify.predict(always_three, image, cfg, 10) == 3
+  assert certify.predict(always_three, image, cfg, 10, GENERATOR) == 3
 
 
 def test_certify_abstains_when_two_classes_tie():
@@ -184,8 +188,33 @@ def test_certify_abstains_when_two_classes_tie():
   coin = lambda x: tf.one_hot(tf.cast(x[:, 0, 0, 0] > 0.5, tf.int32), 10) * 5.0
   cfg = _certify_cfg()
   image = np.full((4, 4, 1), 0.5, np.float32)
-  assert certify.predict(coin, image, cfg, 10) == certify.ABSTAIN
-  assert certify.certify(coin, image, cfg, 10) == (certify.ABSTAIN, 0.0)
+  assert certify.predict(coin, image, cfg, 10, GENERATOR) == certify.ABSTAIN
+  assert certify.certify(coin, image, cfg, 10, GENERATOR) == (certify.ABSTAIN, 0.0)
+
+
+def test_certify_draws_fresh_noise_for_selection_and_estimation():
+  # Votes by the sign of the noise on one pixel: if the n0 selection draw
+  # replayed the start of the n estimation draw, these counts would match.
+  sign = lambda x: tf.one_hot(tf.cast(x[:, 0, 0, 0] > 0.5, tf.int32), 10)
+  image = np.full((2, 2, 1), 0.5, np.float32)
+  generator = tf.random.Generator.from_seed(3)
+  first = certify.sample_counts(sign, image, 100, 0.5, 100, 10, generator)
+  second = certify.sample_counts(sign, image, 500, 0.5, 500, 10, generator)
+  again = certify.sample_counts(sign, image, 100, 0.5, 100, 10, generator)
+  assert first.sum() == again.sum() == 100 and second.sum() == 500
+  assert not np.array_equal(first, again)
+
+
+def test_certify_dataset_reports_certified_accuracy():
+  always_three = lambda x: tf.one_hot(tf.fill([tf.shape(x)[0]], 3), 10) * 5.0
+  images = np.full((3, 4, 4, 1), 128, np.uint8)
+  result = certify.certify_dataset(always_three, images, np.array([3, 3, 1]),
+                                   _certify_cfg(radii=(0.0, 0.5, 5.0)), 10,
+                                   verbose=False)
+  assert result['certified_accuracy'] == {'0.0': 2 / 3, '0.5': 2 / 3,
+                                          '5.0': 0.0}
+  assert result['predict_accuracy'] == pytest.approx(2 / 3)
+  assert result['certify_abstain_rate'] == 0.0
 
 
 def test_certify_statistics():
@@ -250,3 +279,22 @@ def test_grid_mode_writes_one_table_and_reuses_finished_rows(tmp_path,
   assert os.path.getmtime(report) == stamp
   with open(tmp_path / 'runs' / 'grid.json') as f:
     assert len(json.load(f)['table']) == 2
+
+
+@pytest.mark.slow
+def test_certify_mode_end_to_end(tmp_path, monkeypatch):
+  monkeypatch.chdir(REPO)
+  base = cli.parse_flagfiles(['flags/smoke.cfg'])
+  trained = dataclasses.replace(base, output_dir=str(tmp_path))
+  assert cli.run(trained) == 0
+  certify_run = dataclasses.replace(
+      trained, mode='certify',
+      data=dataclasses.replace(trained.data, eval_examples=4),
+      certify=config_lib.CertifyConfig(sigma=0.25, n0=10, n=50, alpha=0.01,
+                                       batch_size=50, radii=(0.0, 0.25)))
+  assert cli.run(certify_run) == 0
+  with open(tmp_path / 'certify.json') as f:
+    result = json.load(f)
+  assert result['examples'] == 4 and set(result['certified_accuracy']) == {
+      '0.0', '0.25'}
+  assert (tmp_path / 'certify.md').read_text().startswith('| L2 radius |')

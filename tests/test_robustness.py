@@ -84,5 +84,6 @@ def test_combined_never_beats_an_attack_on_a_stochastic_model(uint8_batch):
   rows = robustness.evaluate_robustness(noisy, images, labels, cfg,
                                         verbose=False)
   by_name = {r['attack']: r['accuracy'] for r in rows}
-  assert by_name['combined'] <= min(by_name['fgsm'], by_name['pgd_linf'],
-                                    by_name['natural'])
+  assert by_name['combined'] <= min(by_name['fgsm'], by_name['pgd_linf'])
+  # A fresh draw that fixes a wrong clean answer earns nothing.
+  assert max(by_name['fgsm'], by_name['pgd_linf']) <= by_name['natural']

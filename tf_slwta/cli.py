@@ -475,7 +475,8 @@ def _run_one(config: config_lib.ExperimentConfig, strategy,
     attack = bool(config.attack.attacks)
   rows = None
   if attack and chief:
-    meta = {'output_dir': config.output_dir, 'dataset': config.data.dataset,
+    meta = {'scoring': robustness.SCORING,
+            'output_dir': config.output_dir, 'dataset': config.data.dataset,
             'model': config.model.name,
             'checkpoint': _latest_checkpoint(config.output_dir),
             'eval_examples': config.data.eval_examples,
@@ -526,7 +527,8 @@ def _run_certify(config: config_lib.ExperimentConfig, strategy) -> None:
   images, labels = data_lib.load_arrays(config.data, 'test')
   info = data_lib.dataset_info(config.data.dataset)
   result = certify.certify_dataset(lambda x: model(x, training=False), images,
-                                   labels, config.certify, info.num_classes)
+                                   labels, config.certify, info.num_classes,
+                                   seed=config.train.seed)
   paths = certify.write_report(result, config.output_dir)
   print(f'\nRandomized smoothing of {config.output_dir} (also in '
         f'{paths["md"]}, {paths["json"]}):')

@@ -29,7 +29,8 @@ ABSTAIN = -1
 
 
 def sample_counts(logits_fn, image: np.ndarray, num: int, sigma: float,
-                  batch_size: int, num_classes: int) -> np.ndarray:
+                  batch_size: int, num_classes: int,
+                  generator: tf.random.Generator) -> np.ndarray:
   """Class votes of `num` noisy copies of one image.
 
   Args:
@@ -40,6 +41,10 @@ def sample_counts(logits_fn, image: np.ndarray, num: int, sigma: float,
     sigma: noise std.
     batch_size: copies per forward pass.
     num_classes: K.
+    generator: the noise source; one stateful generator for a whole
+      certification keeps every draw independent (op-seeded noise would
+      restart the same stream in each new trace, making CERTIFY's selection
+      and estimation samples overlap).
 
   Returns:
     int64 `[K]` counts summing to `num`.
@@ -48,15 +53,16 @@ def sample_counts(logits_fn, image: np.ndarray, num: int, sigma: float,
   remaining = num
   while remaining > 0:
     b = min(batch_size, remaining)
-    counts += _votes(logits_fn, tf.constant(image), b, sigma, num_classes).numpy()
+    counts += _votes(logits_fn, tf.constant(image), b, sigma, num_classes,
+                     generator).numpy()
     remaining -= b
   return counts
 
 
 @tf.function(reduce_retracing=True)
-def _votes(logits_fn, image, b, sigma, num_classes):
+def _votes(logits_fn, image, b, sigma, num_classes, generator):
   batch = tf.repeat(image[None], b, axis=0)
-  noisy = batch + tf.random.normal(tf.shape(batch), stddev=sigma)
+  noisy = batch + generator.normal(tf.shape(batch), stddev=sigma)
   predictions = tf.argmax(logits_fn(noisy), axis=-1)
   return tf.math.bincount(predictions, minlength=num_classes,
                           maxlength=num_classes, dtype=tf.int64)
@@ -82,10 +88,10 @@ def clopper_pearson_lower(successes: int, trials: int, alpha: float) -> float:
 
 
 def predict(logits_fn, image: np.ndarray, cfg: config_lib.CertifyConfig,
-            num_classes: int) -> int:
+            num_classes: int, generator: tf.random.Generator) -> int:
   """PREDICT: the smoothed class, or `ABSTAIN` when the vote is not clear."""
   counts = sample_counts(logits_fn, image, cfg.n, cfg.sigma, cfg.batch_size,
-                         num_classes)
+                         num_classes, generator)
   top2 = np.argsort(counts)[::-1][:2]
   if binomial_p_value(int(counts[top2[0]]), int(counts[top2[1]])) > cfg.alpha:
     return ABSTAIN
@@ -93,13 +99,14 @@ def predict(logits_fn, image: np.ndarray, cfg: config_lib.CertifyConfig,
 
 
 def certify(logits_fn, image: np.ndarray, cfg: config_lib.CertifyConfig,
-            num_classes: int) -> Tuple[int, float]:
+            num_classes: int, generator: tf.random.Generator
+            ) -> Tuple[int, float]:
   """CERTIFY: (class or `ABSTAIN`, certified L2 radius >= 0)."""
   selection = sample_counts(logits_fn, image, cfg.n0, cfg.sigma,
-                            cfg.batch_size, num_classes)
+                            cfg.batch_size, num_classes, generator)
   top = int(np.argmax(selection))
   counts = sample_counts(logits_fn, image, cfg.n, cfg.sigma, cfg.batch_size,
-                         num_classes)
+                         num_classes, generator)
   p_lower = clopper_pearson_lower(int(counts[top]), cfg.n, cfg.alpha)
   if p_lower < 0.5:
     return ABSTAIN, 0.0
@@ -109,7 +116,7 @@ def certify(logits_fn, image: np.ndarray, cfg: config_lib.CertifyConfig,
 
 def certify_dataset(logits_fn, images: np.ndarray, labels: np.ndarray,
                     cfg: config_lib.CertifyConfig, num_classes: int,
-                    verbose: bool = True) -> Dict[str, object]:
+                    verbose: bool = True, seed: int = 0) -> Dict[str, object]:
   """Runs PREDICT and CERTIFY on every image and tabulates the results.
 
   Args:
@@ -119,6 +126,7 @@ def certify_dataset(logits_fn, images: np.ndarray, labels: np.ndarray,
     cfg: smoothing settings.
     num_classes: K.
     verbose: print a progress line every 10 images.
+    seed: seed of the noise generator (the run is repeatable).
 
   Returns:
     {'certified_accuracy': {radius: share in [0, 1] of images certified
@@ -126,10 +134,11 @@ def certify_dataset(logits_fn, images: np.ndarray, labels: np.ndarray,
      'certify_abstain_rate', 'examples', 'per_example': [...]}.
   """
   rows: List[Dict[str, object]] = []
+  generator = tf.random.Generator.from_seed(seed)
   for i, (uint8_image, label) in enumerate(zip(images, labels)):
     image = uint8_image.astype(np.float32) / 255.0
-    predicted = predict(logits_fn, image, cfg, num_classes)
-    certified, radius = certify(logits_fn, image, cfg, num_classes)
+    predicted = predict(logits_fn, image, cfg, num_classes, generator)
+    certified, radius = certify(logits_fn, image, cfg, num_classes, generator)
     rows.append({'label': int(label), 'predict': predicted,
                  'certify': certified, 'radius': radius})
     if verbose and (i + 1) % 10 == 0:

@@ -25,6 +25,8 @@ from tf_slwta import data as data_lib
 COLUMNS = ('attack', 'settings', 'accuracy', 'success_rate', 'median_l2',
            'max_linf', 'examples')
 FILE_STEM = 'robustness'
+# Recorded in each report; a report scored another way is never reused.
+SCORING = 'robust = right on the clean and on the attacked image'
 
 
 def attack_functions(logits_fn: attacks.eot.LogitsFn,
@@ -103,7 +105,8 @@ def evaluate_robustness(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
 
   Returns:
     One dict per row (natural, each attack, combined) with `COLUMNS`:
-    accuracy in [0, 1]; success_rate = share of clean-correct examples the
+    accuracy in [0, 1] (for attacks, the share right on both the clean and
+    the attacked image); success_rate = share of clean-correct examples the
     attack turned wrong, in [0, 1]; median_l2 = median L2 norm of those
     successful perturbations (None when there are none); max_linf = largest
     L-inf perturbation; examples = N.
@@ -161,7 +164,10 @@ def _correct(logits_fn, x, y, mc_samples) -> np.ndarray:
 def _tally(tally: _Tally, x, adv, clean_ok: np.ndarray, ok: np.ndarray) -> None:
   delta = (tf.convert_to_tensor(adv) - x).numpy().reshape(len(ok), -1)
   flipped = clean_ok & ~ok
-  tally.correct += int(ok.sum())
+  # Robust means right on the clean image and on the attacked one: an
+  # attack (or a fresh Monte Carlo draw) that happens to fix a wrong answer
+  # earns nothing.
+  tally.correct += int((clean_ok & ok).sum())
   tally.flipped += int(flipped.sum())
   tally.l2.extend(np.linalg.norm(delta[flipped], axis=1).tolist())
   tally.max_linf = max(tally.max_linf, float(np.abs(delta).max(initial=0.0)))
