@@ -102,19 +102,26 @@ class ActivationNoise(_AlphaMixin, keras.layers.Layer):
     return {**super().get_config(), **self._pni_config()}
 
 
+class _NoisyKernelMixin(_AlphaMixin):
+  """Constructor and config shared by the noisy Conv2D and Dense layers."""
+
+  def __init__(self, *args, alpha_init: float = 0.25, channelwise: bool = False,
+               noise_at_test: bool = True, seed=None, **kwargs):
+    super().__init__(*args, **kwargs)
+    self._init_pni(alpha_init, channelwise, noise_at_test, seed)
+
+  def get_config(self):
+    return {**super().get_config(), **self._pni_config()}
+
+
 @keras.saving.register_keras_serializable(package='tf_slwta')
-class NoisyConv2D(_AlphaMixin, keras.layers.Conv2D):
+class NoisyConv2D(_NoisyKernelMixin, keras.layers.Conv2D):
   """`keras.layers.Conv2D` whose kernel gets PNI noise on every call.
 
   Takes every Conv2D argument plus alpha_init, channelwise (one alpha per
   output filter), noise_at_test and seed. Input `[B, H, W, C]`, output as
   Conv2D's.
   """
-
-  def __init__(self, *args, alpha_init: float = 0.25, channelwise: bool = False,
-               noise_at_test: bool = True, seed=None, **kwargs):
-    super().__init__(*args, **kwargs)
-    self._init_pni(alpha_init, channelwise, noise_at_test, seed)
 
   def build(self, input_shape):
     super().build(input_shape)
@@ -124,22 +131,14 @@ class NoisyConv2D(_AlphaMixin, keras.layers.Conv2D):
     return finish_linear(
         self, self.convolution_op(inputs, self._noisy(self.kernel, training)))
 
-  def get_config(self):
-    return {**super().get_config(), **self._pni_config()}
-
 
 @keras.saving.register_keras_serializable(package='tf_slwta')
-class NoisyDense(_AlphaMixin, keras.layers.Dense):
+class NoisyDense(_NoisyKernelMixin, keras.layers.Dense):
   """`keras.layers.Dense` whose kernel gets PNI noise on every call.
 
   Takes every Dense argument plus alpha_init, channelwise (one alpha per
   unit), noise_at_test and seed. Input `[B, D]`, output `[B, units]`.
   """
-
-  def __init__(self, *args, alpha_init: float = 0.25, channelwise: bool = False,
-               noise_at_test: bool = True, seed=None, **kwargs):
-    super().__init__(*args, **kwargs)
-    self._init_pni(alpha_init, channelwise, noise_at_test, seed)
 
   def build(self, input_shape):
     super().build(input_shape)
@@ -148,6 +147,3 @@ class NoisyDense(_AlphaMixin, keras.layers.Dense):
   def call(self, inputs, training=None):
     return finish_linear(
         self, ops.matmul(inputs, self._noisy(self.kernel, training)))
-
-  def get_config(self):
-    return {**super().get_config(), **self._pni_config()}
