@@ -14,7 +14,7 @@ import dataclasses
 import gzip
 import os
 import struct
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -421,7 +421,3 @@ def as_batches(images: np.ndarray, labels: np.ndarray,
   ds = tf.data.Dataset.from_tensor_slices((images, labels))
   return ds.map(lambda x, y: (to_float_image(x), y)).batch(batch_size)
 
-
-def class_names(name: str) -> Sequence[str]:
-  """Readable label names of data set `name`."""
-  return dataset_info(name).class_names

@@ -1,11 +1,8 @@
 """Argument checks, norms and projections shared by the attacks."""
 
-from typing import Optional
-
 import numpy as np
 import tensorflow as tf
 
-NORMS = ('inf', '2')
 _TINY = 1e-12
 
 
@@ -83,11 +80,6 @@ def _per_example_norm(v: tf.Tensor) -> tf.Tensor:
   return tf.sqrt(tf.reduce_sum(tf.square(v), axis=axes, keepdims=True))
 
 
-def l2_norm(v: tf.Tensor) -> tf.Tensor:
-  """L2 norm of each example of `[B, ...]`; float32 `[B]`."""
-  return tf.reshape(_per_example_norm(v), [-1])
-
-
 def steepest_direction(grad: tf.Tensor, norm: str) -> tf.Tensor:
   """The unit step of steepest ascent: sign(grad) for L-inf, grad/||grad||_2 for L2."""
   if norm == 'inf':
@@ -134,11 +126,6 @@ def is_success(predictions: tf.Tensor, labels: tf.Tensor,
   """bool `[B]`: the prediction is the target (targeted) or not the label."""
   hit = tf.equal(predictions, labels)
   return hit if targeted else tf.logical_not(hit)
-
-
-def seed_pair(seed: Optional[int], index: int = 0) -> tf.Tensor:
-  """A stateless seed `[2]` from an attack's seed and a counter."""
-  return tf.constant([0 if seed is None else seed, index], tf.int64)
 
 
 def broadcast_mask(mask: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
