@@ -22,9 +22,10 @@ setuptools.setup(
         'absl-py>=2.1',
         'numpy>=1.26',
         'matplotlib>=3.8',
+        # Warm-up records and the gRPC client use TF Serving's protos.
+        'tensorflow-serving-api>=2.21,<2.22',
     ],
     extras_require={
         'test': ['pytest>=8', 'adversarial-robustness-toolbox>=1.17'],
-        'serving': ['tensorflow-serving-api>=2.19', 'requests>=2.31'],
     },
 )

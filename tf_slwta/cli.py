@@ -41,6 +41,9 @@ _SECTIONS = {
               'clean_loss_weight'),
     'certify': ('certify_sigma', 'certify_n0', 'certify_n', 'certify_alpha',
                 'certify_batch_size', 'certify_radii'),
+    'export': ('export_dir', 'export_name', 'export_version'),
+    'serve': ('server', 'serving_protocol', 'serving_timeout', 'images',
+              'serving_batch_size', 'export_name', 'export_version'),
 }
 
 
@@ -51,7 +54,11 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   # Run.
   flags.DEFINE_enum('mode', 'train', config_lib.MODES,
                     'train: train (or resume) and evaluate every epoch; '
-                    'evaluate: score the latest checkpoint in --output_dir.',
+                    'evaluate: score the latest checkpoint in --output_dir; '
+                    'certify: randomized smoothing; grid: many flagfiles; '
+                    'export: write the latest checkpoint as a SavedModel '
+                    'for TF Serving; predict: classify through a running '
+                    'TF Serving.',
                     flag_values=fv)
   flags.DEFINE_string('output_dir', 'runs/quickstart',
                       'Checkpoints, TensorBoard logs, metrics.jsonl, results.',
@@ -214,6 +221,35 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                       'Flagfile applied after each grid row (e.g. a budget).',
                       flag_values=fv)
 
+  # Export to TF Serving, and prediction through it.
+  d_export, d_serve = config_lib.ExportConfig(), config_lib.ServeConfig()
+  flags.DEFINE_string('export_dir', d_export.export_dir,
+                      '--mode=export writes <export_dir>/<name>/<version>/ '
+                      'and <export_dir>/models.config.', flag_values=fv)
+  flags.DEFINE_string('export_name', d_export.name,
+                      'Served model name that --mode=export writes and '
+                      '--mode=predict asks for (default: the last part of '
+                      '--output_dir).', flag_values=fv)
+  flags.DEFINE_integer('export_version', d_export.version,
+                       'Version --mode=export writes (0: the next one; an '
+                       'existing version is never overwritten) or '
+                       '--mode=predict asks for (0: the latest).',
+                       flag_values=fv)
+  flags.DEFINE_string('server', d_serve.server,
+                      'TF Serving address for --mode=predict: HOST:PORT '
+                      '(8501 REST, 8500 gRPC by default).', flag_values=fv)
+  flags.DEFINE_enum('serving_protocol', d_serve.protocol,
+                    config_lib.SERVING_PROTOCOLS,
+                    'rest (POST /v1/models/NAME:predict) or grpc '
+                    '(PredictionService).', flag_values=fv)
+  flags.DEFINE_float('serving_timeout', d_serve.timeout,
+                     'Seconds to wait for each request.', flag_values=fv)
+  flags.DEFINE_list('images', [],
+                    'Image files --mode=predict classifies (empty: the test '
+                    'split of --dataset).', flag_values=fv)
+  flags.DEFINE_integer('serving_batch_size', d_serve.batch_size,
+                       'Images per --mode=predict request.', flag_values=fv)
+
   # Attacks (robustness evaluation).
   d_attack = config_lib.AttackConfig()
   flags.DEFINE_bool('evaluate_robustness', False,
@@ -280,7 +316,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 def _section_checker(section: str):
   builder = {'data': _data_config, 'model': _model_config,
              'train': _train_config, 'attack': _attack_config,
-             'certify': _certify_config}[section]
+             'certify': _certify_config, 'export': _export_config,
+             'serve': _serve_config}[section]
 
   def check(values):
     try:
@@ -360,6 +397,24 @@ def _certify_config(v) -> config_lib.CertifyConfig:
       radii=radii)
 
 
+def _export_config(v) -> config_lib.ExportConfig:
+  return config_lib.ExportConfig(export_dir=v['export_dir'],
+                                 name=v['export_name'],
+                                 version=v['export_version'])
+
+
+def _serve_config(v) -> config_lib.ServeConfig:
+  missing = [path for path in v['images'] if not os.path.isfile(path)]
+  if missing:
+    raise ValueError(f'--images names files that do not exist: '
+                     f'{", ".join(missing)}.')
+  return config_lib.ServeConfig(
+      server=v['server'], protocol=v['serving_protocol'],
+      model_name=v['export_name'], version=v['export_version'],
+      timeout=v['serving_timeout'], images=tuple(v['images']),
+      batch_size=v['serving_batch_size'])
+
+
 def _attack_config(v) -> config_lib.AttackConfig:
   names = [n for n in _SECTIONS['attack'] if n not in ('attacks', 'attack_seed')]
   return config_lib.AttackConfig(
@@ -377,7 +432,7 @@ def config_from_flags(fv: flags.FlagValues = flags.FLAGS
       evaluate_robustness=fv.evaluate_robustness, data=_data_config(values),
       model=_model_config(values), train=_train_config(values),
       attack=_attack_config(values), certify=_certify_config(values),
-      grid=tuple(fv.grid), grid_overrides=fv.grid_overrides)
+      export=_export_config(values), serve=_serve_config(values), grid=tuple(fv.grid), grid_overrides=fv.grid_overrides)
 
 
 def with_default_flagfile(argv: List[str], flagfile: str) -> List[str]:
@@ -407,30 +462,38 @@ def run(config: config_lib.ExperimentConfig) -> int:
   """Runs `config.mode`; returns the process exit code.
 
   Known failures (missing data, diverged training, a mismatched output_dir,
-  a bad grid flagfile) are logged as one clear message and give exit code 1.
+  a bad grid flagfile, an existing export version, a serving error) are
+  logged as one clear message and give exit code 1.
   """
   # Imported here so that flag parsing, and its errors, come before
   # TensorFlow starts (and so MultiWorkerMirroredStrategy is made first).
   from tf_slwta import data as data_lib  # pylint: disable=g-import-not-at-top
   from tf_slwta.training import distribute  # pylint: disable=g-import-not-at-top
+  from tf_slwta.export import client  # pylint: disable=g-import-not-at-top
   from tf_slwta.training import loop  # pylint: disable=g-import-not-at-top
 
   # TF logs an INFO line through absl at every checkpoint save; keep it out.
   logging.get_absl_logger().addFilter(
       lambda record: 'Sharding callback' not in record.getMessage())
-  strategy = distribute.make_strategy(config.train.strategy)
-  logging.info('Strategy %s with %d replica(s); settings:\n%s',
-               type(strategy).__name__, strategy.num_replicas_in_sync,
-               config.to_json())
   try:
-    if config.mode == 'grid':
-      _run_grid(config, strategy)
-    elif config.mode == 'certify':
-      _run_certify(config, strategy)
+    if config.mode == 'export':
+      _run_export(config)
+    elif config.mode == 'predict':
+      _run_predict(config)
     else:
-      _run_one(config, strategy)
+      strategy = distribute.make_strategy(config.train.strategy)
+      logging.info('Strategy %s with %d replica(s); settings:\n%s',
+                   type(strategy).__name__, strategy.num_replicas_in_sync,
+                   config.to_json())
+      if config.mode == 'grid':
+        _run_grid(config, strategy)
+      elif config.mode == 'certify':
+        _run_certify(config, strategy)
+      else:
+        _run_one(config, strategy)
   except (data_lib.DataError, loop.TrainingDiverged, loop.RunMismatch,
-          FileNotFoundError, ValueError, flags.Error) as e:
+          client.ServingError, FileNotFoundError, FileExistsError, ValueError,
+          flags.Error) as e:
     logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)
     return 1
@@ -566,3 +629,76 @@ def _run_grid(config: config_lib.ExperimentConfig, strategy) -> None:
   print(f'\nGrid of {len(results)} runs (also in {paths["md"]}, '
         f'{paths["csv"]}, {paths["json"]}):\n')
   print(open(paths['md']).read())
+
+
+def _run_export(config: config_lib.ExperimentConfig) -> None:
+  """--mode=export: the latest checkpoint as a SavedModel for TF Serving."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tf_slwta import data as data_lib  # pylint: disable=g-import-not-at-top
+  from tf_slwta.export import saved_model  # pylint: disable=g-import-not-at-top
+  from tf_slwta.training import loop  # pylint: disable=g-import-not-at-top
+  name = config.export.model_name(config.output_dir)
+  # One device: the export holds plain variables, whatever trained them.
+  model = loop.restore_model(config, tf.distribute.get_strategy())
+  info = data_lib.dataset_info(config.data.dataset)
+  path = saved_model.export_model(
+      model, export_dir=config.export.export_dir, name=name,
+      image_shape=info.image_shape, mc_samples=config.attack.mc_samples,
+      version=config.export.version,
+      warmup_batch_sizes=config.export.warmup_batch_sizes,
+      info={'dataset': info.name, 'class_names': list(info.class_names),
+            'checkpoint': _latest_checkpoint(config.output_dir),
+            'output_dir': config.output_dir, 'settings': config.to_dict()})
+  with open(os.path.join(path, saved_model.INFO_FILE)) as f:
+    sampling = json.load(f)['sampling']
+  export_dir = config.export.export_dir
+  mount = export_dir if os.path.isabs(export_dir) else f'$PWD/{export_dir}'
+  print(f'\nExported {name} version {os.path.basename(path)} to {path}\n'
+        f'  signatures: serving_default (images -> probabilities averaged '
+        f'over {sampling["passes"]} pass(es), {sampling["mode"]}; classes), '
+        f'logits (one pass)\n'
+        f'  TF Serving config: {os.path.join(export_dir, "models.config")} '
+        f'(Docker, {export_dir} mounted at /models) and '
+        f'{os.path.join(export_dir, "models.local.config")}\n'
+        f'  serve: docker run --rm -p 8500:8500 -p 8501:8501 -v '
+        f'"{mount}:/models" tensorflow/serving '
+        f'--model_config_file=/models/models.config\n'
+        f'  call:  python main.py --mode=predict --export_name={name} '
+        f'--server=localhost:8501')
+
+
+def _run_predict(config: config_lib.ExperimentConfig) -> None:
+  """--mode=predict: classify image files or the test split via TF Serving."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from tf_slwta import data as data_lib  # pylint: disable=g-import-not-at-top
+  from tf_slwta.export import client as client_lib  # pylint: disable=g-import-not-at-top
+  serve = config.serve
+  name = serve.model_name or config.export.model_name(config.output_dir)
+  info = data_lib.dataset_info(config.data.dataset)
+  client = client_lib.make_client(serve.protocol, serve.server, name,
+                                  version=serve.version or None,
+                                  timeout=serve.timeout)
+  if serve.images:
+    images, labels = data_lib.load_image_files(serve.images,
+                                               info.image_shape), None
+    source = f'{len(images)} image file(s)'
+  else:
+    images, labels = data_lib.load_arrays(config.data, 'test')
+    images = images.astype(np.float32) / 255.0
+    source = f'{len(images)} {info.name} test images'
+  probabilities, classes = [], []
+  for start in range(0, len(images), serve.batch_size):
+    outputs = client.predict(images[start:start + serve.batch_size])
+    probabilities.append(outputs['probabilities'])
+    classes.append(outputs['classes'])
+  probabilities = np.concatenate(probabilities)
+  classes = np.concatenate(classes)
+  print(f'\n{name} at {serve.server} ({serve.protocol}) on {source}:')
+  if serve.images:
+    for path, k, p in zip(serve.images, classes, probabilities):
+      print(f'  {path}: {info.class_names[k]} (class {k}, '
+            f'p = {p[k]:.3f})')
+  else:
+    accuracy = float(np.mean(classes == labels))
+    print(f'  accuracy {100 * accuracy:.2f}% ({int(np.sum(classes == labels))}'
+          f' of {len(labels)})')

@@ -7,6 +7,7 @@ from a notebook or a test without touching `absl.flags`.
 
 import dataclasses
 import json
+import os
 from typing import Any, Dict, Optional, Tuple
 
 DATASETS = ('fashion_mnist', 'mnist', 'cifar10', 'synthetic')
@@ -14,7 +15,7 @@ MODELS = ('seed_cnn', 'wide_resnet')
 ACTIVATIONS = ('relu', 'lwta')
 STRATEGIES = ('auto', 'mirrored', 'multi_worker', 'one_device')
 LR_SCHEDULES = ('constant', 'cosine', 'step')
-MODES = ('train', 'evaluate', 'certify', 'grid')
+MODES = ('train', 'evaluate', 'certify', 'grid', 'export', 'predict')
 PNI_MODES = ('none', 'activation', 'weight', 'both')
 MIXTURE_BRANCHES = ('noise', 'fgsm', 'pgd', 'cw', 'clean')
 # The seed draws k uniformly from 0..7: 0 noise, 1 FGSM, 2 PGD, 3 CW, 4-7 clean.
@@ -359,6 +360,95 @@ class CertifyConfig:
                        f'{list(self.radii)}.')
 
 
+# TF Serving puts the model name in its REST paths; keep it URL- and file-safe.
+_MODEL_NAME_CHARS = frozenset(
+    'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-')
+SERVING_PROTOCOLS = ('rest', 'grpc')
+
+
+def check_model_name(name: str) -> None:
+  """Raises ValueError unless `name` is a usable TF Serving model name."""
+  if not name or set(name) - _MODEL_NAME_CHARS or name.startswith('.'):
+    raise ValueError(
+        f'model name {name!r} is not usable by TF Serving: use letters, '
+        f'digits, "_", "." and "-" only, not starting with "." (e.g. '
+        f'--export_name=quickstart).')
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+  """Where --mode=export writes the SavedModel for TensorFlow Serving.
+
+  The model goes to `<export_dir>/<name>/<version>/`, the layout TF Serving
+  watches; `<export_dir>/models.config` lists every model there.
+
+  Attributes:
+    export_dir: the folder TF Serving serves (mounted at /models in Docker).
+    name: the served model's name; '' takes the last part of output_dir.
+    version: version number >= 1; 0 takes one more than the newest
+      existing version (1 for a new model). An existing version is never
+      overwritten.
+    warmup_batch_sizes: batch sizes of the warm-up requests written to
+      `assets.extra/tf_serving_warmup_requests`, each >= 1.
+  """
+  export_dir: str = 'saved_models'
+  name: str = ''
+  version: int = 0
+  warmup_batch_sizes: Tuple[int, ...] = (1, 8)
+
+  def __post_init__(self):
+    if not self.export_dir:
+      raise ValueError('export_dir must not be empty; pass --export_dir=DIR.')
+    if self.name:
+      check_model_name(self.name)
+    _check_at_least('export_version', self.version, 0)
+    if not self.warmup_batch_sizes or min(self.warmup_batch_sizes) < 1:
+      raise ValueError(f'warmup_batch_sizes must be positive, got '
+                       f'{list(self.warmup_batch_sizes)}.')
+
+  def model_name(self, output_dir: str) -> str:
+    """`name`, or the last part of `output_dir` when `name` is ''."""
+    name = self.name or os.path.basename(os.path.normpath(output_dir))
+    check_model_name(name)
+    return name
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeConfig:
+  """How --mode=predict reaches a running TensorFlow Serving.
+
+  Attributes:
+    server: 'host:port' (or 'http://host:port' for REST); TF Serving's
+      defaults are 8501 for REST and 8500 for gRPC.
+    protocol: one of `SERVING_PROTOCOLS`.
+    model_name: the served model; '' takes the export's default name.
+    version: a model version to ask for; 0 lets the server pick its latest.
+    timeout: seconds to wait for one request, > 0.
+    images: image files (PNG, JPEG, GIF, BMP) to classify; empty classifies
+      the test split of the data set instead.
+    batch_size: images per request, >= 1.
+  """
+  server: str = 'localhost:8501'
+  protocol: str = 'rest'
+  model_name: str = ''
+  version: int = 0
+  timeout: float = 30.0
+  images: Tuple[str, ...] = ()
+  batch_size: int = 100
+
+  def __post_init__(self):
+    if not self.server:
+      raise ValueError('server must not be empty; pass --server=HOST:PORT.')
+    _check_choice('serving_protocol', self.protocol, SERVING_PROTOCOLS)
+    if self.model_name:
+      check_model_name(self.model_name)
+    _check_at_least('export_version', self.version, 0)
+    if not self.timeout > 0:
+      raise ValueError(f'serving_timeout must be > 0 seconds, got '
+                       f'{self.timeout}.')
+    _check_at_least('serving_batch_size', self.batch_size, 1)
+
+
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
   """One run: what to do, on what, with what, and where to write.
@@ -368,7 +458,7 @@ class ExperimentConfig:
     output_dir: checkpoints, TensorBoard logs, metrics.jsonl and results.
     evaluate_robustness: after --mode=train, also run the attacks of
       `attack` on the test examples and write the robustness table.
-    data, model, train, attack, certify: the parts above.
+    data, model, train, attack, certify, export, serve: the parts above.
     grid: flagfiles of the runs --mode=grid trains and evaluates.
     grid_overrides: a flagfile applied after each grid row's own (e.g. a
       shorter budget), or None.
@@ -381,6 +471,8 @@ class ExperimentConfig:
   train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
   attack: AttackConfig = dataclasses.field(default_factory=AttackConfig)
   certify: CertifyConfig = dataclasses.field(default_factory=CertifyConfig)
+  export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+  serve: ServeConfig = dataclasses.field(default_factory=ServeConfig)
   grid: Tuple[str, ...] = ()
   grid_overrides: Optional[str] = None
 
@@ -398,7 +490,8 @@ class ExperimentConfig:
     """Rebuilds settings from `to_dict()` output (e.g. a run's config.json)."""
     sections = {'data': DataConfig, 'model': ModelConfig,
                 'train': TrainConfig, 'attack': AttackConfig,
-                'certify': CertifyConfig}
+                'certify': CertifyConfig, 'export': ExportConfig,
+                'serve': ServeConfig}
     tuples = lambda d: {k: _as_tuple(v) for k, v in d.items()}
     top = tuples({k: v for k, v in saved.items() if k not in sections})
     return cls(**top, **{name: kind(**tuples(saved.get(name, {})))

@@ -14,7 +14,7 @@ import dataclasses
 import gzip
 import os
 import struct
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -275,6 +275,40 @@ def load_arrays(data: config_lib.DataConfig, split: str) -> Arrays:
   if len(images) == 0:
     raise DataError(f'{data.dataset}/{split} is empty.')
   return images, labels
+
+
+def load_image_files(paths: Sequence[str],
+                     image_shape: Tuple[int, int, int]) -> np.ndarray:
+  """Reads image files as a model input batch.
+
+  Each file (PNG, JPEG, GIF or BMP) is decoded with `tf.io.decode_image` to
+  the model's channel count (colour to grey or back), and resized with
+  `tf.image.resize` (bilinear, antialiased) when its size differs.
+
+  Args:
+    paths: image files.
+    image_shape: (H, W, C) the model takes.
+
+  Returns:
+    float32 `[len(paths), H, W, C]` in [0, 1].
+
+  Raises:
+    DataError: a file cannot be read or decoded; the message names it.
+  """
+  height, width, channels = image_shape
+  images = []
+  for path in paths:
+    try:
+      image = tf.io.decode_image(tf.io.read_file(path), channels=channels,
+                                 expand_animations=False)
+    except (tf.errors.OpError, ValueError) as e:
+      raise DataError(f'{path} is not a readable PNG, JPEG, GIF or BMP image '
+                      f'({e.__class__.__name__}).') from e
+    image = tf.image.convert_image_dtype(image, tf.float32)
+    if tuple(image.shape[:2]) != (height, width):
+      image = tf.image.resize(image, (height, width), antialias=True)
+    images.append(tf.clip_by_value(image, 0.0, 1.0).numpy())
+  return np.stack(images).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------

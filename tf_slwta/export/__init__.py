@@ -1,0 +1,1 @@
+"""Export to TensorFlow Serving (saved_model.py) and clients for it (client.py)."""
