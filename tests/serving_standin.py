@@ -178,10 +178,6 @@ class ServingStandIn:
                 {'version': str(v), 'state': 'AVAILABLE',
                  'status': {'error_code': 'OK', 'error_message': ''}}
                 for v in versions]})
-          if self.headers.get('Content-Type', 'application/json') != (
-              'application/json'):
-            raise StandInError('INVALID_ARGUMENT', 'Content-Type must be '
-                               'application/json')
           length = int(self.headers.get('Content-Length', 0))
           try:
             # TF Serving accepts NaN and Infinity, as Python's json does.

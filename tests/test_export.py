@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -197,15 +198,20 @@ def test_saved_model_cli_lists_the_documented_signatures(exports):
 def test_graph_holds_only_core_ops(exports, tmp_path):
   for name in ('relu', 'lwta', 'pni'):
     assert saved_model.core_op_problems(exports[name]['path']) == []
-  # The check itself finds a Python callback.
-  module = tf.Module()
-  module.f = tf.function(
-      lambda x: tf.py_function(lambda v: v * 2, [x], tf.float32),
-      input_signature=[tf.TensorSpec([None], tf.float32)])
-  tf.saved_model.save(module, str(tmp_path / 'py'),
-                      signatures=module.f.get_concrete_function())
-  assert any('calls Python' in p
-             for p in saved_model.core_op_problems(str(tmp_path / 'py')))
+  with open(os.path.join(exports['lwta']['path'], saved_model.INFO_FILE)) as f:
+    info = json.load(f)
+  assert {'Assert', 'StatelessRandomUniformV2'} <= set(info['ops'])
+  assert info['tensorflow_version'] == tf.__version__
+  # A graph that calls Python is refused, and nothing is left behind.
+  inputs = keras.Input(SHAPE)
+  flat = keras.layers.Flatten()(inputs)
+  called = keras.layers.Lambda(lambda t: tf.ensure_shape(
+      tf.py_function(lambda v: v * 2, [t], tf.float32), [None, 784]))(flat)
+  model = keras.Model(inputs, keras.layers.Dense(10)(called))
+  with pytest.raises(ValueError, match='calls Python'):
+    saved_model.export_model(model, export_dir=str(tmp_path), name='py',
+                             image_shape=SHAPE)
+  assert os.listdir(tmp_path / 'py') == []
 
 
 def test_warmup_file_holds_prediction_logs_that_run(exports):

@@ -20,8 +20,8 @@ The input's shape is left unknown in the signature so that every bad input
 reaches the graph, where it is checked: a wrong rank or image size, an
 empty batch, NaN or infinite values, and pixels outside [0, 1] each fail with an
 InvalidArgumentError (TF Serving: INVALID_ARGUMENT) whose message names the
-problem and the fix. The graph holds only core TensorFlow ops (no Python),
-which `core_op_problems` checks.
+problem and the fix. The graph must hold only core TensorFlow ops (no
+Python): `core_op_problems` checks, and export refuses a graph that fails.
 
 Stochastic models (LWTA sampling, noise injection) draw fresh randomness on
 every request. Layers that share one draw across a batch (PNI on kernels) or
@@ -257,6 +257,8 @@ def export_model(model: keras.Model, *, export_dir: str, name: str,
   Raises:
     FileExistsError: that version exists already (versions are never
       overwritten).
+    ValueError: the graph holds an op TF Serving cannot run (nothing is
+      left behind).
   """
   model_dir = os.path.join(export_dir, name)
   version = version or next_version(model_dir)
@@ -281,6 +283,11 @@ def export_model(model: keras.Model, *, export_dir: str, name: str,
   tf.io.gfile.makedirs(model_dir)
   try:
     archive.write_out(staging, verbose=False)
+    problems = core_op_problems(staging)
+    if problems:
+      raise ValueError(f'{name} would not run in TF Serving: '
+                       f'{"; ".join(problems)}. Replace those ops with core '
+                       f'TensorFlow ops.')
     tf.io.gfile.makedirs(os.path.join(staging, 'assets.extra'))
     with tf.io.TFRecordWriter(os.path.join(staging, WARMUP_FILE)) as writer:
       for record in warmup_records(name, image_shape, warmup_batch_sizes):
@@ -293,6 +300,8 @@ def export_model(model: keras.Model, *, export_dir: str, name: str,
                   'shape': [None, *image_shape], 'range': [0.0, 1.0]},
         'signatures': {k: list(v) for k, v in SIGNATURE_OUTPUTS.items()},
         'sampling': dataclasses.asdict(sampling),
+        # TF Serving should be at least this new to know every op.
+        'tensorflow_version': tf.__version__, 'ops': graph_ops(staging),
         **(info or {})}
     with tf.io.gfile.GFile(os.path.join(staging, INFO_FILE), 'w') as f:
       f.write(json.dumps(facts, indent=2, sort_keys=True) + '\n')
@@ -337,18 +346,12 @@ def write_models_config(export_dir: str) -> Dict[str, str]:
   return paths
 
 
-def core_op_problems(saved_model_dir: str) -> Sequence[str]:
-  """Ops in a SavedModel that a TF Serving binary could not run.
+def graph_ops(saved_model_dir: str) -> Sequence[str]:
+  """Sorted names of every op a SavedModel's graph and functions use.
 
-  Reads saved_model.pb only (no TensorFlow Python code of the model is
-  needed) and lists every op, in the graph and in its function library, that
-  calls back into Python or that the running TensorFlow does not register.
-
-  Returns:
-    Sorted problem descriptions; empty when the graph is servable.
+  Reads saved_model.pb only; the model's Python code is not needed.
   """
   from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
-  from tensorflow.python.framework import op_def_registry  # pylint: disable=g-import-not-at-top
 
   saved = saved_model_pb2.SavedModel()
   with tf.io.gfile.GFile(os.path.join(saved_model_dir, 'saved_model.pb'),
@@ -361,8 +364,26 @@ def core_op_problems(saved_model_dir: str) -> Sequence[str]:
     for function in graph.library.function:
       functions.add(function.signature.name)
       ops.update(node.op for node in function.node_def)
-  problems = [f'{op}: calls Python' for op in ops & PYTHON_OPS]
-  problems += [f'{op}: not a registered TensorFlow op' for op in ops
-               if op not in functions and op not in PYTHON_OPS and
-               op_def_registry.get(op) is None]
-  return sorted(problems)
+  # Calls of the graph's own functions are not ops.
+  return sorted(ops - functions)
+
+
+def core_op_problems(saved_model_dir: str) -> Sequence[str]:
+  """Ops in a SavedModel that a TF Serving binary could not run.
+
+  Lists every op, in the graph and in its function library, that calls back
+  into Python or that the running TensorFlow does not register (a custom
+  op library).
+
+  Returns:
+    Sorted problem descriptions; empty when the graph is servable.
+  """
+  from tensorflow.python.framework import op_def_registry  # pylint: disable=g-import-not-at-top
+
+  problems = []
+  for op in graph_ops(saved_model_dir):
+    if op in PYTHON_OPS:
+      problems.append(f'{op}: calls Python')
+    elif op_def_registry.get(op) is None:
+      problems.append(f'{op}: not a registered TensorFlow op')
+  return problems
