@@ -432,7 +432,8 @@ def config_from_flags(fv: flags.FlagValues = flags.FLAGS
       evaluate_robustness=fv.evaluate_robustness, data=_data_config(values),
       model=_model_config(values), train=_train_config(values),
       attack=_attack_config(values), certify=_certify_config(values),
-      export=_export_config(values), serve=_serve_config(values), grid=tuple(fv.grid), grid_overrides=fv.grid_overrides)
+      export=_export_config(values), serve=_serve_config(values),
+      grid=tuple(fv.grid), grid_overrides=fv.grid_overrides)
 
 
 def with_default_flagfile(argv: List[str], flagfile: str) -> List[str]:
@@ -468,8 +469,8 @@ def run(config: config_lib.ExperimentConfig) -> int:
   # Imported here so that flag parsing, and its errors, come before
   # TensorFlow starts (and so MultiWorkerMirroredStrategy is made first).
   from tf_slwta import data as data_lib  # pylint: disable=g-import-not-at-top
-  from tf_slwta.training import distribute  # pylint: disable=g-import-not-at-top
   from tf_slwta.export import client  # pylint: disable=g-import-not-at-top
+  from tf_slwta.training import distribute  # pylint: disable=g-import-not-at-top
   from tf_slwta.training import loop  # pylint: disable=g-import-not-at-top
 
   # TF logs an INFO line through absl at every checkpoint save; keep it out.
