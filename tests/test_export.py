@@ -91,6 +91,13 @@ def test_sampling_follows_the_layers(exports):
       saved_model.Sampling('batched', 4))
   assert saved_model.sampling_for(exports['pni']['model'], 3) == (
       saved_model.Sampling('per_example', 3))
+  # A choice for speed, never passes for a model without randomness.
+  assert saved_model.sampling_for(exports['pni']['model'], 3, 'batched') == (
+      saved_model.Sampling('batched', 3))
+  assert saved_model.sampling_for(exports['relu']['model'], 3, 'batched') == (
+      saved_model.Sampling('deterministic', 1))
+  with pytest.raises(ValueError, match='sampling mode'):
+    saved_model.sampling_for(exports['relu']['model'], 3, 'sometimes')
 
 
 def test_versions_are_new_integers_and_never_overwritten(exports, tmp_path):
@@ -436,6 +443,7 @@ def test_main_exports_then_predicts_through_a_server(tmp_path):
     (['--export_version=-1'], 'export_version'),
     (['--serving_timeout=0'], 'serving_timeout'),
     (['--serving_protocol=soap'], 'serving_protocol'),
+    (['--export_sampling=never'], 'export_sampling'),
 ])
 def test_bad_serving_flags_are_refused(args, named):
   from absl import flags  # pylint: disable=g-import-not-at-top

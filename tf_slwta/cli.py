@@ -41,7 +41,8 @@ _SECTIONS = {
               'clean_loss_weight'),
     'certify': ('certify_sigma', 'certify_n0', 'certify_n', 'certify_alpha',
                 'certify_batch_size', 'certify_radii'),
-    'export': ('export_dir', 'export_name', 'export_version'),
+    'export': ('export_dir', 'export_name', 'export_version',
+               'export_sampling'),
     'serve': ('server', 'serving_protocol', 'serving_timeout', 'images',
               'serving_batch_size', 'export_name', 'export_version'),
 }
@@ -235,6 +236,13 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                        'existing version is never overwritten) or '
                        '--mode=predict asks for (0: the latest).',
                        flag_values=fv)
+  flags.DEFINE_enum('export_sampling', d_export.sampling,
+                    config_lib.EXPORT_SAMPLING,
+                    'How the export runs a stochastic model\'s --mc_samples '
+                    'passes: auto (one example at a time only where noise is '
+                    'shared across a batch, e.g. PNI), batched (faster; such '
+                    'noise is then shared within a request), per_example.',
+                    flag_values=fv)
   flags.DEFINE_string('server', d_serve.server,
                       'TF Serving address for --mode=predict: HOST:PORT '
                       '(8501 REST, 8500 gRPC by default).', flag_values=fv)
@@ -400,7 +408,8 @@ def _certify_config(v) -> config_lib.CertifyConfig:
 def _export_config(v) -> config_lib.ExportConfig:
   return config_lib.ExportConfig(export_dir=v['export_dir'],
                                  name=v['export_name'],
-                                 version=v['export_version'])
+                                 version=v['export_version'],
+                                 sampling=v['export_sampling'])
 
 
 def _serve_config(v) -> config_lib.ServeConfig:
@@ -647,6 +656,7 @@ def _run_export(config: config_lib.ExperimentConfig) -> None:
       image_shape=info.image_shape, mc_samples=config.attack.mc_samples,
       version=config.export.version,
       warmup_batch_sizes=config.export.warmup_batch_sizes,
+      sampling_mode=config.export.sampling,
       info={'dataset': info.name, 'class_names': list(info.class_names),
             'checkpoint': _latest_checkpoint(config.output_dir),
             'output_dir': config.output_dir, 'settings': config.to_dict()})

@@ -364,6 +364,7 @@ class CertifyConfig:
 _MODEL_NAME_CHARS = frozenset(
     'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-')
 SERVING_PROTOCOLS = ('rest', 'grpc')
+EXPORT_SAMPLING = ('auto', 'batched', 'per_example')
 
 
 def check_model_name(name: str) -> None:
@@ -390,11 +391,17 @@ class ExportConfig:
       overwritten.
     warmup_batch_sizes: batch sizes of the warm-up requests written to
       `assets.extra/tf_serving_warmup_requests`, each >= 1.
+    sampling: how a stochastic model's passes are run, one of
+      `EXPORT_SAMPLING`: 'auto' (one example at a time only for layers that
+      share a draw across a batch, so no answer depends on its batch mates),
+      'batched' (faster; such draws are shared within a request) or
+      'per_example'.
   """
   export_dir: str = 'saved_models'
   name: str = ''
   version: int = 0
   warmup_batch_sizes: Tuple[int, ...] = (1, 8)
+  sampling: str = 'auto'
 
   def __post_init__(self):
     if not self.export_dir:
@@ -405,6 +412,7 @@ class ExportConfig:
     if not self.warmup_batch_sizes or min(self.warmup_batch_sizes) < 1:
       raise ValueError(f'warmup_batch_sizes must be positive, got '
                        f'{list(self.warmup_batch_sizes)}.')
+    _check_choice('export_sampling', self.sampling, EXPORT_SAMPLING)
 
   def model_name(self, output_dir: str) -> str:
     """`name`, or the last part of `output_dir` when `name` is ''."""

@@ -42,6 +42,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_slwta import config as config_lib
 from tf_slwta.attacks import eot
 from tf_slwta.export.client import INPUT_KEY
 from tf_slwta.export.client import SERVING_SIGNATURE
@@ -74,29 +75,40 @@ class Sampling:
   passes: int
 
 
-def sampling_for(model: keras.Model, mc_samples: int) -> Sampling:
+def sampling_for(model: keras.Model, mc_samples: int,
+                 mode: str = 'auto') -> Sampling:
   """Chooses how to sample `model` so each example is drawn independently.
 
   Args:
     model: the Keras model to serve.
     mc_samples: passes averaged per example for a stochastic model, >= 1.
+    mode: one of `config.EXPORT_SAMPLING`. 'auto' runs one example at a
+      time only when a layer shares its draw across a batch; 'batched' forces
+      batched passes (faster, but such draws are then shared by the examples of a
+      request); 'per_example' forces one example at a time.
 
   Returns:
-    A `Sampling`; a model with no randomness at test gets one pass.
+    A `Sampling`; a model with no randomness at test gets one pass, whatever
+    `mode` says.
   """
   if mc_samples < 1:
     raise ValueError(f'mc_samples must be >= 1, got {mc_samples}.')
+  if mode not in config_lib.EXPORT_SAMPLING:
+    raise ValueError(f'sampling mode {mode!r} is not one of '
+                     f'{", ".join(config_lib.EXPORT_SAMPLING)}.')
   layers = list(model._flatten_layers())  # pylint: disable=protected-access
-  shared = any(isinstance(layer, noise.ActivationNoise) or
-               isinstance(layer, (noise.NoisyConv2D, noise.NoisyDense))
+  # PNI draws one kernel noise per call, or scales activation noise by a
+  # statistic of the whole batch; LWTA draws per element.
+  shared = any(isinstance(layer, (noise.ActivationNoise, noise.NoisyConv2D,
+                                  noise.NoisyDense))
                for layer in layers if getattr(layer, 'noise_at_test', False))
   per_element = any(isinstance(layer, lwta.LWTA) and not layer.deterministic
                     for layer in layers)
-  if shared:
-    return Sampling('per_example', mc_samples)
-  if per_element:
-    return Sampling('batched', mc_samples)
-  return Sampling('deterministic', 1)
+  if not (shared or per_element):
+    return Sampling('deterministic', 1)
+  if mode == 'auto':
+    mode = 'per_example' if shared else 'batched'
+  return Sampling(mode, mc_samples)
 
 
 def checked_images(images: tf.Tensor,
@@ -233,7 +245,8 @@ def warmup_records(model_name: str, image_shape: Tuple[int, int, int],
 def export_model(model: keras.Model, *, export_dir: str, name: str,
                  image_shape: Tuple[int, int, int], mc_samples: int = 1,
                  version: int = 0, warmup_batch_sizes: Sequence[int] = (1, 8),
-                 info: Optional[Dict[str, object]] = None) -> str:
+                 info: Optional[Dict[str, object]] = None,
+                 sampling_mode: str = 'auto') -> str:
   """Writes `<export_dir>/<name>/<version>/` and refreshes models.config.
 
   The SavedModel is written to a hidden folder next to its final place and
@@ -250,6 +263,7 @@ def export_model(model: keras.Model, *, export_dir: str, name: str,
     warmup_batch_sizes: batch sizes of the warm-up requests.
     info: extra facts recorded in `assets.extra/tf_slwta.json` (data set,
       class names, checkpoint, settings).
+    sampling_mode: see `sampling_for`; 'auto' is the safe choice.
 
   Returns:
     The path of the new version folder.
@@ -268,7 +282,7 @@ def export_model(model: keras.Model, *, export_dir: str, name: str,
         f'{final} exists and versions are never overwritten; pass '
         f'--export_version=0 to write the next one '
         f'({next_version(model_dir)}).')
-  sampling = sampling_for(model, mc_samples)
+  sampling = sampling_for(model, mc_samples, sampling_mode)
   serve, logits = serving_functions(model, image_shape, sampling)
   spec = tf.TensorSpec(None, tf.float32, name=INPUT_KEY)
   archive = keras.export.ExportArchive()
