@@ -468,7 +468,8 @@ def _run_one(config: config_lib.ExperimentConfig, strategy,
              'examples': record['test/examples']}
     attack = config.evaluate_robustness and bool(config.attack.attacks)
     model = loop.restore_model(config, strategy) if (
-        attack or config.model.ibp) and chief else None
+        attack or config.model.ibp or config.model.activation == 'lwta'
+    ) and chief else None
   else:
     model = loop.restore_model(config, strategy)
     clean = loop.evaluate_model(config, strategy, model)
@@ -485,10 +486,12 @@ def _run_one(config: config_lib.ExperimentConfig, strategy,
         reuse_robustness) else None
     if rows is None:
       images, labels = data_lib.load_arrays(config.data, 'test')
+      examples = robustness.Examples()  # For the figures.
       rows = robustness.evaluate_robustness(
           lambda x: model(x, training=False), images, labels, config.attack,
-          batch_size=config.data.eval_batch_size)
-      robustness.write_report(rows, config.output_dir, meta=meta)
+          batch_size=config.data.eval_batch_size, examples=examples)
+      robustness.write_report(rows, config.output_dir, meta=meta,
+                              examples=examples)
   if chief:
     print(f'\nResults of {config.output_dir} ({config.data.dataset}, '
           f'{config.model.name}):')
@@ -508,7 +511,15 @@ def _run_one(config: config_lib.ExperimentConfig, strategy,
     print(f'Checkpoints: {os.path.join(config.output_dir, "checkpoints")}\n'
           f'TensorBoard: tensorboard --logdir '
           f'{os.path.join(config.output_dir, "summaries")}')
+    _write_html_report(config, model)
   return clean, rows
+
+
+def _write_html_report(config: config_lib.ExperimentConfig, model=None):
+  """Draws the run's figures into report.html and says where it is."""
+  from tf_slwta.evaluation import report  # pylint: disable=g-import-not-at-top
+  print(f'Report (tables and figures): {report.write_report(config, model)}',
+        flush=True)
 
 
 def _latest_checkpoint(output_dir: str):
@@ -533,6 +544,7 @@ def _run_certify(config: config_lib.ExperimentConfig, strategy) -> None:
   print(f'\nRandomized smoothing of {config.output_dir} (also in '
         f'{paths["md"]}, {paths["json"]}):')
   print(certify.markdown_table(result))
+  _write_html_report(config, model)
 
 
 def _run_grid(config: config_lib.ExperimentConfig, strategy) -> None:
@@ -566,3 +578,5 @@ def _run_grid(config: config_lib.ExperimentConfig, strategy) -> None:
   print(f'\nGrid of {len(results)} runs (also in {paths["md"]}, '
         f'{paths["csv"]}, {paths["json"]}):\n')
   print(open(paths['md']).read())
+  from tf_slwta.evaluation import report  # pylint: disable=g-import-not-at-top
+  print(f'Grid report: {report.write_grid_report(paths["json"])}')

@@ -157,8 +157,10 @@ class Examples:
     for group in ('adversarial', 'probabilities', 'robust', 'true_class'):
       arrays.update({f'{group}/{k}': v for k, v in getattr(self, group).items()})
     path = os.path.join(output_dir, EXAMPLES_FILE)
+    buffer = io.BytesIO()  # GFile cannot seek as zipfile needs.
+    np.savez_compressed(buffer, **arrays)
     with tf.io.gfile.GFile(path, 'wb') as f:
-      np.savez_compressed(f, **arrays)
+      f.write(buffer.getvalue())
     return path
 
   @classmethod
