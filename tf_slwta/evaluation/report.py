@@ -4,10 +4,10 @@
 their figures under `<output_dir>/figures/` and writes
 `<output_dir>/report.html`:
   * settings (data set, model, checkpoint, attack settings);
-  * learning curves, from metrics.jsonl (training);
   * the robustness table, from robustness.json, with the attack grids, the
     true-class histograms and the correct-and-fooled grid drawn from
     figures_data.npz (written beside it by the evaluation);
+  * learning curves, from metrics.jsonl (training);
   * LWTA winner shares and IBP utilities, when given a model that has
     such layers (kept from an earlier run otherwise);
   * certified accuracy against radius, from certify.json.
@@ -197,7 +197,8 @@ def _model_section(output_dir: str, figures_dir: str,
   captions = {
       'lwta_winner_shares': 'Stochastic LWTA: share of (image, position, '
                             'block) places each competitor wins at test time, '
-                            f'per layer, on {WINNER_IMAGES} test images.',
+                            f'per layer, on the first {WINNER_IMAGES} test '
+                            'images (fewer if fewer are evaluated).',
       'ibp_utilities': 'IBP utilities of every layer, sorted, against the '
                        'pruning threshold: those at or under it are pruned.'}
   drawn = (figures.model_figures(figures_dir, model, images)
@@ -262,9 +263,9 @@ def write_report(config: config_lib.ExperimentConfig,
     images = test_images[:WINNER_IMAGES].astype(np.float32) / 255.0
   body, drawn = _settings_section(config, saved), []
   for section, paths in (
-      _learning_section(output_dir, figures_dir),
       _robustness_section(output_dir, figures_dir, saved, info.class_names)
       if saved else ('', []),
+      _learning_section(output_dir, figures_dir),
       _model_section(output_dir, figures_dir, model, images),
       _certify_section(output_dir, figures_dir)):
     body += section
