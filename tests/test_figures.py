@@ -80,6 +80,18 @@ def test_examples_round_trip_through_npz(evaluated, tmp_path):
     for name, value in getattr(examples, group).items():
       np.testing.assert_array_equal(getattr(loaded, group)[name], value)
   assert robustness.Examples.load(str(tmp_path / 'none')) is None
+  # Keeping no images still records every true-class probability.
+  x, y = sample_batch(8)
+  histograms_only = robustness.Examples(keep=0)
+  robustness.evaluate_robustness(
+      logits_fn(), np.round(x * 255).astype(np.uint8), y,
+      config_lib.AttackConfig(attacks=('fgsm',)), verbose=False,
+      examples=histograms_only)
+  histograms_only.save(str(tmp_path / 'none'))
+  loaded = robustness.Examples.load(str(tmp_path / 'none'))
+  assert loaded.labels is None and loaded.true_class['fgsm'].shape == (8,)
+  assert [os.path.basename(p) for p in figures.robustness_figures(
+      str(tmp_path), loaded, {}, CLASS_NAMES)] == ['true_class_histograms.png']
 
 
 def test_every_robustness_figure_is_drawn(evaluated, tmp_path):

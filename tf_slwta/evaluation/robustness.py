@@ -152,10 +152,12 @@ class Examples:
 
   def save(self, output_dir: str) -> str:
     """Writes the record as `<output_dir>/figures_data.npz`; returns the path."""
-    arrays = {'images': self.images, 'labels': self.labels,
-              'names': np.array(self.names)}
+    arrays = {'names': np.array(self.names)}
+    if self.labels is not None:
+      arrays.update(images=self.images, labels=self.labels)
     for group in ('adversarial', 'probabilities', 'robust', 'true_class'):
       arrays.update({f'{group}/{k}': v for k, v in getattr(self, group).items()})
+    tf.io.gfile.makedirs(output_dir)
     path = os.path.join(output_dir, EXAMPLES_FILE)
     buffer = io.BytesIO()  # GFile cannot seek as zipfile needs.
     np.savez_compressed(buffer, **arrays)
@@ -172,8 +174,9 @@ class Examples:
     with tf.io.gfile.GFile(path, 'rb') as f:
       saved = dict(np.load(io.BytesIO(f.read())))
     names = [str(n) for n in saved['names']]
-    record = cls(keep=len(saved['labels']), images=saved['images'],
-                 labels=saved['labels'])
+    labels = saved.get('labels')
+    record = cls(keep=0 if labels is None else len(labels),
+                 images=saved.get('images'), labels=labels)
     for group in ('adversarial', 'probabilities', 'robust', 'true_class'):
       getattr(record, group).update({
           n: saved[f'{group}/{n}'] for n in names if f'{group}/{n}' in saved})
@@ -224,11 +227,11 @@ def evaluate_robustness(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
   batches = data_lib.as_batches(images, labels, batch_size)
   total = -(-len(images) // batch_size)
   start = time.perf_counter()
+  record = examples.add if examples is not None else (lambda *_: None)
   for index, (x, y) in enumerate(batches):
     seed = cfg.seed * 1_000_003 + index
     clean_probs, clean_ok = _decide(logits_fn, x, y, cfg.mc_samples)
     _tally(tallies['natural'], x, x, clean_ok, clean_ok)
-    record = examples.add if examples is not None else (lambda *_: None)
     record('natural', x, y, clean_probs, clean_ok)
     outputs, fooled, probs = {}, {}, {}
     for name, attack in attack_functions(logits_fn, cfg, seed).items():
