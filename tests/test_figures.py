@@ -146,6 +146,18 @@ def test_lwta_winner_shares_and_ibp_utilities(tmp_path):
   assert figures.model_figures(str(tmp_path / 'relu'), relu, images) == []
 
 
+def test_certified_curve_agrees_with_the_table():
+  rows = [{'label': 1, 'certify': 1, 'radius': r} for r in (0.1, 0.3, 0.3, 0.6)]
+  rows += [{'label': 1, 'certify': 2, 'radius': 0.9},  # Certified, wrong.
+           {'label': 1, 'certify': certify.ABSTAIN, 'radius': 0.0}]
+  table = {0.0: 4 / 6, 0.3: 3 / 6, 0.5: 1 / 6, 1.0: 0.0}
+  radii, accuracy = figures.certified_curve({'per_example': rows})
+  for radius, expected in table.items():
+    # In force at r: the step after the last radius under r.
+    index = np.searchsorted(radii[1:], radius, side='left')
+    assert accuracy[index] == pytest.approx(expected), radius
+
+
 def test_certified_accuracy_figure(tmp_path):
   x, y = sample_batch(6)
   cfg = config_lib.CertifyConfig(sigma=0.25, n0=10, n=60, batch_size=60,

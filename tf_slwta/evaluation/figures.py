@@ -358,11 +358,30 @@ def ibp_utilities(path: str, values: Mapping[str, np.ndarray],
   return _save(fig, path)
 
 
+def certified_curve(result: Mapping[str, object]):
+  """Certified accuracy as a step function of the L2 radius.
+
+  Args:
+    result: from `certify.certify_dataset` (or its certify.json).
+
+  Returns:
+    (radii float `[m + 1]`: 0 then the sorted certified radii of the m
+    images certified correct; accuracy float `[m + 1]` in [0, 1]: the share
+    of all images certified correct at a radius > radii[i], so at
+    radii[i] itself it is accuracy[i - 1], as the table counts radius >= r).
+  """
+  rows = result['per_example']
+  radii = np.sort([r['radius'] for r in rows if r['certify'] == r['label']])
+  m, n = len(radii), max(len(rows), 1)
+  return (np.concatenate([[0.0], radii]),
+          np.concatenate([[m], m - 1 - np.arange(m)]) / n)
+
+
 def certified_accuracy(path: str, result: Mapping[str, object]) -> str:
   """Randomized smoothing: certified accuracy against the L2 radius.
 
   A step curve of the share of images certified correct at radius >= r
-  (from every image's certified radius), with the table's radii as points.
+  (`certified_curve`), with the table's radii as points.
 
   Args:
     path: PNG file to write.
@@ -371,17 +390,13 @@ def certified_accuracy(path: str, result: Mapping[str, object]) -> str:
   Returns:
     `path`; the image is `SIZES['certified_accuracy']` pixels.
   """
-  rows = result['per_example']
-  n = max(len(rows), 1)
-  radii = np.sort([r['radius'] for r in rows if r['certify'] == r['label']])
+  radii, accuracy = certified_curve(result)
   table = {float(k): v for k, v in result['certified_accuracy'].items()}
   right = max([*radii, *table, 0.1]) * 1.1
-  # Certified accuracy at r counts radii >= r: it drops after each radius.
-  xs = np.concatenate([[0.0], radii, [right]])
-  ys = np.concatenate([[len(radii)], len(radii) - np.arange(len(radii)),
-                       [0]]) / n
+  xs, ys = np.append(radii, right), np.append(accuracy, accuracy[-1])
   fig = _figure('certified_accuracy')
   ax = fig.subplots()
+  # Drawn 'post': the value drops just after each radius.
   ax.step(xs, ys, where='post', color='#0969da', label='every image')
   ax.plot(list(table), list(table.values()), 'o', color='#cf222e',
           label='table radii')

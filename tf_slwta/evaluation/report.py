@@ -119,10 +119,10 @@ def _settings_section(config: config_lib.ExperimentConfig,
                       saved: Optional[dict]) -> str:
   """Data set, model, checkpoint and attack settings as a two-column table."""
   model = config.model
-  described = model.name + (f', {model.activation}' if model.activation !=
-                            'relu' else '') + (
-                                f', PNI {model.pni}' if model.pni != 'none'
-                                else '') + (', IBP' if model.ibp else '')
+  parts = [model.name, model.activation if model.activation != 'relu' else '',
+           f'PNI {model.pni}' if model.pni != 'none' else '',
+           'IBP' if model.ibp else '']
+  described = ', '.join(p for p in parts if p)
   checkpoint = (saved or {}).get('checkpoint') or tf.train.latest_checkpoint(
       os.path.join(config.output_dir, 'checkpoints'))
   attack = (saved or {}).get('attack_settings') or config.to_dict()['attack']
