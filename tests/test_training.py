@@ -215,7 +215,8 @@ def test_kl_is_recorded_and_checkpoints_without_it_resume(tmp_path):
                              checkpoint_name='ckpt').save(checkpoint_number=16)
   assert not any(n.startswith('epoch_kl') for n, _ in tf.train.list_variables(
       tf.train.latest_checkpoint(ckpt_dir)))
-  assert loop.train(small_config(tmp_path, epochs=2), ONE_DEVICE())['epoch'] == 2
+  resumed = loop.train(small_config(tmp_path, epochs=2), ONE_DEVICE())
+  assert resumed['epoch'] == 2
   assert [m['epoch'] for m in read_metrics(tmp_path)] == [1, 2]
 
 

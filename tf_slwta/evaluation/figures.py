@@ -254,10 +254,12 @@ def correct_and_fooled(path: str, examples, class_names: Sequence[str],
 
 def lwta_layers(model: keras.Model) -> List[lwta_lib.LWTA]:
   """The model's stochastic LWTA layers, in graph order."""
-  return [l for l in model._flatten_layers() if isinstance(l, lwta_lib.LWTA)]  # pylint: disable=protected-access
+  layers = model._flatten_layers()  # pylint: disable=protected-access
+  return [l for l in layers if isinstance(l, lwta_lib.LWTA)]
 
 
-def winner_shares(model: keras.Model, images: np.ndarray) -> Dict[str, np.ndarray]:
+def winner_shares(model: keras.Model,
+                  images: np.ndarray) -> Dict[str, np.ndarray]:
   """How often each competitor wins, per LWTA layer, at test time.
 
   Runs the model's graph up to every LWTA layer's input and draws that

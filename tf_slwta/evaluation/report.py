@@ -143,8 +143,9 @@ def _robustness_section(output_dir: str, figures_dir: str, saved: dict,
                         class_names: Sequence[str]) -> Tuple[str, List[str]]:
   rows = saved['rows']
   headers, cells = robustness.table_cells(rows)
-  body = (f'<h2>Robustness</h2>\n<p>Scoring: {html.escape(saved.get("scoring", ""))}'
-          '; decisions by the mean probabilities over mc_samples passes.</p>\n'
+  scoring = html.escape(saved.get('scoring', ''))
+  body = (f'<h2>Robustness</h2>\n<p>Scoring: {scoring}; decisions by the '
+          'mean probabilities over mc_samples passes.</p>\n'
           + _table(headers, cells))
   examples = robustness.Examples.load(output_dir)
   if examples is None:
@@ -164,9 +165,9 @@ def _robustness_section(output_dir: str, figures_dir: str, saved: dict,
                  'perturbation amplified by k (0.5 + k * delta), with true '
                  'and predicted classes (green right, red wrong).')
     elif stem == 'true_class_histograms':
+      count = len(examples.true_class['natural'])
       caption = ('Probability the model gives the true class, clean and '
-                 f'under each attack, over all {len(examples.true_class["natural"])} '
-                 'evaluated images.')
+                 f'under each attack, over all {count} evaluated images.')
     else:
       caption = ('Adversarial examples the model still classified correctly '
                  '(left) and ones that fooled it (right), among the kept '
@@ -183,8 +184,8 @@ def _learning_section(output_dir: str, figures_dir: str
   path = figures.learning_curves(
       os.path.join(figures_dir, 'learning_curves.png'), records)
   last = records[-1]
-  final = ', '.join(f'{k} {last[k]:.4f}' for k in (
-      'train/loss', 'train/accuracy', 'test/loss', 'test/accuracy') if k in last)
+  keys = ('train/loss', 'train/accuracy', 'test/loss', 'test/accuracy')
+  final = ', '.join(f'{k} {last[k]:.4f}' for k in keys if k in last)
   return ('<h2>Training</h2>\n' + f'<p>Epoch {last.get("epoch")}: '
           f'{html.escape(final)}.</p>\n' + _figure_html(
               output_dir, path, 'Loss, accuracy and KL per epoch '
@@ -293,13 +294,14 @@ def write_grid_report(grid_json: str) -> str:
   folder = os.path.dirname(grid_json)
   saved = _read_json(grid_json)
   titles = [title for _, title in robustness.GRID_COLUMNS]
-  rows = []
-  for row, run in zip(saved['table'], saved['runs']):
-    rows.append([row['model'], *('-' if row[t] is None else f'{row[t]:.2f}'
-                                 for t in titles), row['flagfile']])
-  links = ''.join(
-      f'<li><a href="{html.escape(os.path.relpath(os.path.join(run["output_dir"], REPORT_FILE), folder))}">'
-      f'{html.escape(run["row"])}</a></li>\n' for run in saved['runs'])
+  rows = [[row['model'], *('-' if row[t] is None else f'{row[t]:.2f}'
+                           for t in titles), row['flagfile']]
+          for row in saved['table']]
+  links = ''
+  for run in saved['runs']:
+    href = os.path.relpath(os.path.join(run['output_dir'], REPORT_FILE), folder)
+    links += (f'<li><a href="{html.escape(href)}">{html.escape(run["row"])}'
+              '</a></li>\n')
   body = (_table(['model', *(f'{t} (%)' for t in titles), 'flagfile'], rows) +
           f'<h2>Reports of the rows</h2>\n<ul>\n{links}</ul>\n')
   path = os.path.join(folder, GRID_REPORT_FILE)

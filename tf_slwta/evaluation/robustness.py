@@ -151,12 +151,13 @@ class Examples:
       self.robust[name] = _append(self.robust.get(name), robust[:take])
 
   def save(self, output_dir: str) -> str:
-    """Writes the record as `<output_dir>/figures_data.npz`; returns the path."""
+    """Writes the record as `<output_dir>/figures_data.npz`; returns it."""
     arrays = {'names': np.array(self.names)}
     if self.labels is not None:
       arrays.update(images=self.images, labels=self.labels)
     for group in ('adversarial', 'probabilities', 'robust', 'true_class'):
-      arrays.update({f'{group}/{k}': v for k, v in getattr(self, group).items()})
+      arrays.update({f'{group}/{name}': value
+                     for name, value in getattr(self, group).items()})
     tf.io.gfile.makedirs(output_dir)
     path = os.path.join(output_dir, EXAMPLES_FILE)
     buffer = io.BytesIO()  # GFile cannot seek as zipfile needs.
