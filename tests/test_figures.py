@@ -9,6 +9,7 @@ import keras
 import matplotlib.image
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing import event_accumulator
 import tensorflow as tf
 
 from attack_fixtures import logits_fn, sample_batch
@@ -216,12 +217,13 @@ def parse_html(path):
 
 
 def image_tags(summary_dir):
+  """Tags of the image summaries under `summary_dir`, read as TensorBoard does."""
   tags = set()
   for path in glob.glob(os.path.join(summary_dir, 'events.*')):
-    for event in tf.compat.v1.train.summary_iterator(path):
-      for value in event.summary.value:
-        if value.metadata.plugin_data.plugin_name == 'images':
-          tags.add(value.tag)
+    events = event_accumulator.EventAccumulator(path)
+    events.Reload()
+    tags |= {tag for tag in events.Tags()['tensors'] if events.SummaryMetadata(
+        tag).plugin_data.plugin_name == 'images'}
   return tags
 
 
