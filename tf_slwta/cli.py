@@ -549,6 +549,7 @@ def _run_certify(config: config_lib.ExperimentConfig, strategy) -> None:
 
 def _run_grid(config: config_lib.ExperimentConfig, strategy) -> None:
   """--mode=grid: train and evaluate every row, then one consolidated table."""
+  from tf_slwta.evaluation import report  # pylint: disable=g-import-not-at-top
   from tf_slwta.evaluation import robustness  # pylint: disable=g-import-not-at-top
   patterns = config.grid or (os.path.join('flags', 'seed_table', '[0-9]*.cfg'),)
   rows = [path for pattern in patterns
@@ -575,8 +576,7 @@ def _run_grid(config: config_lib.ExperimentConfig, strategy) -> None:
   paths = robustness.write_grid(
       results, os.path.commonpath([r['output_dir'] for r in results])
       if len(results) > 1 else config.output_dir)
+  paths['html'] = report.write_grid_report(paths['json'])  # Links each row.
   print(f'\nGrid of {len(results)} runs (also in {paths["md"]}, '
-        f'{paths["csv"]}, {paths["json"]}):\n')
+        f'{paths["csv"]}, {paths["json"]}, {paths["html"]}):\n')
   print(open(paths['md']).read())
-  from tf_slwta.evaluation import report  # pylint: disable=g-import-not-at-top
-  print(f'Grid report: {report.write_grid_report(paths["json"])}')
