@@ -198,3 +198,36 @@ def test_runs_from_before_a_new_setting_still_resume(tmp_path):
   with open(path, 'w') as f:
     json.dump(saved, f)
   assert loop.train(small_config(tmp_path, epochs=2), ONE_DEVICE())['epoch'] == 2
+
+
+def test_kl_is_recorded_and_checkpoints_without_it_resume(tmp_path):
+  cfg = small_config(tmp_path, epochs=1)
+  loop.train(cfg, ONE_DEVICE())
+  assert read_metrics(tmp_path)[0]['train/kl'] == 0.0  # No stochastic layer.
+  # Rewrite the checkpoint as runs saved it before the KL was recorded.
+  strategy = ONE_DEVICE()
+  state = loop.build_training_state(cfg, strategy, steps_per_epoch=16)
+  ckpt_dir = os.path.join(tmp_path, 'checkpoints')
+  tf.io.gfile.rmtree(ckpt_dir)
+  old = tf.train.Checkpoint(model=state.model, optimizer=state.optimizer,
+                            epoch_totals=state.totals)
+  tf.train.CheckpointManager(old, ckpt_dir, max_to_keep=1,
+                             checkpoint_name='ckpt').save(checkpoint_number=16)
+  assert not any(n.startswith('epoch_kl') for n, _ in tf.train.list_variables(
+      tf.train.latest_checkpoint(ckpt_dir)))
+  resumed = loop.train(small_config(tmp_path, epochs=2), ONE_DEVICE())
+  assert resumed['epoch'] == 2
+  assert [m['epoch'] for m in read_metrics(tmp_path)] == [1, 2]
+
+
+def test_kl_of_a_stochastic_model_is_recorded(tmp_path):
+  cfg = small_config(tmp_path, epochs=1)
+  cfg = config_lib.ExperimentConfig(
+      output_dir=cfg.output_dir, data=cfg.data, train=cfg.train,
+      model=config_lib.ModelConfig(seed_cnn_filters=(8, 16), seed_cnn_units=32,
+                                   activation='lwta', ibp=True))
+  record = loop.train(cfg, ONE_DEVICE())
+  assert record['train/kl'] > 0
+  # Weighted by 1 / (training examples) in the objective, with no annealing.
+  assert record['train/kl_term'] == pytest.approx(record['train/kl'] / 512,
+                                                  rel=1e-4)

@@ -541,7 +541,8 @@ def _run_one(config: config_lib.ExperimentConfig, strategy,
              'examples': record['test/examples']}
     attack = config.evaluate_robustness and bool(config.attack.attacks)
     model = loop.restore_model(config, strategy) if (
-        attack or config.model.ibp) and chief else None
+        attack or config.model.ibp or config.model.activation == 'lwta'
+    ) and chief else None
   else:
     model = loop.restore_model(config, strategy)
     clean = loop.evaluate_model(config, strategy, model)
@@ -558,10 +559,12 @@ def _run_one(config: config_lib.ExperimentConfig, strategy,
         reuse_robustness) else None
     if rows is None:
       images, labels = data_lib.load_arrays(config.data, 'test')
+      examples = robustness.Examples()  # For the figures.
       rows = robustness.evaluate_robustness(
           lambda x: model(x, training=False), images, labels, config.attack,
-          batch_size=config.data.eval_batch_size)
-      robustness.write_report(rows, config.output_dir, meta=meta)
+          batch_size=config.data.eval_batch_size, examples=examples)
+      robustness.write_report(rows, config.output_dir, meta=meta,
+                              examples=examples)
   if chief:
     print(f'\nResults of {config.output_dir} ({config.data.dataset}, '
           f'{config.model.name}):')
@@ -581,7 +584,15 @@ def _run_one(config: config_lib.ExperimentConfig, strategy,
     print(f'Checkpoints: {os.path.join(config.output_dir, "checkpoints")}\n'
           f'TensorBoard: tensorboard --logdir '
           f'{os.path.join(config.output_dir, "summaries")}')
+    _write_html_report(config, model)
   return clean, rows
+
+
+def _write_html_report(config: config_lib.ExperimentConfig, model=None):
+  """Draws the run's figures into report.html and says where it is."""
+  from tf_slwta.evaluation import report  # pylint: disable=g-import-not-at-top
+  print(f'Report (tables and figures): {report.write_report(config, model)}',
+        flush=True)
 
 
 def _latest_checkpoint(output_dir: str):
@@ -606,10 +617,12 @@ def _run_certify(config: config_lib.ExperimentConfig, strategy) -> None:
   print(f'\nRandomized smoothing of {config.output_dir} (also in '
         f'{paths["md"]}, {paths["json"]}):')
   print(certify.markdown_table(result))
+  _write_html_report(config, model)
 
 
 def _run_grid(config: config_lib.ExperimentConfig, strategy) -> None:
   """--mode=grid: train and evaluate every row, then one consolidated table."""
+  from tf_slwta.evaluation import report  # pylint: disable=g-import-not-at-top
   from tf_slwta.evaluation import robustness  # pylint: disable=g-import-not-at-top
   patterns = config.grid or (os.path.join('flags', 'seed_table', '[0-9]*.cfg'),)
   rows = [path for pattern in patterns
@@ -636,8 +649,9 @@ def _run_grid(config: config_lib.ExperimentConfig, strategy) -> None:
   paths = robustness.write_grid(
       results, os.path.commonpath([r['output_dir'] for r in results])
       if len(results) > 1 else config.output_dir)
+  paths['html'] = report.write_grid_report(paths['json'])  # Links each row.
   print(f'\nGrid of {len(results)} runs (also in {paths["md"]}, '
-        f'{paths["csv"]}, {paths["json"]}):\n')
+        f'{paths["csv"]}, {paths["json"]}, {paths["html"]}):\n')
   print(open(paths['md']).read())
 
 

@@ -27,6 +27,8 @@ COLUMNS = ('attack', 'settings', 'accuracy', 'success_rate', 'median_l2',
 FILE_STEM = 'robustness'
 # Recorded in each report; a report scored another way is never reused.
 SCORING = 'robust = right on the clean and on the attacked image'
+# Beside robustness.json: the examples the figures draw (see `Examples`).
+EXAMPLES_FILE = 'figures_data.npz'
 
 
 def attack_functions(logits_fn: attacks.eot.LogitsFn,
@@ -80,6 +82,113 @@ def attack_settings(name: str, cfg: config_lib.AttackConfig) -> str:
 
 
 @dataclasses.dataclass
+class Examples:
+  """What the figures need from one evaluation, filled in while it runs.
+
+  Pass an empty one to `evaluate_robustness(..., examples=...)`; it records
+  outputs the evaluation computes anyway (no attack runs twice, no extra
+  forward pass). Names are 'natural', each attack, and 'combined'.
+
+  Attributes:
+    keep: how many of the first test examples to keep whole, >= 0.
+    images: float32 `[n, H, W, C]` in [0, 1], the first n = min(keep, N)
+      clean images.
+    labels: int64 `[n]`.
+    adversarial: {attack or 'combined': float32 `[n, H, W, C]` in [0, 1]};
+      for a worst-case combination, the first attack's image that fooled
+      the model, else the clean image.
+    probabilities: {name: float32 `[n, K]`}, the mean softmax over
+      `mc_samples` passes that made the decision (rows sum to 1).
+    robust: {name: bool `[n]`}, the verdict the table counted (right on the
+      clean and on the attacked image; for 'natural', right on the clean).
+    true_class: {name: float32 `[N]` in [0, 1]}, the mean probability of the
+      true class for every evaluated example (for a worst-case combination,
+      that of the image it picked).
+  """
+  keep: int = 16
+  images: Optional[np.ndarray] = None
+  labels: Optional[np.ndarray] = None
+  adversarial: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+  probabilities: Dict[str, np.ndarray] = dataclasses.field(
+      default_factory=dict)
+  robust: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+  true_class: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+  @property
+  def names(self) -> List[str]:
+    """'natural', the attacks and 'combined', in the table's order."""
+    return list(self.true_class)
+
+  def add(self, name: str, attacked, labels, probs: np.ndarray,
+          robust: np.ndarray) -> None:
+    """Records one batch of `name`; 'natural' first in every batch.
+
+    Args:
+      name: 'natural', an attack, or 'combined'.
+      attacked: float32 `[B, H, W, C]`, the images scored (the clean ones
+        for 'natural').
+      labels: int `[B]` (tensor or array).
+      probs: float32 `[B, K]`, their decision probabilities.
+      robust: bool `[B]`, the verdict the table counted.
+    """
+    labels = np.asarray(labels)
+    true = probs[np.arange(len(labels)), labels].astype(np.float32)
+    self.true_class[name] = _append(self.true_class.get(name), true)
+    kept = 0 if self.labels is None else len(self.labels)
+    if name == 'natural':
+      take = min(self.keep - kept, len(labels))
+      if take > 0:
+        self.images = _append(self.images, np.asarray(attacked)[:take])
+        self.labels = _append(self.labels, labels[:take])
+    else:  # As many as 'natural' kept so far.
+      take = kept - len(self.robust.get(name, ()))
+      if take > 0:
+        self.adversarial[name] = _append(self.adversarial.get(name),
+                                         np.asarray(attacked)[:take])
+    if take > 0:
+      self.probabilities[name] = _append(self.probabilities.get(name),
+                                         probs[:take].astype(np.float32))
+      self.robust[name] = _append(self.robust.get(name), robust[:take])
+
+  def save(self, output_dir: str) -> str:
+    """Writes the record as `<output_dir>/figures_data.npz`; returns it."""
+    arrays = {'names': np.array(self.names)}
+    if self.labels is not None:
+      arrays.update(images=self.images, labels=self.labels)
+    for group in ('adversarial', 'probabilities', 'robust', 'true_class'):
+      arrays.update({f'{group}/{name}': value
+                     for name, value in getattr(self, group).items()})
+    tf.io.gfile.makedirs(output_dir)
+    path = os.path.join(output_dir, EXAMPLES_FILE)
+    buffer = io.BytesIO()  # GFile cannot seek as zipfile needs.
+    np.savez_compressed(buffer, **arrays)
+    with tf.io.gfile.GFile(path, 'wb') as f:
+      f.write(buffer.getvalue())
+    return path
+
+  @classmethod
+  def load(cls, output_dir: str) -> Optional['Examples']:
+    """The record `save` wrote in `output_dir`, or None if there is none."""
+    path = os.path.join(output_dir, EXAMPLES_FILE)
+    if not tf.io.gfile.exists(path):
+      return None
+    with tf.io.gfile.GFile(path, 'rb') as f:
+      saved = dict(np.load(io.BytesIO(f.read())))
+    names = [str(n) for n in saved['names']]
+    labels = saved.get('labels')
+    record = cls(keep=0 if labels is None else len(labels),
+                 images=saved.get('images'), labels=labels)
+    for group in ('adversarial', 'probabilities', 'robust', 'true_class'):
+      getattr(record, group).update({
+          n: saved[f'{group}/{n}'] for n in names if f'{group}/{n}' in saved})
+    return record
+
+
+def _append(old: Optional[np.ndarray], new: np.ndarray) -> np.ndarray:
+  return new if old is None else np.concatenate([old, new])
+
+
+@dataclasses.dataclass
 class _Tally:
   """Per-attack sums over batches."""
   correct: int = 0
@@ -90,7 +199,8 @@ class _Tally:
 
 def evaluate_robustness(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
                         labels: np.ndarray, cfg: config_lib.AttackConfig, *,
-                        batch_size: int = 500, verbose: bool = True
+                        batch_size: int = 500, verbose: bool = True,
+                        examples: Optional[Examples] = None
                         ) -> List[Dict[str, object]]:
   """Scores a model on clean images and under each configured attack.
 
@@ -102,6 +212,8 @@ def evaluate_robustness(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
     cfg: attack settings.
     batch_size: images per attack batch.
     verbose: print one progress line per batch.
+    examples: if given, filled in with what the figures draw (see
+      `Examples`), from the outputs the evaluation computes anyway.
 
   Returns:
     One dict per row (natural, each attack, combined) with `COLUMNS`:
@@ -116,26 +228,31 @@ def evaluate_robustness(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
   batches = data_lib.as_batches(images, labels, batch_size)
   total = -(-len(images) // batch_size)
   start = time.perf_counter()
+  record = examples.add if examples is not None else (lambda *_: None)
   for index, (x, y) in enumerate(batches):
     seed = cfg.seed * 1_000_003 + index
-    clean_ok = _correct(logits_fn, x, y, cfg.mc_samples)
+    clean_probs, clean_ok = _decide(logits_fn, x, y, cfg.mc_samples)
     _tally(tallies['natural'], x, x, clean_ok, clean_ok)
-    outputs, fooled = {}, {}
+    record('natural', x, y, clean_probs, clean_ok)
+    outputs, fooled, probs = {}, {}, {}
     for name, attack in attack_functions(logits_fn, cfg, seed).items():
       outputs[name] = attack(x, y)
-      ok = _correct(logits_fn, outputs[name], y, cfg.mc_samples)
+      probs[name], ok = _decide(logits_fn, outputs[name], y, cfg.mc_samples)
       fooled[name] = ~ok
       _tally(tallies[name], x, outputs[name], clean_ok, ok)
+      record(name, outputs[name], y, probs[name], clean_ok & ok)
     if cfg.combined == 'worst_case':
       # Robust only if right on the clean image and under every attack, by
       # the verdicts above (not re-drawn, which could contradict them).
       combined_x, any_fooled = attacks.worst_case(x, outputs, fooled)
       ok = clean_ok & ~any_fooled.numpy()
+      combined_probs = _worst_case_probabilities(clean_probs, probs, fooled)
     else:
       combined_x = attacks.sequential(
           x, y, attack_functions(logits_fn, cfg, seed))
-      ok = _correct(logits_fn, combined_x, y, cfg.mc_samples)
+      combined_probs, ok = _decide(logits_fn, combined_x, y, cfg.mc_samples)
     _tally(tallies['combined'], x, combined_x, clean_ok, ok)
+    record('combined', combined_x, y, combined_probs, clean_ok & ok)
     if verbose:
       done = min((index + 1) * batch_size, len(images))
       print(f'robustness: batch {index + 1}/{total} ({done} images, '
@@ -157,8 +274,25 @@ def evaluate_robustness(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
   return rows
 
 
-def _correct(logits_fn, x, y, mc_samples) -> np.ndarray:
-  return (attacks.predict(logits_fn, x, mc_samples).numpy() == y.numpy())
+def _decide(logits_fn, x, y, mc_samples):
+  """The decision rule (`attacks.predict`), keeping the probabilities.
+
+  Returns:
+    (mean probabilities float32 `[B, K]`, bool `[B]` argmax == label).
+  """
+  probs = attacks.mean_probabilities(logits_fn, x, mc_samples).numpy()
+  return probs, probs.argmax(axis=-1) == y.numpy()
+
+
+def _worst_case_probabilities(clean: np.ndarray, probs: Dict[str, np.ndarray],
+                              fooled: Dict[str, np.ndarray]) -> np.ndarray:
+  """Per example, the probabilities of the image `attacks.worst_case` picks."""
+  chosen, found = clean.copy(), np.zeros(len(clean), bool)
+  for name, p in probs.items():
+    take = fooled[name] & ~found
+    chosen[take] = p[take]
+    found |= fooled[name]
+  return chosen
 
 
 def _tally(tally: _Tally, x, adv, clean_ok: np.ndarray, ok: np.ndarray) -> None:
@@ -189,26 +323,35 @@ _HEADERS = {'attack': 'attack', 'settings': 'settings',
             'examples': 'examples'}
 
 
+def table_cells(rows: Sequence[Dict[str, object]]):
+  """(column headers, one list of formatted cells per row) of the table."""
+  return ([_HEADERS[c] for c in COLUMNS],
+          [[_cell(c, row[c]) for c in COLUMNS] for row in rows])
+
+
 def markdown_table(rows: Sequence[Dict[str, object]]) -> str:
   """The rows as a Markdown table (percentages with two decimals)."""
-  lines = ['| ' + ' | '.join(_HEADERS[c] for c in COLUMNS) + ' |',
+  headers, cells = table_cells(rows)
+  lines = ['| ' + ' | '.join(headers) + ' |',
            '|' + '|'.join('---' for _ in COLUMNS) + '|']
-  for row in rows:
-    lines.append('| ' + ' | '.join(_cell(c, row[c]) for c in COLUMNS) + ' |')
+  lines.extend('| ' + ' | '.join(row) + ' |' for row in cells)
   return '\n'.join(lines) + '\n'
 
 
 def write_report(rows: Sequence[Dict[str, object]], output_dir: str,
-                 meta: Optional[Dict[str, object]] = None) -> Dict[str, str]:
+                 meta: Optional[Dict[str, object]] = None,
+                 examples: Optional[Examples] = None) -> Dict[str, str]:
   """Writes robustness.md, robustness.csv and robustness.json.
 
   Args:
     rows: from `evaluate_robustness`.
     output_dir: folder to write into (created if needed).
     meta: extra facts for the JSON (checkpoint, data set, settings).
+    examples: the same evaluation's `Examples`, saved beside the table as
+      figures_data.npz, so a reused table can still be drawn.
 
   Returns:
-    {'md': path, 'csv': path, 'json': path}.
+    {'md': path, 'csv': path, 'json': path} (and 'examples': path).
   """
   tf.io.gfile.makedirs(output_dir)
   paths = {ext: os.path.join(output_dir, f'{FILE_STEM}.{ext}')
@@ -224,13 +367,15 @@ def write_report(rows: Sequence[Dict[str, object]], output_dir: str,
   with tf.io.gfile.GFile(paths['json'], 'w') as f:
     json.dump({'rows': list(rows), **(meta or {})}, f, indent=2,
               sort_keys=True)
+  if examples is not None:
+    paths['examples'] = examples.save(output_dir)
   return paths
 
 
 def print_table(rows: Sequence[Dict[str, object]], stream=sys.stdout) -> None:
   """Prints the rows as an aligned plain-text table."""
-  cells = [[_HEADERS[c] for c in COLUMNS]] + [
-      [_cell(c, row[c]) for c in COLUMNS] for row in rows]
+  headers, body = table_cells(rows)
+  cells = [headers] + body
   widths = [max(len(r[i]) for r in cells) for i in range(len(COLUMNS))]
   for r in cells:
     stream.write('  '.join(v.ljust(w) for v, w in zip(r, widths)).rstrip() + '\n')

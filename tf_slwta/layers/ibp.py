@@ -201,9 +201,14 @@ class IBPConv2D(_IBPMixin, keras.layers.Conv2D):
     return {**super().get_config(), **self._ibp_config()}
 
 
+def ibp_layers(model: keras.Model) -> list:
+  """The model's layers with IBP priors (`IBPDense`, `IBPConv2D`), in order."""
+  return [l for l in model._flatten_layers() if isinstance(l, _IBPMixin)]  # pylint: disable=protected-access
+
+
 def pruned_fractions(model: keras.Model) -> dict:
   """{layer name: pruned share} for every IBP layer, plus 'all' (weighted)."""
-  layers = [l for l in model._flatten_layers() if isinstance(l, _IBPMixin)]  # pylint: disable=protected-access
+  layers = ibp_layers(model)
   result = {l.name: l.pruned_fraction() for l in layers}
   sizes = [int(np.prod(l.utility_logits.shape)) for l in layers]
   if layers:

@@ -46,6 +46,10 @@ RESULTS_FILE = 'results.json'
 # Running sums of the epoch kept in the checkpoint: objective summed over
 # steps, steps, correct predictions, examples.
 _TOTALS = ('objective', 'steps', 'correct', 'examples')
+# The KL of the stochastic layers, summed over the epoch's steps: unscaled
+# (sum of model.losses), as weighted in the objective, and the steps
+# counted. A variable of its own, so checkpoints from before it still load.
+_KL_TOTALS = ('kl', 'kl_term', 'steps')
 
 
 def identity_perturbation(model: keras.Model, images: tf.Tensor,
@@ -159,12 +163,14 @@ class TrainingState:
     model: the Keras model (logits).
     optimizer: its optimizer; `optimizer.iterations` is the global step.
     totals: float64 `[4]` running sums of the current epoch (`_TOTALS`).
-    checkpoint: `tf.train.Checkpoint` over the three.
+    kl_totals: float64 `[3]` the epoch's KL sums (`_KL_TOTALS`).
+    checkpoint: `tf.train.Checkpoint` over the four.
     manager: the `tf.train.CheckpointManager` of the run.
   """
   model: keras.Model
   optimizer: keras.optimizers.Optimizer
   totals: tf.Variable
+  kl_totals: tf.Variable
   checkpoint: tf.train.Checkpoint
   manager: tf.train.CheckpointManager
 
@@ -195,19 +201,28 @@ def build_training_state(config: config_lib.ExperimentConfig,
     optimizer.build(model.trainable_variables)
   totals = tf.Variable(tf.zeros([len(_TOTALS)], tf.float64), trainable=False,
                        name='epoch_totals')
+  kl_totals = tf.Variable(tf.zeros([len(_KL_TOTALS)], tf.float64),
+                          trainable=False, name='epoch_kl')
   checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer,
-                                   epoch_totals=totals)
+                                   epoch_totals=totals, epoch_kl=kl_totals)
   manager = tf.train.CheckpointManager(
       checkpoint, distribute.worker_path(checkpoint_dir(config.output_dir),
                                          strategy),
       max_to_keep=config.train.keep_checkpoints, checkpoint_name='ckpt')
   latest = tf.train.latest_checkpoint(checkpoint_dir(config.output_dir))
   if latest:
+    # Checkpoints from before the KL was recorded have no epoch_kl; such a
+    # run counts the KL of its current epoch from the resumed step on.
+    saved = {name for name, _ in tf.train.list_variables(latest)}
+    restoring = checkpoint if any(
+        n.startswith('epoch_kl/') for n in saved) else tf.train.Checkpoint(
+            model=model, optimizer=optimizer, epoch_totals=totals)
     with strategy.scope():
-      checkpoint.restore(latest).assert_existing_objects_matched()
+      restoring.restore(latest).assert_existing_objects_matched()
     logging.info('Restored %s (step %d).', latest,
                  int(tf.convert_to_tensor(optimizer.iterations.value)))
-  return TrainingState(model, optimizer, totals, checkpoint, manager)
+  return TrainingState(model, optimizer, totals, kl_totals, checkpoint,
+                       manager)
 
 
 def check_run_identity(config: config_lib.ExperimentConfig) -> None:
@@ -246,32 +261,39 @@ def make_train_step(state: TrainingState, strategy: tf.distribute.Strategy, *,
   Returns:
     `train_step(iterator) -> (objective, stats)`: runs one optimizer step
     on the next distributed batch; `objective` is the float32 scalar loss
-    summed over replicas, `stats` float32 `[2]` = (correct, examples) summed
-    over replicas.
+    summed over replicas, `stats` float32 `[4]` = (correct, examples) summed
+    over replicas, then (KL, KL term) averaged over replicas: KL is the
+    unscaled sum of `model.losses` (0 without stochastic layers), the KL
+    term is KL as weighted in the objective.
   """
   model, optimizer = state.model, state.optimizer
 
   def objective(images, labels):
+    """(logits, replica loss, `[2]` unscaled KL and KL term)."""
     logits = model(images, training=True)
-    return logits, losses.replica_loss(
+    scale = losses.kl_scale(optimizer.iterations, num_train_examples,
+                            kl_anneal_steps)
+    loss = losses.replica_loss(
         model, labels, logits, global_batch_size=global_batch_size,
-        label_smoothing=label_smoothing,
-        kl_scale=losses.kl_scale(optimizer.iterations, num_train_examples,
-                                 kl_anneal_steps))
+        label_smoothing=label_smoothing, kl_scale=scale)
+    kl = tf.add_n(model.losses) if model.losses else tf.constant(0.0)
+    return logits, loss, tf.stack([kl, scale * kl])
 
   def step_fn(images, labels):
     perturbed = tf.stop_gradient(perturb(model, images, labels))
     with tf.GradientTape() as tape:
-      logits, loss = objective(perturbed, labels)
+      logits, loss, kl = objective(perturbed, labels)
       if clean_loss_weight:
-        _, clean_loss = objective(images, labels)
+        _, clean_loss, clean_kl = objective(images, labels)
         loss = clean_loss_weight * clean_loss + (1 - clean_loss_weight) * loss
+        kl = clean_loss_weight * clean_kl + (1 - clean_loss_weight) * kl
     grads = tape.gradient(loss, model.trainable_variables)
     optimizer.apply_gradients(zip(grads, model.trainable_variables))
     correct = tf.reduce_sum(tf.cast(
         tf.equal(tf.argmax(logits, axis=-1), labels), tf.float32))
     examples = tf.cast(tf.shape(labels)[0], tf.float32)
-    return loss, tf.stack([correct, examples])
+    return loss, tf.concat(
+        [[correct, examples], kl / strategy.num_replicas_in_sync], axis=0)
 
   @tf.function
   def train_step(iterator):
@@ -366,6 +388,20 @@ class _Progress:
             flush=True)
 
 
+def _mean_kl(state: TrainingState) -> Dict[str, float]:
+  """The epoch's mean KL per step so far.
+
+  Returns:
+    {'train/kl': the unscaled sum of `model.losses` (KL of the LWTA winners
+    per example plus the IBP sticks and utilities), 'train/kl_term': the same
+    as weighted in the objective}; both >= 0, and 0 for models without
+    stochastic layers.
+  """
+  kl, term, steps = state.kl_totals.numpy()
+  steps = max(steps, 1.0)
+  return {'train/kl': kl / steps, 'train/kl_term': term / steps}
+
+
 def _append_metrics(path: str, record: Dict[str, float]) -> None:
   """Writes one JSON line per epoch; a replayed epoch replaces its old line."""
   lines = []
@@ -401,7 +437,8 @@ def train(config: config_lib.ExperimentConfig, strategy: tf.distribute.Strategy,
 
   Returns:
     The last epoch's metrics: 'epoch', 'step', 'train/loss',
-    'train/accuracy', 'test/loss', 'test/accuracy' (accuracies in [0, 1]).
+    'train/accuracy', 'test/loss', 'test/accuracy' (accuracies in [0, 1]),
+    'train/kl' and 'train/kl_term' (see `_mean_kl`).
   """
   data_cfg, train_cfg = config.data, config.train
   replicas = strategy.num_replicas_in_sync
@@ -443,6 +480,7 @@ def train(config: config_lib.ExperimentConfig, strategy: tf.distribute.Strategy,
     first = start_step if epoch == start_epoch else 0
     if first == 0:
       state.totals.assign(tf.zeros_like(state.totals))
+      state.kl_totals.assign(tf.zeros_like(state.kl_totals))
     iterator = iter(strategy.distribute_datasets_from_function(
         data_lib.train_dataset_fn(
             train_images, train_labels, global_batch_size=data_cfg.batch_size,
@@ -455,7 +493,9 @@ def train(config: config_lib.ExperimentConfig, strategy: tf.distribute.Strategy,
     for step in range(first, steps_per_epoch):
       objective, stats = train_step(iterator)
       state.totals.assign_add(tf.cast(
-          tf.concat([[objective, 1.0], stats], axis=0), tf.float64))
+          tf.concat([[objective, 1.0], stats[:2]], axis=0), tf.float64))
+      state.kl_totals.assign_add(tf.cast(
+          tf.concat([stats[2:], [1.0]], axis=0), tf.float64))
       interval_images += data_cfg.batch_size
       global_step = epoch * steps_per_epoch + step + 1
       if (step + 1) % train_cfg.log_every_steps == 0 or step + 1 == steps_per_epoch:
@@ -472,6 +512,7 @@ def train(config: config_lib.ExperimentConfig, strategy: tf.distribute.Strategy,
           tf.summary.scalar('train/loss', loss)
           tf.summary.scalar('train/accuracy', accuracy)
           tf.summary.scalar('train/learning_rate', learning_rate)
+          tf.summary.scalar('train/kl', _mean_kl(state)['train/kl'])
           tf.summary.scalar('train/images_per_sec', images_per_sec)
           for key, value in perturb_summaries().items():
             tf.summary.scalar(key, value)
@@ -495,6 +536,7 @@ def train(config: config_lib.ExperimentConfig, strategy: tf.distribute.Strategy,
         'test/loss': test['loss'],
         'test/accuracy': test['accuracy'],
         'test/examples': test['examples'],
+        **_mean_kl(state),
         **perturb_summaries(),
     }
     with writer.as_default(step=record['step']):
