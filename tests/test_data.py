@@ -229,3 +229,28 @@ def test_eval_pipeline_keeps_every_example(small_arrays):
   images, labels = small_arrays
   ys = np.concatenate([y.numpy() for _, y in data_lib.as_batches(images, labels, 32)])
   np.testing.assert_array_equal(ys, labels)
+
+
+def test_image_files_of_every_format_become_model_input(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rgb = np.random.RandomState(0).randint(0, 256, (40, 30, 3)).astype(np.uint8)
+  grey = rgb[..., 0]
+  files = {'rgb.bmp': rgb, 'rgb.gif': rgb, 'grey.bmp': grey, 'grey.gif': grey,
+           'rgba.png': np.dstack([rgb, grey]), 'rgb.jpg': rgb,
+           'grey_alpha.png': np.dstack([grey, grey])}
+  paths = []
+  for name, pixels in files.items():
+    Image.fromarray(pixels).save(tmp_path / name)
+    paths.append(str(tmp_path / name))
+  for shape in ((28, 28, 1), (32, 32, 3)):
+    images = data_lib.load_image_files(paths, shape)
+    assert images.shape == (len(paths), *shape) and images.dtype == np.float32
+    assert 0.0 <= images.min() and images.max() <= 1.0
+  # A grey file keeps its pixels when the model takes grey images.
+  same = data_lib.load_image_files([str(tmp_path / 'grey.bmp')], (40, 30, 1))
+  np.testing.assert_allclose(same[0, ..., 0], grey / 255.0, atol=1e-6)
+  (tmp_path / 'bad.png').write_text('not an image')
+  with pytest.raises(data_lib.DataError, match='bad.png.*Unknown image'):
+    data_lib.load_image_files([str(tmp_path / 'bad.png')], (28, 28, 1))
+  with pytest.raises(data_lib.DataError, match='--images'):
+    data_lib.load_image_files([], (28, 28, 1))

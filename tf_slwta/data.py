@@ -281,30 +281,41 @@ def load_image_files(paths: Sequence[str],
                      image_shape: Tuple[int, int, int]) -> np.ndarray:
   """Reads image files as a model input batch.
 
-  Each file (PNG, JPEG, GIF or BMP) is decoded with `tf.io.decode_image` to
-  the model's channel count (colour to grey or back), and resized with
-  `tf.image.resize` (bilinear, antialiased) when its size differs.
+  Each file (PNG, JPEG, GIF or BMP) is decoded with `tf.io.decode_image`,
+  its alpha channel dropped, turned grey or colour to match the model's
+  channels, and resized with `tf.image.resize` (bilinear, antialiased) when
+  its size differs.
 
   Args:
-    paths: image files.
-    image_shape: (H, W, C) the model takes.
+    paths: one or more image files.
+    image_shape: (H, W, C) the model takes, C 1 or 3.
 
   Returns:
     float32 `[len(paths), H, W, C]` in [0, 1].
 
   Raises:
-    DataError: a file cannot be read or decoded; the message names it.
+    DataError: no paths, or a file cannot be read or decoded; the message
+      names the file and TensorFlow's reason.
   """
+  if not paths:
+    raise DataError('No image files given; pass --images=A.png,B.jpg.')
   height, width, channels = image_shape
   images = []
   for path in paths:
     try:
-      image = tf.io.decode_image(tf.io.read_file(path), channels=channels,
+      # channels=0 keeps the file's own: GIF and BMP decode to colour only.
+      image = tf.io.decode_image(tf.io.read_file(path), channels=0,
                                  expand_animations=False)
-    except (tf.errors.OpError, ValueError) as e:
-      raise DataError(f'{path} is not a readable PNG, JPEG, GIF or BMP image '
-                      f'({e.__class__.__name__}).') from e
+    except tf.errors.OpError as e:
+      raise DataError(f'{path} is not a readable PNG, JPEG, GIF or BMP '
+                      f'image: {e.message}') from e
     image = tf.image.convert_image_dtype(image, tf.float32)
+    if image.shape[-1] in (2, 4):  # Grey or colour with alpha.
+      image = image[..., :image.shape[-1] - 1]
+    if image.shape[-1] == 3 and channels == 1:
+      image = tf.image.rgb_to_grayscale(image)
+    elif image.shape[-1] == 1 and channels == 3:
+      image = tf.image.grayscale_to_rgb(image)
     if tuple(image.shape[:2]) != (height, width):
       image = tf.image.resize(image, (height, width), antialias=True)
     images.append(tf.clip_by_value(image, 0.0, 1.0).numpy())
