@@ -33,8 +33,9 @@ from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 _PATH = re.compile(r'^/v1/models/([^/:]+)(?:/versions/(\d+))?(:predict)?$')
-_HTTP_STATUS = {'INVALID_ARGUMENT': 400, 'NOT_FOUND': 404, 'INTERNAL': 500,
-                'FAILED_PRECONDITION': 400}
+# TF Serving's status -> HTTP mapping, for the codes the stand-in raises.
+_HTTP_STATUS = {'INVALID_ARGUMENT': 400, 'FAILED_PRECONDITION': 400,
+                'NOT_FOUND': 404, 'DEADLINE_EXCEEDED': 504, 'INTERNAL': 500}
 
 
 class StandInError(Exception):
@@ -47,7 +48,7 @@ class StandInError(Exception):
 
 
 class ServingStandIn:
-  """Serves SavedModels under `{name: base_path}` on 127.0.0.1.
+  """Serves the latest SavedModel under each `{name: base_path}` on 127.0.0.1.
 
   Use as a context manager; `rest_address` and `grpc_address` are
   'host:port' once it has started.
@@ -56,7 +57,9 @@ class ServingStandIn:
   def __init__(self, models: Dict[str, str]):
     self.models = {}
     for name, base_path in models.items():
-      versions = sorted(int(v) for v in os.listdir(base_path) if v.isdigit())
+      # TF Serving's default version policy: serve the latest version only.
+      versions = sorted(int(v) for v in os.listdir(base_path)
+                        if v.isdigit())[-1:]
       if not versions:
         raise ValueError(f'{base_path} has no version folders.')
       self.models[name] = {v: tf.saved_model.load(os.path.join(base_path, str(v)))
@@ -211,6 +214,11 @@ class ServingStandIn:
           standin.requests.append(('grpc', request))
         spec = request.model_spec
         version = spec.version.value if spec.HasField('version') else None
+        for key, tensor in request.inputs.items():
+          if tensor.dtype != tf.float32.as_datatype_enum:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f'Expects arg[{key}] to be float but '
+                          f'{tf.as_dtype(tensor.dtype).name} is provided')
         try:
           outputs = standin.run(
               spec.name, version, spec.signature_name,

@@ -1,11 +1,13 @@
 """Export to TF Serving: layout, signatures, bad input, warm-up, clients."""
 
 import hashlib
+import http.server
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import keras
@@ -44,7 +46,7 @@ def tiny_run(output_dir, learning_rate, **model):
 
 @pytest.fixture(scope='module')
 def exports(tmp_path_factory):
-  """Trained relu and LWTA models, an untrained PNI one, and their exports."""
+  """Trained relu, LWTA and PNI models, and their exports."""
   root = tmp_path_factory.mktemp('export')
   export_dir = str(root / 'saved_models')
   strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
@@ -57,8 +59,9 @@ def exports(tmp_path_factory):
     made[name] = dict(model=model, mc=mc, path=saved_model.export_model(
         model, export_dir=export_dir, name=name, image_shape=SHAPE,
         mc_samples=mc, info={'dataset': 'synthetic'}))
-  pni = models.build_model(config_lib.ModelConfig(pni='weight', **TINY),
-                           data_lib.dataset_info('synthetic'))
+  pni_cfg = tiny_run(root / 'pni', 0.02, pni='weight')
+  loop.train(pni_cfg, strategy)
+  pni = loop.restore_model(pni_cfg, strategy)
   made['pni'] = dict(model=pni, mc=3, path=saved_model.export_model(
       pni, export_dir=export_dir, name='pni', image_shape=SHAPE,
       mc_samples=3))
@@ -156,7 +159,7 @@ print(json.dumps({
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('name', ['relu', 'lwta'])
+@pytest.mark.parametrize('name', ['relu', 'lwta', 'pni'])
 def test_another_process_loads_it_and_gets_the_same_accuracy(
     exports, tmp_path, name):
   images, labels = exports['test']
@@ -180,7 +183,9 @@ def test_another_process_loads_it_and_gets_the_same_accuracy(
     np.testing.assert_allclose(served['logits'],
                                logits_fn(images[:8]).numpy(), atol=1e-4)
   else:  # Independent Monte Carlo draws: the same accuracy within noise.
-    assert abs(served['accuracy'] - here_accuracy) <= 0.05, (
+    # (In-process PNI shares one kernel draw per pass over the whole batch,
+    # served PNI draws per example: same model, other draws.)
+    assert abs(served['accuracy'] - here_accuracy) <= 0.06, (
         served['accuracy'], here_accuracy)
 
 
@@ -336,6 +341,61 @@ def test_rest_client_versions_status_and_errors(exports, server):
     client_lib.RestClient(f'127.0.0.1:{_free_port()}', 'lwta',
                           timeout=5).predict(images)
   assert error.value.code == 'UNAVAILABLE'
+
+
+def test_server_serves_the_newest_version_by_default(exports, tmp_path):
+  """As TF Serving's default version policy (what models.config asks for)."""
+  model = exports['relu']['model']
+  for _ in range(2):
+    saved_model.export_model(model, export_dir=str(tmp_path), name='m',
+                             image_shape=SHAPE)
+  images = exports['test'][0][:2]
+  with ServingStandIn({'m': str(tmp_path / 'm')}) as standin:
+    grpc_client = client_lib.GrpcClient(standin.grpc_address, 'm')
+    grpc_client.predict(images)
+    grpc_client.close()
+    assert standin.requests[-1][1].model_spec.HasField('version') is False
+    with pytest.raises(client_lib.ServingError) as error:
+      client_lib.RestClient(standin.rest_address, 'm', version=1).predict(
+          images)
+    assert error.value.code == 'NOT_FOUND'
+    status = client_lib.RestClient(standin.rest_address, 'm').model_status()
+    assert [v['version'] for v in status['model_version_status']] == ['2']
+
+
+class _Answers(http.server.BaseHTTPRequestHandler):
+  """Answers every predict with the HTTP status its path names."""
+
+  def log_message(self, *args):
+    pass
+
+  def do_POST(self):  # pylint: disable=invalid-name
+    status = int(self.path.split('/')[3].split(':')[0])
+    body = json.dumps({'error': f'status {status}'}).encode()
+    self.send_response(status)
+    self.send_header('Content-Length', str(len(body)))
+    self.end_headers()
+    self.wfile.write(body)
+
+
+@pytest.mark.parametrize('status,code', [
+    (400, 'INVALID_ARGUMENT'), (404, 'NOT_FOUND'),
+    (429, 'RESOURCE_EXHAUSTED'), (500, 'INTERNAL'), (503, 'UNAVAILABLE'),
+    (504, 'DEADLINE_EXCEEDED')])
+def test_rest_errors_carry_tf_serving_status_names(status, code):
+  server = http.server.HTTPServer(('127.0.0.1', 0), _Answers)
+  thread = threading.Thread(target=server.serve_forever, daemon=True)
+  thread.start()
+  try:
+    rest = client_lib.RestClient(f'127.0.0.1:{server.server_address[1]}',
+                                 str(status), timeout=10)
+    with pytest.raises(client_lib.ServingError,
+                       match=f'status {status}') as error:
+      rest.predict(np.zeros((1, *SHAPE), np.float32))
+    assert error.value.code == code
+  finally:
+    server.shutdown()
+    server.server_close()
 
 
 def test_clients_time_out(exports):

@@ -674,22 +674,23 @@ def _run_export(config: config_lib.ExperimentConfig) -> None:
       info={'dataset': info.name, 'class_names': list(info.class_names),
             'checkpoint': _latest_checkpoint(config.output_dir),
             'output_dir': config.output_dir, 'settings': config.to_dict()})
-  with open(os.path.join(path, saved_model.INFO_FILE)) as f:
-    sampling = json.load(f)['sampling']
+  sampling = saved_model.sampling_for(model, config.attack.mc_samples,
+                                      config.export.sampling)
   export_dir = config.export.export_dir
   mount = export_dir if os.path.isabs(export_dir) else f'$PWD/{export_dir}'
   print(f'\nExported {name} version {os.path.basename(path)} to {path}\n'
         f'  signatures: serving_default (images -> probabilities averaged '
-        f'over {sampling["passes"]} pass(es), {sampling["mode"]}; classes), '
+        f'over {sampling.passes} pass(es), {sampling.mode}; classes), '
         f'logits (one pass)\n'
+        f'  sampling: {saved_model.SAMPLING_NOTES[sampling.mode]}\n'
         f'  TF Serving config: {os.path.join(export_dir, "models.config")} '
         f'(Docker, {export_dir} mounted at /models) and '
         f'{os.path.join(export_dir, "models.local.config")}\n'
         f'  serve: docker run --rm -p 8500:8500 -p 8501:8501 -v '
         f'"{mount}:/models" tensorflow/serving '
         f'--model_config_file=/models/models.config\n'
-        f'  call:  python main.py --mode=predict --export_name={name} '
-        f'--server=localhost:8501')
+        f'  call:  python main.py --mode=predict --dataset={info.name} '
+        f'--export_name={name} --server=localhost:8501')
 
 
 def _run_predict(config: config_lib.ExperimentConfig) -> None:
@@ -709,13 +710,16 @@ def _run_predict(config: config_lib.ExperimentConfig) -> None:
     source = f'{len(images)} image file(s)'
   else:
     images, labels = data_lib.load_arrays(config.data, 'test')
-    images = images.astype(np.float32) / 255.0
+    images = data_lib.to_float_image(images).numpy()
     source = f'{len(images)} {info.name} test images'
   probabilities, classes = [], []
-  for start in range(0, len(images), serve.batch_size):
-    outputs = client.predict(images[start:start + serve.batch_size])
-    probabilities.append(outputs['probabilities'])
-    classes.append(outputs['classes'])
+  try:
+    for start in range(0, len(images), serve.batch_size):
+      outputs = client.predict(images[start:start + serve.batch_size])
+      probabilities.append(outputs['probabilities'])
+      classes.append(outputs['classes'])
+  finally:
+    client.close()
   probabilities = np.concatenate(probabilities)
   classes = np.concatenate(classes)
   print(f'\n{name} at {serve.server} ({serve.protocol}) on {source}:')

@@ -86,10 +86,13 @@ class RestClient:
     timeout: seconds to wait for a response, > 0.
   """
 
-  # TF Serving's REST error strings carry no status name; HTTP statuses map
-  # back as in its http_rest_api_handler.
-  _HTTP_CODES = {400: 'INVALID_ARGUMENT', 404: 'NOT_FOUND',
-                 408: 'DEADLINE_EXCEEDED', 503: 'UNAVAILABLE'}
+  # TF Serving's REST errors carry no status name; its HTTP statuses map
+  # back (400 also stands for FAILED_PRECONDITION and OUT_OF_RANGE).
+  _HTTP_CODES = {400: 'INVALID_ARGUMENT', 401: 'UNAUTHENTICATED',
+                 403: 'PERMISSION_DENIED', 404: 'NOT_FOUND', 409: 'ABORTED',
+                 429: 'RESOURCE_EXHAUSTED', 499: 'CANCELLED',
+                 500: 'INTERNAL', 501: 'UNIMPLEMENTED', 503: 'UNAVAILABLE',
+                 504: 'DEADLINE_EXCEEDED'}
 
   def __init__(self, server: str, model_name: str, *,
                version: Optional[int] = None, timeout: float = 30.0):
@@ -170,6 +173,9 @@ class RestClient:
     """`GET /v1/models/NAME[/versions/V]`: the versions and their states."""
     return self._call(self.model_url, None)
 
+  def close(self) -> None:
+    """Nothing to release: each request opens its own connection."""
+
   def _call(self, url: str, data: Optional[bytes]) -> Dict[str, object]:
     request = urllib.request.Request(
         url, data=data, method='POST' if data is not None else 'GET',
@@ -183,8 +189,10 @@ class RestClient:
         message = json.loads(text)['error']
       except (ValueError, KeyError, TypeError):
         message = text.strip() or e.reason
-      raise ServingError(self._HTTP_CODES.get(e.code, f'HTTP {e.code}'),
-                         f'{url}: {message}') from e
+      code = self._HTTP_CODES.get(e.code, f'HTTP {e.code}')
+      hint = (f' (the server gave up; raise its timeout or send smaller '
+              f'batches)' if code == 'DEADLINE_EXCEEDED' else '')
+      raise ServingError(code, f'{url}: {message}{hint}') from e
     except (socket.timeout, TimeoutError) as e:
       raise ServingError('DEADLINE_EXCEEDED', f'{url} gave no answer in '
                          f'{self.timeout:g} s; raise --serving_timeout or '
@@ -238,7 +246,15 @@ class GrpcClient:
 
   def predict(self, images, signature_name: str = SERVING_SIGNATURE
               ) -> Dict[str, np.ndarray]:
-    """Runs a signature on `images`; returns {output name: array}.
+    """Runs a signature on `images` through the server.
+
+    Args:
+      images: float32 `[B, H, W, C]` in [0, 1].
+      signature_name: 'serving_default' or 'logits'.
+
+    Returns:
+      {output name: array with a leading batch axis}; for serving_default
+      'probabilities' float32 `[B, K]` and 'classes' int64 `[B]`.
 
     Raises:
       ServingError: with the gRPC status name as its code.

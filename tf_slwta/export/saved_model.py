@@ -75,6 +75,19 @@ class Sampling:
   passes: int
 
 
+# What each mode means for a user comparing served answers with robustness.md.
+SAMPLING_NOTES = {
+    'deterministic': 'no randomness at test: one pass, as in evaluation',
+    'batched': ('passes over the whole request; each example draws its own '
+                'noise wherever the layers draw per element (LWTA)'),
+    'per_example': (
+        'each example is run alone, so it draws its own PNI noise (and its '
+        'activation-noise scale comes from that example only); evaluation '
+        '(robustness.md) draws PNI noise once per batch, so served answers '
+        'are independent samples of the same model, not the same draws'),
+}
+
+
 def sampling_for(model: keras.Model, mc_samples: int,
                  mode: str = 'auto') -> Sampling:
   """Chooses how to sample `model` so each example is drawn independently.
@@ -314,6 +327,7 @@ def export_model(model: keras.Model, *, export_dir: str, name: str,
                   'shape': [None, *image_shape], 'range': [0.0, 1.0]},
         'signatures': {k: list(v) for k, v in SIGNATURE_OUTPUTS.items()},
         'sampling': dataclasses.asdict(sampling),
+        'sampling_note': SAMPLING_NOTES[sampling.mode],
         # TF Serving should be at least this new to know every op.
         'tensorflow_version': tf.__version__, 'ops': graph_ops(staging),
         **(info or {})}
@@ -333,7 +347,11 @@ def write_models_config(export_dir: str) -> Dict[str, str]:
   `models.config` names each model's base path as the Docker image sees it
   (`/models/<name>`, with `export_dir` mounted at /models);
   `models.local.config` names this machine's absolute paths, for
-  `tensorflow_model_server --model_config_file=...` run here.
+  `tensorflow_model_server --model_config_file=...` run here. No version
+  policy is written, so TF Serving serves each model's newest version.
+
+  Args:
+    export_dir: the folder holding `<name>/<version>/` exports.
 
   Returns:
     {'docker': path, 'local': path}.
