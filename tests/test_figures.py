@@ -109,7 +109,6 @@ def test_every_robustness_figure_is_drawn(evaluated, tmp_path):
     stem = os.path.basename(path)
     kind = 'attack_grid' if stem.startswith('attack_') else stem[:-4]
     assert_figure(path, kind)
-  assert figures.SIZES['attack_grid'] == (1200, 520)
 
 
 def test_amplified_perturbation_fills_the_range():
@@ -267,6 +266,10 @@ def test_train_evaluate_certify_and_grid_write_one_report(tmp_path, capsys):
       f'figures/{n}' for n in expected | {'certified_accuracy.png'})
   assert_figure(os.path.join(run, 'figures', 'certified_accuracy.png'),
                 'certified_accuracy')
+  # The settings shown are those the robustness table was made with.
+  text = open(os.path.join(run, 'report.html')).read()
+  assert '<tr><td>test images</td><td>40</td></tr>' in text
+  assert 'not on the latest checkpoint' not in text
 
   # A grid page links each row's report.
   rows = robustness.load_report(run, {})

@@ -33,6 +33,7 @@ from tf_slwta import config as config_lib
 from tf_slwta import data as data_lib
 from tf_slwta.evaluation import figures
 from tf_slwta.evaluation import robustness
+from tf_slwta.training import loop
 
 REPORT_FILE = 'report.html'
 GRID_REPORT_FILE = 'grid.html'
@@ -91,7 +92,7 @@ def _read_metrics(path: str) -> List[Dict[str, float]]:
 
 def checkpoint_step(output_dir: str) -> int:
   """The global step of the run's latest checkpoint (ckpt-<step>), or 0."""
-  latest = tf.train.latest_checkpoint(os.path.join(output_dir, 'checkpoints'))
+  latest = tf.train.latest_checkpoint(loop.checkpoint_dir(output_dir))
   try:
     return int(latest.rsplit('-', 1)[1]) if latest else 0
   except ValueError:
@@ -117,18 +118,25 @@ def write_summaries(summary_dir: str, paths: Sequence[str], step: int) -> None:
 
 def _settings_section(config: config_lib.ExperimentConfig,
                       saved: Optional[dict]) -> str:
-  """Data set, model, checkpoint and attack settings as a two-column table."""
+  """Data set, model, checkpoint and attack settings as a two-column table.
+
+  The test-image count, checkpoint and attack settings are those the
+  robustness table was made with (robustness.json), not this call's flags;
+  a table made on an older checkpoint than the latest is flagged.
+  """
   model = config.model
   parts = [model.name, model.activation if model.activation != 'relu' else '',
            f'PNI {model.pni}' if model.pni != 'none' else '',
            'IBP' if model.ibp else '']
   described = ', '.join(p for p in parts if p)
-  checkpoint = (saved or {}).get('checkpoint') or tf.train.latest_checkpoint(
-      os.path.join(config.output_dir, 'checkpoints'))
-  attack = (saved or {}).get('attack_settings') or config.to_dict()['attack']
+  latest = tf.train.latest_checkpoint(loop.checkpoint_dir(config.output_dir))
+  saved = saved or {}
+  checkpoint = saved.get('checkpoint') or latest
+  attack = saved.get('attack_settings') or config.to_dict()['attack']
+  examples = saved.get('eval_examples', config.data.eval_examples)
   mixture = ', '.join(f'{b}:{w:g}' for b, w in config.train.mixture) or 'clean'
   rows = [('data set', config.data.dataset),
-          ('test images', config.data.eval_examples or 'all'),
+          ('test images', examples or 'all'),
           ('model', described), ('training', f'{config.train.epochs} epochs, '
                                  f'mixture {mixture}'),
           ('checkpoint', checkpoint or 'none'),
@@ -136,7 +144,13 @@ def _settings_section(config: config_lib.ExperimentConfig,
           ('attack settings', ', '.join(f'{k}={v}' for k, v in
                                         sorted(attack.items())
                                         if k != 'attacks'))]
-  return '<h2>Settings</h2>\n' + _table(('setting', 'value'), rows)
+  stale = ''
+  if saved.get('checkpoint') and latest and saved['checkpoint'] != latest:
+    stale = (f'<p><strong>The robustness table below was made on '
+             f'{html.escape(saved["checkpoint"])}, not on the latest '
+             f'checkpoint {html.escape(latest)}: run --mode=evaluate to '
+             f'score the latest.</strong></p>\n')
+  return '<h2>Settings</h2>\n' + _table(('setting', 'value'), rows) + stale
 
 
 def _robustness_section(output_dir: str, figures_dir: str, saved: dict,
@@ -261,7 +275,7 @@ def write_report(config: config_lib.ExperimentConfig,
   images = None
   if model is not None:
     test_images, _ = data_lib.load_arrays(config.data, 'test')
-    images = test_images[:WINNER_IMAGES].astype(np.float32) / 255.0
+    images = data_lib.to_float_image(test_images[:WINNER_IMAGES]).numpy()
   body, drawn = _settings_section(config, saved), []
   for section, paths in (
       _robustness_section(output_dir, figures_dir, saved, info.class_names)

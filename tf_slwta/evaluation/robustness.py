@@ -151,7 +151,13 @@ class Examples:
       self.robust[name] = _append(self.robust.get(name), robust[:take])
 
   def save(self, output_dir: str) -> str:
-    """Writes the record as `<output_dir>/figures_data.npz`; returns it."""
+    """Writes the record as `<output_dir>/figures_data.npz`; returns it.
+
+    The npz holds 'names' (str `[A]`), 'images' float32 `[n, H, W, C]` and
+    'labels' int64 `[n]` (when any were kept), and one array per group and
+    name, e.g. 'probabilities/fgsm' float32 `[n, K]` or 'true_class/natural'
+    float32 `[N]`, as the attributes describe.
+    """
     arrays = {'names': np.array(self.names)}
     if self.labels is not None:
       arrays.update(images=self.images, labels=self.labels)
@@ -168,7 +174,7 @@ class Examples:
 
   @classmethod
   def load(cls, output_dir: str) -> Optional['Examples']:
-    """The record `save` wrote in `output_dir`, or None if there is none."""
+    """The record `save` wrote in `output_dir` (shapes as there), or None."""
     path = os.path.join(output_dir, EXAMPLES_FILE)
     if not tf.io.gfile.exists(path):
       return None
@@ -246,7 +252,8 @@ def evaluate_robustness(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
       # the verdicts above (not re-drawn, which could contradict them).
       combined_x, any_fooled = attacks.worst_case(x, outputs, fooled)
       ok = clean_ok & ~any_fooled.numpy()
-      combined_probs = _worst_case_probabilities(clean_probs, probs, fooled)
+      # The probabilities of the images worst_case picked, picked the same way.
+      combined_probs = attacks.worst_case(clean_probs, probs, fooled)[0].numpy()
     else:
       combined_x = attacks.sequential(
           x, y, attack_functions(logits_fn, cfg, seed))
@@ -282,17 +289,6 @@ def _decide(logits_fn, x, y, mc_samples):
   """
   probs = attacks.mean_probabilities(logits_fn, x, mc_samples).numpy()
   return probs, probs.argmax(axis=-1) == y.numpy()
-
-
-def _worst_case_probabilities(clean: np.ndarray, probs: Dict[str, np.ndarray],
-                              fooled: Dict[str, np.ndarray]) -> np.ndarray:
-  """Per example, the probabilities of the image `attacks.worst_case` picks."""
-  chosen, found = clean.copy(), np.zeros(len(clean), bool)
-  for name, p in probs.items():
-    take = fooled[name] & ~found
-    chosen[take] = p[take]
-    found |= fooled[name]
-  return chosen
 
 
 def _tally(tally: _Tally, x, adv, clean_ok: np.ndarray, ok: np.ndarray) -> None:
@@ -369,6 +365,9 @@ def write_report(rows: Sequence[Dict[str, object]], output_dir: str,
               sort_keys=True)
   if examples is not None:
     paths['examples'] = examples.save(output_dir)
+  elif tf.io.gfile.exists(os.path.join(output_dir, EXAMPLES_FILE)):
+    # An older evaluation's examples would be drawn beside this table.
+    tf.io.gfile.remove(os.path.join(output_dir, EXAMPLES_FILE))
   return paths
 
 
