@@ -1,5 +1,6 @@
 """The distributed training loop: learning, replicas, seeds, schedules, NaN."""
 
+import dataclasses
 import json
 import os
 
@@ -200,7 +201,7 @@ def test_runs_from_before_a_new_setting_still_resume(tmp_path):
   assert loop.train(small_config(tmp_path, epochs=2), ONE_DEVICE())['epoch'] == 2
 
 
-def test_kl_is_recorded_and_checkpoints_without_it_resume(tmp_path):
+def test_kl_is_recorded_and_checkpoints_without_it_resume(tmp_path, capsys):
   cfg = small_config(tmp_path, epochs=1)
   loop.train(cfg, ONE_DEVICE())
   assert read_metrics(tmp_path)[0]['train/kl'] == 0.0  # No stochastic layer.
@@ -218,6 +219,22 @@ def test_kl_is_recorded_and_checkpoints_without_it_resume(tmp_path):
   resumed = loop.train(small_config(tmp_path, epochs=2), ONE_DEVICE())
   assert resumed['epoch'] == 2
   assert [m['epoch'] for m in read_metrics(tmp_path)] == [1, 2]
+  # Mid-epoch too: the KL is counted from the resumed step on.
+  state = loop.build_training_state(cfg, strategy, steps_per_epoch=16)
+  state.optimizer.iterations.assign(40)  # Step 8 of epoch 3.
+  tf.io.gfile.rmtree(ckpt_dir)
+  old = tf.train.Checkpoint(model=state.model, optimizer=state.optimizer,
+                            epoch_totals=state.totals)
+  tf.train.CheckpointManager(old, ckpt_dir, max_to_keep=1,
+                             checkpoint_name='ckpt').save(checkpoint_number=40)
+  capsys.readouterr()
+  resumed = loop.train(small_config(tmp_path, epochs=3), ONE_DEVICE())
+  progress = capsys.readouterr().out  # Progress every 4 steps, from step 8.
+  assert 'epoch 3 step 12/16' in progress
+  assert 'epoch 3 step 4/16' not in progress and 'epoch 1 step' not in progress
+  assert (resumed['epoch'], resumed['step']) == (3, 48)
+  assert resumed['train/kl'] == 0.0 and np.isfinite(resumed['train/loss'])
+  assert read_metrics(tmp_path)[-1]['epoch'] == 3
 
 
 def test_kl_of_a_stochastic_model_is_recorded(tmp_path):
@@ -231,3 +248,11 @@ def test_kl_of_a_stochastic_model_is_recorded(tmp_path):
   # Weighted by 1 / (training examples) in the objective, with no annealing.
   assert record['train/kl_term'] == pytest.approx(record['train/kl'] / 512,
                                                   rel=1e-4)
+  # Replicas report the KL of the same model, not a sum over them.
+  # (Reduced on one device: a third collective-ops strategy in one test
+  # process can collide with the earlier ones' instance keys.)
+  two = loop.train(dataclasses.replace(cfg, output_dir=str(tmp_path / 'two')),
+                   tf.distribute.MirroredStrategy(
+                       ['/cpu:0', '/cpu:1'],
+                       cross_device_ops=tf.distribute.ReductionToOneDevice()))
+  assert two['train/kl'] == pytest.approx(record['train/kl'], rel=1e-3)
