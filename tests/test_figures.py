@@ -278,3 +278,16 @@ def test_train_evaluate_certify_and_grid_write_one_report(tmp_path, capsys):
                                   'attacks': rows}], str(tmp_path))
   grid = parse_html(report.write_grid_report(paths['json']))
   assert grid.links == ['run/report.html']
+
+
+def test_colour_images_fewer_than_the_grid_columns(tmp_path):
+  """CIFAR-shaped images, and fewer kept than the grid has columns."""
+  rng = np.random.RandomState(0)
+  images = rng.rand(3, 32, 32, 3).astype(np.float32)
+  adversarial = np.clip(images + 0.03 * rng.randn(*images.shape), 0, 1)
+  probabilities = rng.dirichlet(np.ones(10), size=3).astype(np.float32)
+  names = data_lib.dataset_info('cifar10').class_names
+  path = figures.attack_grid(str(tmp_path / 'a.png'), 'fgsm', 'eps 0.03',
+                             images, adversarial, np.array([0, 1, 2]),
+                             probabilities, probabilities, names)
+  assert_figure(path, 'attack_grid')

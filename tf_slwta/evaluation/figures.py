@@ -35,6 +35,8 @@ from tf_slwta.layers import ibp as ibp_lib
 from tf_slwta.layers import lwta as lwta_lib
 
 DPI = 100
+# Images per attack grid.
+GRID_COLUMNS = 8
 # Width and height in pixels of each kind of figure.
 SIZES = {
     'attack_grid': (1200, 520),
@@ -110,7 +112,7 @@ def attack_grid(path: str, name: str, settings: str, images: np.ndarray,
                 adversarial: np.ndarray, labels: np.ndarray,
                 clean_probabilities: np.ndarray,
                 adversarial_probabilities: np.ndarray,
-                class_names: Sequence[str], columns: int = 8) -> str:
+                class_names: Sequence[str], columns: int = GRID_COLUMNS) -> str:
   """Original, adversarial and amplified perturbation of the first images.
 
   Three rows: the original with its true and predicted class, the
@@ -252,12 +254,6 @@ def correct_and_fooled(path: str, examples, class_names: Sequence[str],
   return _save(fig, path)
 
 
-def lwta_layers(model: keras.Model) -> List[lwta_lib.LWTA]:
-  """The model's stochastic LWTA layers, in graph order."""
-  layers = model._flatten_layers()  # pylint: disable=protected-access
-  return [l for l in layers if isinstance(l, lwta_lib.LWTA)]
-
-
 def winner_shares(model: keras.Model,
                   images: np.ndarray) -> Dict[str, np.ndarray]:
   """How often each competitor wins, per LWTA layer, at test time.
@@ -274,7 +270,7 @@ def winner_shares(model: keras.Model,
     {layer name: float `[U]`, the share of (example, position, block)
     places where competitor u wins; sums to 1}; empty without LWTA layers.
   """
-  layers = lwta_layers(model)
+  layers = lwta_lib.lwta_layers(model)
   if not layers:
     return {}
   inputs = keras.Model(model.input, [l.input for l in layers])(

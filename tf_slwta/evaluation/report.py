@@ -169,7 +169,8 @@ def _robustness_section(output_dir: str, figures_dir: str, saved: dict,
   settings = {r['attack']: r['settings'] for r in rows}
   paths = figures.robustness_figures(figures_dir, examples, settings,
                                      class_names)
-  n = 0 if examples.labels is None else min(len(examples.labels), 8)
+  n = 0 if examples.labels is None else min(len(examples.labels),
+                                            figures.GRID_COLUMNS)
   for path in paths:
     stem = os.path.splitext(os.path.basename(path))[0]
     if stem.startswith('attack_'):

@@ -109,14 +109,13 @@ def sampling_for(model: keras.Model, mc_samples: int,
   if mode not in config_lib.EXPORT_SAMPLING:
     raise ValueError(f'sampling mode {mode!r} is not one of '
                      f'{", ".join(config_lib.EXPORT_SAMPLING)}.')
-  layers = list(model._flatten_layers())  # pylint: disable=protected-access
   # PNI draws one kernel noise per call, or scales activation noise by a
   # statistic of the whole batch; LWTA draws per element.
   shared = any(isinstance(layer, (noise.ActivationNoise, noise.NoisyConv2D,
-                                  noise.NoisyDense))
-               for layer in layers if getattr(layer, 'noise_at_test', False))
-  per_element = any(isinstance(layer, lwta.LWTA) and not layer.deterministic
-                    for layer in layers)
+                                  noise.NoisyDense)) and layer.noise_at_test
+               for layer in model._flatten_layers())  # pylint: disable=protected-access
+  per_element = any(not layer.deterministic
+                    for layer in lwta.lwta_layers(model))
   if not (shared or per_element):
     return Sampling('deterministic', 1)
   if mode == 'auto':
@@ -212,14 +211,18 @@ def next_version(model_dir: str) -> int:
   return max(existing_versions(model_dir), default=0) + 1
 
 
+def _entries(folder: str) -> Sequence[str]:
+  """Names in `folder` (gfile lists sub-folders with a trailing '/')."""
+  if not tf.io.gfile.isdir(folder):
+    return []
+  return [entry.rstrip('/') for entry in tf.io.gfile.listdir(folder)]
+
+
 def existing_versions(model_dir: str) -> Sequence[int]:
   """Integer version folders of `model_dir` that hold a saved_model.pb."""
-  if not tf.io.gfile.isdir(model_dir):
-    return []
-  return sorted(
-      int(entry.rstrip('/')) for entry in tf.io.gfile.listdir(model_dir)
-      if entry.rstrip('/').isdigit() and tf.io.gfile.exists(
-          os.path.join(model_dir, entry.rstrip('/'), 'saved_model.pb')))
+  return sorted(int(entry) for entry in _entries(model_dir)
+                if entry.isdigit() and tf.io.gfile.exists(
+                    os.path.join(model_dir, entry, 'saved_model.pb')))
 
 
 def warmup_records(model_name: str, image_shape: Tuple[int, int, int],
@@ -359,9 +362,8 @@ def write_models_config(export_dir: str) -> Dict[str, str]:
   from google.protobuf import text_format  # pylint: disable=g-import-not-at-top
   from tensorflow_serving.config import model_server_config_pb2  # pylint: disable=g-import-not-at-top
 
-  names = sorted(entry.rstrip('/') for entry in tf.io.gfile.listdir(export_dir)
-                 if existing_versions(os.path.join(export_dir,
-                                                   entry.rstrip('/'))))
+  names = sorted(entry for entry in _entries(export_dir)
+                 if existing_versions(os.path.join(export_dir, entry)))
   paths = {}
   for kind, file_name, root in (
       ('docker', MODELS_CONFIG, DOCKER_MODELS_DIR),

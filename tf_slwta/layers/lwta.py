@@ -105,3 +105,8 @@ class LWTA(keras.layers.Layer):
             'test_temperature': self.test_temperature,
             'deterministic': self.deterministic, 'seed': self.seed}
 
+
+def lwta_layers(model: keras.Model) -> list:
+  """The model's `LWTA` layers, in graph order."""
+  return [l for l in model._flatten_layers() if isinstance(l, LWTA)]  # pylint: disable=protected-access
+
