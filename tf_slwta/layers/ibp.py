@@ -23,6 +23,7 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tf_slwta.layers import randomness
 from tf_slwta.layers.noise import finish_linear
 
 
@@ -106,7 +107,7 @@ class _IBPMixin:
   def _mask(self, training) -> tf.Tensor:
     """Utilities expanded over each block's U outputs: `[..., K * U]`."""
     if training:
-      seed = tf.cast(self.ibp_seed_generator.next(), tf.int32)
+      seed = randomness.next_seed(self.ibp_seed_generator)
       z = tfp.distributions.RelaxedBernoulli(
           self.ibp_temperature, logits=self.utility_logits).sample(seed=seed)
       self.add_loss(self._kl(seed))

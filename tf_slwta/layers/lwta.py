@@ -7,7 +7,8 @@ compete: a winner is drawn from a relaxed one-hot categorical distribution
 are the block's own responses, and the output is response x relaxed one-hot,
 so the winner keeps its raw value and the losers are (nearly) silenced.
 Sampling stays on at test time, with a lower temperature (0.01 by default):
-the randomness is part of the defense.
+the randomness is part of the defense. Adaptive attacks can ask for the
+winner's expectation instead (`surrogate.gradient_surrogate`).
 
 Each call in training adds, with `add_loss`, the KL divergence of the winner
 distribution q = softmax(responses) from the uniform prior 1/U, summed over
@@ -18,6 +19,9 @@ it by the number of training examples (the ELBO, see training/losses.py).
 import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
+
+from tf_slwta.layers import randomness
+from tf_slwta.layers import surrogate
 
 
 def categorical_kl_from_uniform(logits: tf.Tensor) -> tf.Tensor:
@@ -80,7 +84,7 @@ class LWTA(keras.layers.Layer):
       return tf.one_hot(tf.argmax(blocks, axis=-1), self.competitors,
                         dtype=blocks.dtype)
     temperature = self.temperature if training else self.test_temperature
-    seed = tf.cast(self.seed_generator.next(), tf.int32)
+    seed = randomness.next_seed(self.seed_generator)
     return tfp.distributions.RelaxedOneHotCategorical(
         temperature, logits=blocks).sample(seed=seed)
 
@@ -89,7 +93,17 @@ class LWTA(keras.layers.Layer):
     channels = inputs.shape[-1]
     blocks = tf.reshape(inputs, tf.concat(
         [shape[:-1], [channels // self.competitors, self.competitors]], 0))
-    outputs = tf.reshape(blocks * self.winners(blocks, training), shape)
+    mode = 'sample' if training else surrogate.current()
+    if mode == 'sample':
+      outputs = blocks * self.winners(blocks, training)
+    else:
+      # The winner's expectation: each unit times its probability of
+      # winning, softmax of the block (the Gumbel-softmax argmax is
+      # Categorical(softmax(blocks)) at any temperature).
+      expected = blocks * tf.nn.softmax(blocks, axis=-1)
+      outputs = expected if mode == 'expected' else surrogate.straight_through(
+          blocks * self.winners(blocks, training), expected)
+    outputs = tf.reshape(outputs, shape)
     if training:
       kl = categorical_kl_from_uniform(blocks)
       per_example = tf.reduce_sum(tf.reshape(kl, [shape[0], -1]), axis=-1)

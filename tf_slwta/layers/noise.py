@@ -15,6 +15,9 @@ import keras
 from keras import ops
 import tensorflow as tf
 
+from tf_slwta.layers import randomness
+from tf_slwta.layers import surrogate
+
 ALPHA_NAME = 'pni_alpha'
 
 
@@ -57,8 +60,13 @@ class _AlphaMixin:
     """v + alpha * N(0, std(v)^2) when noise is on, else v."""
     if not (training or self.noise_at_test):
       return v
-    noise = keras.random.normal(ops.shape(v), seed=self.seed_generator)
-    return v + self.alpha * _noise_scale(v) * noise
+    mode = 'sample' if training else surrogate.current()
+    if mode == 'expected':  # The noise's mean.
+      return v
+    noise = tf.random.stateless_normal(
+        tf.shape(v), randomness.next_seed(self.seed_generator), dtype=v.dtype)
+    noisy = v + self.alpha * _noise_scale(v) * noise
+    return noisy if mode == 'sample' else surrogate.straight_through(noisy, v)
 
   # Keras' Dense and Conv layers save only kernel and bias (their own
   # quantization-aware format); PNI layers save every variable, alpha too.
