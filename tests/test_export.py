@@ -136,6 +136,22 @@ def test_versions_are_new_integers_and_never_overwritten(exports, tmp_path):
                 ('other', f'{root}/other', 'tensorflow')]
 
 
+def test_a_left_over_version_folder_never_blocks_an_export(exports, tmp_path):
+  model = exports['relu']['model']
+  export_dir = tmp_path / 'exports'
+  (export_dir / 'm' / '1').mkdir(parents=True)  # Empty: holds nothing.
+  (export_dir / 'm' / '2').mkdir()  # Half copied: never reused.
+  (export_dir / 'm' / '2' / 'variables').mkdir()
+  path = saved_model.export_model(model, export_dir=str(export_dir), name='m',
+                                  image_shape=SHAPE)
+  assert os.path.basename(path) == '3'
+  assert not (export_dir / 'm' / '1').exists()
+  (tmp_path / 'a_file').write_text('')
+  with pytest.raises(FileExistsError, match='--export_dir=.* is a file'):
+    saved_model.export_model(model, export_dir=str(tmp_path / 'a_file'),
+                             name='m', image_shape=SHAPE)
+
+
 # Runs in a fresh interpreter that imports TensorFlow only, as a server would.
 _LOAD_ELSEWHERE = r'''
 import json, sys
@@ -513,3 +529,4 @@ def test_bad_serving_flags_are_refused(args, named):
   cli.define_flags(fv)
   with pytest.raises(flags.Error, match=named):
     fv(['main.py', *args])
+    cli.config_from_flags(fv)

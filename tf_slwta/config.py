@@ -7,6 +7,7 @@ from a notebook or a test without touching `absl.flags`.
 
 import dataclasses
 import json
+import math
 import os
 from typing import Any, Dict, Optional, Tuple
 
@@ -21,6 +22,18 @@ MIXTURE_BRANCHES = ('noise', 'fgsm', 'pgd', 'cw', 'clean')
 # The seed draws k uniformly from 0..7: 0 noise, 1 FGSM, 2 PGD, 3 CW, 4-7 clean.
 SEED_MIXTURE = (('noise', 1.0), ('fgsm', 1.0), ('pgd', 1.0), ('cw', 1.0),
                 ('clean', 4.0))
+# (train, test) images of each data set read from files; `synthetic` makes
+# as many as asked.
+SPLIT_SIZES = {'fashion_mnist': (60000, 10000), 'mnist': (60000, 10000),
+               'cifar10': (50000, 10000)}
+# The largest L2 distance between two images in [0, 1] of the largest data
+# set (32 x 32 x 3 pixels): an L2 budget beyond it constrains nothing.
+MAX_L2 = math.sqrt(32 * 32 * 3)
+# Ceilings on counts: far beyond any sensible run, they catch typos (an
+# extra zero or two) before hours of work.
+MAX_STEPS = 100_000
+MAX_SAMPLES = 10_000
+MAX_BATCH = 1_000_000
 
 
 def _as_tuple(value):
@@ -39,6 +52,31 @@ def _check_choice(name: str, value: str, choices: Tuple[str, ...]) -> None:
 def _check_at_least(name: str, value: float, low: float) -> None:
   if value < low:
     raise ValueError(f'{name} must be >= {low}, got {value}.')
+
+
+def _check_at_most(name: str, value: float, high: float, why: str = '') -> None:
+  if value > high:
+    raise ValueError(f'{name}={value} is over the limit of {high:g}'
+                     f'{f" ({why})" if why else ""}; pass a smaller value.')
+
+
+def _check_finite(settings) -> None:
+  """Refuses NaN and infinite numbers in any field of a settings dataclass."""
+  for field in dataclasses.fields(settings):
+    value = getattr(settings, field.name)
+    numbers = [v for v in _flat(value)
+               if isinstance(v, float) and not isinstance(v, bool)]
+    if any(not math.isfinite(v) for v in numbers):
+      raise ValueError(f'{field.name}={value} is not a finite number; pass '
+                       f'a finite value.')
+
+
+def _flat(value):
+  if isinstance(value, (list, tuple)):
+    for item in value:
+      yield from _flat(item)
+  else:
+    yield value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,8 +111,16 @@ class DataConfig:
     _check_choice('dataset', self.dataset, DATASETS)
     _check_at_least('train_examples', self.train_examples, 0)
     _check_at_least('eval_examples', self.eval_examples, 0)
-    _check_at_least('batch_size', self.batch_size, 1)
-    _check_at_least('eval_batch_size', self.eval_batch_size, 1)
+    for name, size in zip(('train_examples', 'eval_examples'),
+                          SPLIT_SIZES.get(self.dataset, (None, None))):
+      if size is not None and getattr(self, name) > size:
+        split = 'training' if name == 'train_examples' else 'test'
+        raise ValueError(
+            f'{name}={getattr(self, name)}, but {self.dataset} has only '
+            f'{size} {split} images; pass at most {size} (0: all).')
+    for name in ('batch_size', 'eval_batch_size'):
+      _check_at_least(name, getattr(self, name), 1)
+      _check_at_most(name, getattr(self, name), MAX_BATCH)
 
   @property
   def use_augmentation(self) -> bool:
@@ -151,6 +197,11 @@ class ModelConfig:
               f'{width} channels do not split into LWTA blocks of '
               f'lwta_competitors={self.lwta_competitors}; choose widths that '
               f'are multiples of it.')
+    _check_finite(self)
+    if self.pni in ('weight', 'both') and self.ibp:
+      raise ValueError(f'pni={self.pni} and ibp cannot share layers (both '
+                       f'replace the kernels); use --pni=activation with '
+                       f'--ibp.')
     if self.pni != 'none' and self.name != 'seed_cnn':
       raise ValueError(f'pni={self.pni} is implemented for seed_cnn only, '
                        f'not {self.name}; pass --pni=none.')
@@ -219,7 +270,9 @@ class TrainConfig:
   clean_loss_weight: float = 0.0
 
   def __post_init__(self):
+    _check_finite(self)
     _check_at_least('epochs', self.epochs, 1)
+    _check_at_most('epochs', self.epochs, MAX_STEPS)
     _check_at_least('kl_anneal_epochs', self.kl_anneal_epochs, 0)
     if not self.learning_rate > 0:
       raise ValueError(f'learning_rate must be > 0, got {self.learning_rate}.')
@@ -251,6 +304,8 @@ class TrainConfig:
     if len(set(names)) != len(names):
       raise ValueError(f'mixture names a branch twice: {names}.')
     _check_at_least('noise_sigma', self.noise_sigma, 0)
+    _check_at_most('noise_sigma', self.noise_sigma, 1.0,
+                   'pixels are in [0, 1]')
     if not 0 <= self.clean_loss_weight < 1:
       raise ValueError(f'clean_loss_weight must be in [0, 1), got '
                        f'{self.clean_loss_weight}.')
@@ -313,8 +368,15 @@ class AttackConfig:
     if len(set(self.attacks)) != len(self.attacks):
       raise ValueError(f'attacks lists one twice: {",".join(self.attacks)}.')
     _check_choice('combined', self.combined, COMBINED_MODES)
+    _check_finite(self)
     for name in ('fgsm_eps', 'pgd_eps', 'pgd_l2_eps', 'cw_kappa'):
       _check_at_least(name, getattr(self, name), 0)
+    for name in ('fgsm_eps', 'pgd_eps', 'pgd_alpha'):
+      _check_at_most(name, getattr(self, name), 1.0,
+                     'an L-inf budget beyond the pixel range [0, 1]')
+    for name in ('pgd_l2_eps', 'pgd_l2_alpha'):
+      _check_at_most(name, getattr(self, name), round(MAX_L2, 2),
+                     'the L2 distance of two 32x32x3 images in [0, 1]')
     for name in ('pgd_alpha', 'pgd_l2_alpha', 'cw_c', 'cw_learning_rate'):
       if not getattr(self, name) > 0:
         raise ValueError(f'{name} must be > 0, got {getattr(self, name)}.')
@@ -327,6 +389,11 @@ class AttackConfig:
     for name in ('pgd_steps', 'pgd_restarts', 'cw_steps',
                  'cw_binary_search_steps', 'eot_samples', 'mc_samples'):
       _check_at_least(name, getattr(self, name), 1)
+    for name in ('pgd_steps', 'cw_steps'):
+      _check_at_most(name, getattr(self, name), MAX_STEPS)
+    for name in ('pgd_restarts', 'cw_binary_search_steps', 'eot_samples',
+                 'mc_samples'):
+      _check_at_most(name, getattr(self, name), MAX_SAMPLES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -349,10 +416,12 @@ class CertifyConfig:
   radii: Tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
 
   def __post_init__(self):
+    _check_finite(self)
     if not self.sigma > 0:
       raise ValueError(f'certify_sigma must be > 0, got {self.sigma}.')
     for name in ('n0', 'n', 'batch_size'):
       _check_at_least(f'certify_{name}', getattr(self, name), 1)
+      _check_at_most(f'certify_{name}', getattr(self, name), MAX_BATCH * 10)
     if not 0 < self.alpha < 1:
       raise ValueError(f'certify_alpha must be in (0, 1), got {self.alpha}.')
     if any(r < 0 for r in self.radii) or list(self.radii) != sorted(self.radii):
@@ -421,6 +490,25 @@ class ExportConfig:
     return name
 
 
+def check_server(server: str) -> None:
+  """Raises ValueError unless `server` is HOST[:PORT] or http(s)://HOST[:PORT]."""
+  rest = server.split('://', 1)[1] if '://' in server else server
+  scheme_ok = '://' not in server or server.split('://')[0] in ('http',
+                                                                'https')
+  host, _, port = rest.rstrip('/').rpartition(':') if ':' in rest else (
+      rest.rstrip('/'), '', '')
+  port_ok = not port or (port.isdigit() and 0 < int(port) < 65536)
+  host_ok = bool(host) and not set(host) - _HOST_CHARS
+  if not (scheme_ok and port_ok and host_ok):
+    raise ValueError(f'server={server!r} is not HOST:PORT; pass e.g. '
+                     f'--server=localhost:8501 (REST) or localhost:8500 '
+                     f'(gRPC).')
+
+
+_HOST_CHARS = frozenset(
+    'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_[]:')
+
+
 @dataclasses.dataclass(frozen=True)
 class ServeConfig:
   """How --mode=predict reaches a running TensorFlow Serving.
@@ -445,8 +533,8 @@ class ServeConfig:
   batch_size: int = 100
 
   def __post_init__(self):
-    if not self.server:
-      raise ValueError('server must not be empty; pass --server=HOST:PORT.')
+    check_server(self.server)
+    _check_finite(self)
     _check_choice('serving_protocol', self.protocol, SERVING_PROTOCOLS)
     if self.model_name:
       check_model_name(self.model_name)
@@ -523,6 +611,12 @@ RUN_IDENTITY_FIELDS = {
               'lr_decay_ratio', 'label_smoothing', 'mixture', 'noise_sigma',
               'clean_loss_weight', 'kl_anneal_epochs'),
 }
+
+
+# What a trained model's checkpoint needs to be used (evaluate, certify,
+# export), whatever trained it.
+MODEL_IDENTITY = ('data.dataset',) + tuple(
+    f'model.{name}' for name in RUN_IDENTITY_FIELDS['model'])
 
 
 def identity_mismatches(saved: Dict[str, Any],

@@ -161,6 +161,19 @@ def load_fashion_mnist(split: str, data_dir: Optional[str] = None,
   if data_dir and not os.path.isdir(data_dir):
     raise DataError(f'--data_dir={data_dir} is not a folder. '
                     f'{_HOW_TO_GET_FASHION_MNIST}')
+  if data_dir:  # Named by the user: it must be complete, never skipped.
+    names = [n for pair in FASHION_MNIST_FILES.values() for n in pair]
+    missing = [n for n in names if not os.path.exists(
+        os.path.join(data_dir, n))]
+    if len(missing) == len(names):
+      raise DataError(f'Fashion-MNIST not found in --data_dir={data_dir}. '
+                      f'{_HOW_TO_GET_FASHION_MNIST}')
+    if missing:
+      raise DataError(
+          f'--data_dir={data_dir} lacks {", ".join(missing)} (Fashion-MNIST '
+          f'needs all four IDX files: {", ".join(names)}). Add '
+          f'{"it" if len(missing) == 1 else "them"}, or drop --data_dir to '
+          f'use {DEBIAN_FASHION_MNIST_DIR}.')
   folder = _find_fashion_mnist_dir(data_dir)
   if folder is not None:
     image_file, label_file = FASHION_MNIST_FILES[split]
@@ -266,15 +279,37 @@ def load_arrays(data: config_lib.DataConfig, split: str) -> Arrays:
     tfds_split = f'{split}[:{limit}]' if limit else split
     images, labels = load_tfds(data.dataset, tfds_split, data.tfds_data_dir,
                                data.download)
+  where = _source(data, split)
+  if limit and limit > len(images):
+    name = 'train_examples' if split == 'train' else 'eval_examples'
+    raise DataError(f'--{name}={limit}, but {where} holds only '
+                    f'{len(images)} images; pass at most {len(images)} (0: '
+                    f'all).')
   if limit:
     images, labels = images[:limit], labels[:limit]
   info = dataset_info(data.dataset)
+  if len(labels) and (labels.min() < 0 or labels.max() >= info.num_classes):
+    bad = np.unique(labels[(labels < 0) | (labels >= info.num_classes)])
+    raise DataError(
+        f'{where} has labels outside [0, {info.num_classes}) '
+        f'({", ".join(map(str, bad[:5]))}{", ..." if len(bad) > 5 else ""}): '
+        f'it is not {data.dataset} data or is damaged. Replace it with the '
+        f'original files.')
   if images.shape[1:] != info.image_shape:
     raise DataError(f'{data.dataset}/{split} images have shape '
                     f'{images.shape[1:]}, expected {info.image_shape}.')
   if len(images) == 0:
     raise DataError(f'{data.dataset}/{split} is empty.')
   return images, labels
+
+
+def _source(data: config_lib.DataConfig, split: str) -> str:
+  """Where a split is read from, for messages."""
+  if data.dataset == 'fashion_mnist':
+    folder = _find_fashion_mnist_dir(data.data_dir)
+    if folder:
+      return os.path.join(folder, FASHION_MNIST_FILES[split][1])
+  return f'{data.dataset}/{split}'
 
 
 def load_image_files(paths: Sequence[str],

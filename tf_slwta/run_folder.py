@@ -1,32 +1,67 @@
-"""A run's folder (`--output_dir`): the files that record a run.
+"""A run's folder (`--output_dir`) is the record of the run.
 
 ```
 <output_dir>/
-  config.json     the settings the run was made with
-  checkpoints/    tf.train checkpoints (model, optimizer, step)
+  config.json     the settings the run was made with (all of them)
+  checkpoints/    tf.train checkpoints (model, optimizer, step, random streams)
   summaries/      TensorBoard logs
   metrics.jsonl   one JSON line of metrics per epoch
   results.json    the final epoch's metrics
+  .lock           held while a process works in the folder
 ```
-This module reads and writes those files with plain Python (no
-TensorFlow), so the command line can open a run before TensorFlow loads.
+Every mode but `grid` opens a run by its folder: `settings_for` takes the
+run's own config.json and lays over it only the settings given on the
+command line that the mode uses, refusing those that really conflict with
+the run. Files are replaced atomically (temporary file, then rename), so a
+kill or a full disk leaves the previous version whole.
+
+Plain Python only (no TensorFlow), so the command line can open a run and
+refuse a conflict before TensorFlow loads.
 """
 
+import contextlib
 import json
 import os
-from typing import Any, Dict, List, Optional
+import tempfile
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from tf_slwta import config as config_lib
+from tf_slwta import folder_lock
 
 CONFIG_FILE = 'config.json'
 METRICS_FILE = 'metrics.jsonl'
 RESULTS_FILE = 'results.json'
+LOCK_FILE = folder_lock.LOCK_FILE
 CHECKPOINTS_DIR = 'checkpoints'
 SUMMARIES_DIR = 'summaries'
+DAMAGED_SUFFIX = '.damaged'
+
+# What each mode takes from the command line over the run's config.json:
+# 'section.field' keys, or 'section.*' for a whole section. Model settings
+# that only act at test time may change; the rest of the model is the run's.
+_TEST_TIME_MODEL = ('model.pni_at_test', 'model.lwta_temperature',
+                    'model.lwta_test_temperature', 'model.lwta_deterministic',
+                    'model.ibp_threshold')
+_EVAL_DATA = ('data.eval_examples', 'data.eval_batch_size', 'data.data_dir',
+              'data.tfds_data_dir', 'data.download')
+MODE_TAKES = {
+    'train': ('*',),
+    'evaluate': ('attack.*', 'train.strategy') + _EVAL_DATA + _TEST_TIME_MODEL,
+    'certify': ('certify.*', 'train.strategy', 'train.seed') + _EVAL_DATA +
+               _TEST_TIME_MODEL,
+    'export': ('export.*', 'attack.mc_samples') + _TEST_TIME_MODEL,
+    'predict': ('serve.*', 'export.name') + _EVAL_DATA,
+}
 
 
-class RunMismatch(ValueError):
+RunFolderError = folder_lock.RunFolderError
+
+
+class RunMismatch(RunFolderError):
   """`output_dir` holds a run made with other settings."""
+
+
+RunInUse = folder_lock.RunInUse
 
 
 def checkpoint_dir(output_dir: str) -> str:
@@ -34,10 +69,92 @@ def checkpoint_dir(output_dir: str) -> str:
   return os.path.join(output_dir, CHECKPOINTS_DIR)
 
 
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
+FILE_MODE = 0o666 & ~_umask()
+
+
+def atomic_write(path: str, text: str) -> None:
+  """Replaces `path` with `text` all at once (temporary file, then rename).
+
+  A reader sees the old file or the new one, never a part; if the write
+  fails (a kill, a full disk), the old file stays as it was.
+
+  Raises:
+    OSError: the folder cannot be written (full disk, permissions).
+  """
+  directory = os.path.dirname(path) or '.'
+  fd, temporary = tempfile.mkstemp(
+      prefix=f'.{os.path.basename(path)}.', suffix='.tmp', dir=directory)
+  try:
+    with os.fdopen(fd, 'w', encoding='utf-8') as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.chmod(temporary, FILE_MODE)
+    os.replace(temporary, path)
+  except BaseException:
+    with contextlib.suppress(OSError):
+      os.remove(temporary)
+    raise
+
+
+def probe_writable(path: str, flag: str) -> None:
+  """Refuses `path` (a folder, maybe not made yet) if it cannot be written.
+
+  Writes and removes a temporary file in `path` or its nearest existing
+  parent: permissions alone do not tell (root, read-only mounts).
+
+  Raises:
+    RunFolderError: naming `flag` and the fix.
+  """
+  existing = path
+  while existing and not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  existing = existing or '.'
+  if not os.path.isdir(existing):
+    raise RunFolderError(f'{flag}={path}: {existing} is a file, not a '
+                         f'folder; pass a folder.')
+  try:
+    with tempfile.TemporaryFile(dir=existing):
+      pass
+  except OSError as e:
+    raise RunFolderError(
+        f'{flag}={path} cannot be written ({existing}: {e.strerror}); pass a '
+        f'folder you can write to.') from e
+
+
 def write_json(path: str, value: Any) -> None:
-  """Writes `value` as indented, key-sorted JSON to `path`."""
-  with open(path, 'w', encoding='utf-8') as f:
-    f.write(json.dumps(value, indent=2, sort_keys=True) + '\n')
+  """Writes `value` as indented, key-sorted JSON to `path`, atomically."""
+  atomic_write(path, json.dumps(value, indent=2, sort_keys=True) + '\n')
+
+
+def read_json(path: str, what: str) -> Optional[Any]:
+  """The JSON value in `path`, or None if there is no such file.
+
+  Raises:
+    RunFolderError: the file is empty or not valid JSON; the message names
+      it, says what it records (`what`) and how to go on.
+  """
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding='utf-8') as f:
+    text = f.read()
+  try:
+    if not text.strip():
+      raise ValueError('it is empty')
+    return json.loads(text)
+  except ValueError as e:
+    problem = (f'{e.msg} at line {e.lineno}' if isinstance(
+        e, json.JSONDecodeError) else str(e))
+    raise RunFolderError(
+        f'{path} is damaged ({problem}); it records {what}. Restore it from '
+        f'a copy, or delete it and pass the run\'s flagfile again to '
+        f'rewrite it.') from e
 
 
 class RunFolder:
@@ -64,23 +181,38 @@ class RunFolder:
     """`<path>/summaries` (TensorBoard)."""
     return self.file(SUMMARIES_DIR)
 
+  def check_usable(self, writable: bool = True) -> None:
+    """Refuses a path that is a file, or (`writable`) one that cannot be written.
+
+    Raises:
+      RunFolderError: naming --output_dir and the fix.
+    """
+    if os.path.exists(self.path) and not os.path.isdir(self.path):
+      raise RunFolderError(
+          f'--output_dir={self.path} is a file, not a folder; pass a folder '
+          f'(it is made if missing).')
+    if writable:
+      probe_writable(self.path, '--output_dir')
+
   def has_checkpoint(self) -> bool:
-    """Whether the checkpoint manager's state file names a checkpoint."""
-    state = os.path.join(self.checkpoint_dir, 'checkpoint')
-    return os.path.isfile(state)
+    """Whether checkpoints/ holds any checkpoint index file."""
+    folder = self.checkpoint_dir
+    return os.path.isdir(folder) and any(
+        n.endswith('.index') for n in os.listdir(folder))
 
   def saved_settings(self) -> Optional[Dict[str, Any]]:
-    """The run's config.json as a dict, or None when there is none."""
-    path = self.file(CONFIG_FILE)
-    if not os.path.exists(path):
-      return None
-    with open(path, encoding='utf-8') as f:
-      return json.load(f)
+    """The run's config.json as a dict, or None when there is none.
+
+    Raises:
+      RunFolderError: config.json is empty or damaged.
+    """
+    return read_json(self.file(CONFIG_FILE), "the run's settings")
 
   def write_config(self, config: config_lib.ExperimentConfig) -> None:
-    """Writes config.json (creating the folder)."""
+    """Writes config.json atomically (creating the folder)."""
     os.makedirs(self.path, exist_ok=True)
-    write_json(self.file(CONFIG_FILE), config.to_dict())
+    atomic_write(self.file(CONFIG_FILE), json.dumps(
+        config.to_dict(), indent=2, sort_keys=True, allow_nan=False) + '\n')
 
   def check_identity(self, config: config_lib.ExperimentConfig,
                      has_checkpoint: bool) -> None:
@@ -106,22 +238,148 @@ class RunFolder:
           f'{self.path} holds a run made with other settings ({listed}). '
           f'Pass a new --output_dir, or the same settings to resume it.')
 
+  def settings_for(self, config: config_lib.ExperimentConfig,
+                   given: Mapping[str, str]
+                   ) -> Tuple[config_lib.ExperimentConfig, List[str]]:
+    """The settings `config.mode` runs with on this run.
+
+    The run's config.json is the base; of the settings given on the command
+    line (`given`), those the mode uses (`MODE_TAKES`) replace the run's.
+    A given setting that changes what the checkpoints mean (the model, the
+    data set, or for training any `config.RUN_IDENTITY_FIELDS`) is refused;
+    other given settings the mode does not use are ignored with a note.
+    Without a config.json, `config` is used as it is.
+
+    Args:
+      config: the settings from the command line.
+      given: {'section.field': '--flag=value'} of the flags the user gave
+        (on the command line or in a flagfile).
+
+    Returns:
+      (settings, notes): the settings and one-line notes for the user.
+
+    Raises:
+      RunMismatch: a given setting conflicts with the run, naming its flag.
+      RunFolderError: config.json is damaged.
+    """
+    saved = self.saved_settings() if config.mode != 'grid' else None
+    if saved is None:
+      return config, []
+    try:
+      base = config_lib.ExperimentConfig.from_dict(saved)
+    except (TypeError, ValueError, AttributeError) as e:
+      raise RunFolderError(
+          f'{self.file(CONFIG_FILE)} holds settings this version cannot use '
+          f'({e}). Restore the original file, or delete it and pass the '
+          f'run\'s flagfile again.') from e
+    merged = {section: dict(values) if isinstance(values, dict) else values
+              for section, values in base.to_dict().items()}
+    wanted = config.to_dict()
+    for top in ('mode', 'output_dir', 'evaluate_robustness', 'grid',
+                'grid_overrides'):
+      merged[top] = wanted[top]
+    takes = MODE_TAKES[config.mode]
+    identity = ([f'{s}.{n}' for s, names in
+                 config_lib.RUN_IDENTITY_FIELDS.items() for n in names]
+                if config.mode == 'train' else config_lib.MODEL_IDENTITY)
+    conflicts, ignored = [], []
+    for key, flag in sorted(given.items()):
+      section, name = key.split('.')
+      old, new = merged[section][name], wanted[section][name]
+      if old == new:
+        continue
+      if key in identity and self.has_checkpoint():
+        conflicts.append(f'{flag} (the run has {_shown(old)})')
+      elif '*' in takes or f'{section}.*' in takes or key in takes:
+        merged[section][name] = new
+      else:
+        ignored.append(flag)
+    if conflicts:
+      raise RunMismatch(
+          f'{self.path} holds a run made with other settings: '
+          f'{"; ".join(conflicts)}. --mode={config.mode} takes the run\'s '
+          f'own settings from {self.file(CONFIG_FILE)}: drop '
+          f'{"that flag" if len(conflicts) == 1 else "those flags"}, or pass '
+          f'a new --output_dir.')
+    notes = [f'note: {", ".join(ignored)} '
+             f'{"does" if len(ignored) == 1 else "do"} not apply to '
+             f'--mode={config.mode}; it uses the run\'s own settings from '
+             f'{self.file(CONFIG_FILE)}.'] if ignored else []
+    return config_lib.ExperimentConfig.from_dict(merged), notes
+
   def read_metrics(self) -> List[Dict[str, Any]]:
-    """Every epoch's record in metrics.jsonl, in file order."""
+    """Every epoch's record in metrics.jsonl, in file order.
+
+    Lines that are not valid JSON (a write cut short before atomic writes)
+    are left out; `repair_metrics` keeps them aside.
+    """
+    return self._metrics()[0]
+
+  def _metrics(self) -> Tuple[List[Dict[str, Any]], List[str]]:
     path = self.file(METRICS_FILE)
     if not os.path.exists(path):
-      return []
-    with open(path, encoding='utf-8') as f:
-      return [json.loads(l) for l in f.read().splitlines() if l.strip()]
+      return [], []
+    records, damaged = [], []
+    with open(path, encoding='utf-8', errors='replace') as f:
+      for line in f.read().splitlines():
+        if not line.strip():
+          continue
+        try:
+          record = json.loads(line)
+        except ValueError:
+          record = None
+        if isinstance(record, dict) and 'epoch' in record:
+          records.append(record)
+        else:
+          damaged.append(line)
+    return records, damaged
+
+  def repair_metrics(self) -> Optional[str]:
+    """Rewrites metrics.jsonl without its damaged lines; says so, or None.
+
+    The damaged file is kept as metrics.jsonl.damaged.
+    """
+    records, damaged = self._metrics()
+    if not damaged:
+      return None
+    path = self.file(METRICS_FILE)
+    os.replace(path, path + DAMAGED_SUFFIX)
+    self._write_metrics(records)
+    return (f'note: {path} had {len(damaged)} damaged line(s); kept the '
+            f'{len(records)} intact one(s) and moved the file to '
+            f'{path + DAMAGED_SUFFIX}.')
+
+  def _write_metrics(self, records: List[Dict[str, Any]]) -> None:
+    atomic_write(self.file(METRICS_FILE), ''.join(
+        json.dumps(r, sort_keys=True) + '\n' for r in records))
 
   def append_metrics(self, record: Dict[str, Any]) -> None:
     """Adds one epoch's JSON line; a replayed epoch replaces its old line."""
-    lines = [json.dumps(r, sort_keys=True) for r in self.read_metrics()
-             if r.get('epoch') != record['epoch']]
-    lines.append(json.dumps(record, sort_keys=True))
-    with open(self.file(METRICS_FILE), 'w', encoding='utf-8') as f:
-      f.write('\n'.join(lines) + '\n')
+    self._write_metrics([r for r in self.read_metrics()
+                         if r.get('epoch') != record['epoch']] + [record])
 
   def write_json(self, name: str, value: Any) -> None:
-    """Writes `<path>/<name>` as JSON (results.json, eval_results.json)."""
+    """Writes `<path>/<name>` as JSON atomically (results, eval results)."""
     write_json(self.file(name), value)
+
+  def read_results(self) -> Optional[Dict[str, Any]]:
+    """results.json, or None when missing or damaged (it can be rebuilt)."""
+    try:
+      value = read_json(self.file(RESULTS_FILE), "the run's final metrics")
+    except RunFolderError:
+      return None
+    return value if isinstance(value, dict) else None
+
+  def locked(self, announce=print):
+    """Holds the folder's lock while a `with` block runs (`folder_lock.locked`).
+
+    Raises:
+      RunInUse: another live process holds it; the message names it.
+    """
+    return folder_lock.locked(self.path, announce)
+
+
+def _shown(value: Any) -> str:
+  if isinstance(value, (list, tuple)):
+    return ','.join(str(v) for v in value) or "''"
+  return str(value)

@@ -15,38 +15,38 @@ from tf_slwta.cli import definitions
 from tf_slwta.training import tf_config
 
 
+# Flags whose settings field has another name: {flag: (section, field)}.
+_RENAMED = {
+    'model': ('model', 'name'), 'attack_seed': ('attack', 'seed'),
+    'certify_sigma': ('certify', 'sigma'), 'certify_n0': ('certify', 'n0'),
+    'certify_n': ('certify', 'n'), 'certify_alpha': ('certify', 'alpha'),
+    'certify_batch_size': ('certify', 'batch_size'),
+    'certify_radii': ('certify', 'radii'),
+    'export_name': ('export', 'name'), 'export_version': ('export', 'version'),
+    'export_sampling': ('export', 'sampling'),
+    'serving_protocol': ('serve', 'protocol'),
+    'serving_timeout': ('serve', 'timeout'),
+    'serving_batch_size': ('serve', 'batch_size'),
+}
+# Every sectioned flag -> the (section, field) it sets. --export_name and
+# --export_version set the export's; --mode=predict also asks the server
+# for them.
+FIELDS = {}
+for _section, _names in definitions.SECTIONS.items():
+  for _name in _names:
+    FIELDS.setdefault(_name, _RENAMED.get(_name, (_section, _name)))
+
+
 def register_validators(fv: flags.FlagValues) -> None:
-  """Registers every section's cross-field check on `fv`."""
-  for section, names in definitions.SECTIONS.items():
-    flags.register_multi_flags_validator(
-        list(names), _section_checker(section), flag_values=fv)
-  flags.register_validator(
-      'strategy', _check_strategy,
-      message='--strategy=multi_worker needs a valid TF_CONFIG.',
-      flag_values=fv)
-
-
-def _section_checker(section: str):
-  builder = {'data': _data_config, 'model': _model_config,
-             'train': _train_config, 'attack': _attack_config,
-             'certify': _certify_config, 'export': _export_config,
-             'serve': _serve_config}[section]
-
-  def check(values):
-    try:
-      builder(values)
-    except ValueError as e:
-      raise flags.ValidationError(str(e)) from e
-    return True
-
-  return check
+  """Registers the checks absl runs while parsing (the rest: `config_from_values`)."""
+  flags.register_validator('strategy', _check_strategy, flag_values=fv)
 
 
 def _check_strategy(value: str) -> bool:
   if value == 'multi_worker':
     problem = tf_config.tf_config_error()
     if problem:
-      raise flags.ValidationError(f'--strategy=multi_worker: {problem}')
+      raise flags.ValidationError(problem)
   return True
 
 
@@ -135,9 +135,12 @@ def _attack_config(v) -> config_lib.AttackConfig:
       **{name: v[name] for name in names})
 
 
-def config_from_flags(fv: flags.FlagValues = flags.FLAGS
-                      ) -> config_lib.ExperimentConfig:
-  """Builds the run's `ExperimentConfig` from parsed flags."""
+def config_from_values(fv: flags.FlagValues) -> config_lib.ExperimentConfig:
+  """Builds the run's `ExperimentConfig` from parsed flags.
+
+  Raises:
+    ValueError: a value or combination the settings refuse, naming it.
+  """
   values = {name: fv[name].value for names in definitions.SECTIONS.values()
             for name in names}
   return config_lib.ExperimentConfig(

@@ -8,6 +8,7 @@ from absl import flags
 
 from tf_slwta import config as config_lib
 
+OUTPUT_DIR = 'runs/quickstart'  # --output_dir's default, the default job's.
 SECTIONS = {
     'data': ('dataset', 'data_dir', 'tfds_data_dir', 'train_examples',
              'eval_examples', 'batch_size', 'eval_batch_size', 'augment',
@@ -50,7 +51,7 @@ def define(fv: flags.FlagValues) -> None:
                     'for TF Serving; predict: classify through a running '
                     'TF Serving.',
                     flag_values=fv)
-  flags.DEFINE_string('output_dir', 'runs/quickstart',
+  flags.DEFINE_string('output_dir', OUTPUT_DIR,
                       'Checkpoints, TensorBoard logs, metrics.jsonl, results.',
                       flag_values=fv)
   # Data.

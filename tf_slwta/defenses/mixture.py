@@ -14,6 +14,12 @@ clean, i.e. weights noise:1, fgsm:1, pgd:1, cw:1, clean:4
 (`config.SEED_MIXTURE`).
 Madry-style training is `pgd:1`. Attacks see the model in inference mode
 (`training=False`) and are recomputed on the current weights every step.
+
+Every draw (branch, noise, PGD start) takes its seed from the mixture's own
+`keras.random.SeedGenerator`, whose state the training loop checkpoints with
+the branch counts (`checkpoint_items`), so a resumed run draws what an
+uninterrupted one would have. All replicas take the same branch in a step;
+each draws its own noise and PGD start.
 """
 
 from typing import Dict, Sequence, Tuple
@@ -24,6 +30,7 @@ import tensorflow as tf
 
 from tf_slwta import attacks
 from tf_slwta import config as config_lib
+from tf_slwta.layers import randomness
 
 BRANCHES = config_lib.MIXTURE_BRANCHES
 
@@ -41,11 +48,12 @@ class AttackMixture:
     attack: attack settings shared with evaluation.
     noise_sigma: std of the Gaussian-noise branch, in [0, 1] pixel units.
     strategy: the training strategy (the counters are made in its scope).
+    seed: seed of the mixture's random stream.
   """
 
   def __init__(self, mixture: Sequence[Tuple[str, float]],
                attack: config_lib.AttackConfig, noise_sigma: float,
-               strategy: tf.distribute.Strategy):
+               strategy: tf.distribute.Strategy, seed: int = 0):
     if not mixture:
       raise ValueError('An AttackMixture needs at least one branch.')
     self.active = [name for name, _ in mixture]
@@ -54,8 +62,11 @@ class AttackMixture:
     self.attack = attack
     self.noise_sigma = float(noise_sigma)
     with strategy.scope():
+      self.seed_generator = keras.random.SeedGenerator(seed)
+      # float64: a checkpoint restores a SUM-on-read variable as its value
+      # divided over the replicas, which an integer would round.
       self.counts = tf.Variable(
-          tf.zeros([len(BRANCHES)], tf.int64), trainable=False,
+          tf.zeros([len(BRANCHES)], tf.float64), trainable=False,
           synchronization=tf.VariableSynchronization.ON_READ,
           aggregation=tf.VariableAggregation.SUM, name='mixture_counts')
 
@@ -63,13 +74,17 @@ class AttackMixture:
     cfg = self.attack
     logits_fn = lambda x: model(x, training=False)
     if name == 'noise':
-      noise = tf.random.normal(tf.shape(images), stddev=self.noise_sigma)
+      noise = tf.random.stateless_normal(
+          tf.shape(images), randomness.next_seed(self.seed_generator),
+          stddev=self.noise_sigma)
       return tf.clip_by_value(images + noise, 0.0, 1.0)
     if name == 'fgsm':
       return attacks.fgsm(logits_fn, images, labels, cfg.fgsm_eps,
                           eot_samples=cfg.eot_samples)
     if name == 'pgd':
-      seed = tf.random.uniform([], 0, 2**31 - 1, dtype=tf.int64)
+      seed = tf.random.stateless_uniform(
+          [], randomness.next_seed(self.seed_generator), 0, 2**31 - 1,
+          dtype=tf.int64)
       return attacks.pgd(logits_fn, images, labels, cfg.pgd_eps,
                          cfg.pgd_alpha, cfg.pgd_steps,
                          random_start=cfg.pgd_random_start,
@@ -83,10 +98,17 @@ class AttackMixture:
 
   def draw(self) -> tf.Tensor:
     """Draws a branch and counts it; int32 index into `self.active`."""
-    k = tf.random.categorical(self.log_weights, 1, dtype=tf.int32)[0, 0]
+    seed = randomness.next_seed(self.seed_generator, per_replica=False)
+    k = tf.random.stateless_categorical(self.log_weights, 1, seed,
+                                        dtype=tf.int32)[0, 0]
     index = tf.gather([BRANCHES.index(n) for n in self.active], k)
-    self.counts.assign_add(tf.one_hot(index, len(BRANCHES), dtype=tf.int64))
+    self.counts.assign_add(tf.one_hot(index, len(BRANCHES), dtype=tf.float64))
     return k
+
+  def checkpoint_items(self) -> Dict[str, tf.Variable]:
+    """What a checkpoint must hold to resume the mixture exactly."""
+    return {'mixture_seed': self.seed_generator.state,
+            'mixture_counts': self.counts}
 
   def __call__(self, model: keras.Model, images: tf.Tensor,
                labels: tf.Tensor) -> tf.Tensor:
@@ -101,6 +123,6 @@ class AttackMixture:
   def summaries(self) -> Dict[str, float]:
     """{'mixture/<branch>': share of draws so far in [0, 1]} for active branches."""
     counts = tf.convert_to_tensor(self.counts).numpy()
-    total = max(int(counts.sum()), 1)
-    return {f'mixture/{name}': counts[BRANCHES.index(name)] / total
+    total = max(float(counts.sum()), 1.0)
+    return {f'mixture/{name}': float(counts[BRANCHES.index(name)]) / total
             for name in self.active}

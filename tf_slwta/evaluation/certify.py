@@ -15,7 +15,6 @@ Abstentions are returned as class -1. Statistics use TensorFlow Probability
 """
 
 import dataclasses
-import json
 import os
 from typing import Dict, List, Tuple
 
@@ -24,6 +23,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tf_slwta import config as config_lib
+from tf_slwta import run_folder
 
 ABSTAIN = -1
 
@@ -179,8 +179,6 @@ def write_report(result: Dict[str, object], output_dir: str) -> Dict[str, str]:
   tf.io.gfile.makedirs(output_dir)
   paths = {'md': os.path.join(output_dir, 'certify.md'),
            'json': os.path.join(output_dir, 'certify.json')}
-  with tf.io.gfile.GFile(paths['md'], 'w') as f:
-    f.write(markdown_table(result))
-  with tf.io.gfile.GFile(paths['json'], 'w') as f:
-    json.dump(result, f, indent=2, sort_keys=True)
+  run_folder.atomic_write(paths['md'], markdown_table(result))
+  run_folder.write_json(paths['json'], result)
   return paths

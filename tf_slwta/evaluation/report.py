@@ -84,10 +84,8 @@ def _read_json(path: str):
 
 
 def _read_metrics(path: str) -> List[Dict[str, float]]:
-  if not tf.io.gfile.exists(path):
-    return []
-  with tf.io.gfile.GFile(path) as f:
-    return [json.loads(line) for line in f.read().splitlines() if line.strip()]
+  """metrics.jsonl's intact records (a damaged line is left out)."""
+  return run_folder.RunFolder(os.path.dirname(path)).read_metrics()
 
 
 def checkpoint_step(output_dir: str) -> int:
@@ -289,8 +287,7 @@ def write_report(config: config_lib.ExperimentConfig,
   if not drawn and not saved:
     body += '<p>No results yet: train or evaluate into this folder.</p>\n'
   path = os.path.join(output_dir, REPORT_FILE)
-  with tf.io.gfile.GFile(path, 'w') as f:
-    f.write(_page(f'tf_slwta report: {output_dir}', body))
+  run_folder.atomic_write(path, _page(f'tf_slwta report: {output_dir}', body))
   if tensorboard and drawn:
     write_summaries(os.path.join(output_dir, 'summaries'), drawn,
                     checkpoint_step(output_dir))
@@ -320,6 +317,5 @@ def write_grid_report(grid_json: str) -> str:
   body = (_table(['model', *(f'{t} (%)' for t in titles), 'flagfile'], rows) +
           f'<h2>Reports of the rows</h2>\n<ul>\n{links}</ul>\n')
   path = os.path.join(folder, GRID_REPORT_FILE)
-  with tf.io.gfile.GFile(path, 'w') as f:
-    f.write(_page('tf_slwta grid', body))
+  run_folder.atomic_write(path, _page('tf_slwta grid', body))
   return path

@@ -207,8 +207,13 @@ def serving_functions(model: keras.Model, image_shape: Tuple[int, int, int],
 
 
 def next_version(model_dir: str) -> int:
-  """One more than the newest integer version folder in `model_dir`, or 1."""
-  return max(existing_versions(model_dir), default=0) + 1
+  """One more than the newest integer version folder in `model_dir`, or 1.
+
+  Every integer folder counts, finished or not, so a folder left by an
+  interrupted copy is never chosen again.
+  """
+  return max((int(e) for e in _entries(model_dir) if e.isdigit()),
+             default=0) + 1
 
 
 def _entries(folder: str) -> Sequence[str]:
@@ -290,7 +295,13 @@ def export_model(model: keras.Model, *, export_dir: str, name: str,
     ValueError: the graph holds an op TF Serving cannot run (nothing is
       left behind).
   """
+  if tf.io.gfile.exists(export_dir) and not tf.io.gfile.isdir(export_dir):
+    raise FileExistsError(f'--export_dir={export_dir} is a file, not a '
+                          f'folder; pass a folder (it is made if missing).')
   model_dir = os.path.join(export_dir, name)
+  for entry in _entries(model_dir):  # Empty version folders hold nothing.
+    if entry.isdigit() and not _entries(os.path.join(model_dir, entry)):
+      tf.io.gfile.rmtree(os.path.join(model_dir, entry))
   version = version or next_version(model_dir)
   final = os.path.join(model_dir, str(version))
   if tf.io.gfile.exists(final):

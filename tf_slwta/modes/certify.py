@@ -19,17 +19,17 @@ def run(config: config_lib.ExperimentConfig, folder: run_folder.RunFolder,
   Returns:
     The result dict of `certify.certify_dataset`.
   """
-  del folder  # config.output_dir names it.
   strategy = strategy or common.make_strategy(config)
-  model = state.restore_model(config, strategy)
-  images, labels = data_lib.load_arrays(config.data, 'test')
-  info = data_lib.dataset_info(config.data.dataset)
-  result = certify.certify_dataset(lambda x: model(x, training=False), images,
-                                   labels, config.certify, info.num_classes,
-                                   seed=config.train.seed)
-  paths = certify.write_report(result, config.output_dir)
-  print(f'\nRandomized smoothing of {config.output_dir} (also in '
-        f'{paths["md"]}, {paths["json"]}):')
-  print(certify.markdown_table(result))
-  common.write_html_report(config, model)
+  with folder.locked():
+    model = state.restore_model(config, strategy)
+    images, labels = data_lib.load_arrays(config.data, 'test')
+    info = data_lib.dataset_info(config.data.dataset)
+    result = certify.certify_dataset(
+        lambda x: model(x, training=False), images, labels, config.certify,
+        info.num_classes, seed=config.train.seed)
+    paths = certify.write_report(result, config.output_dir)
+    print(f'\nRandomized smoothing of {config.output_dir} (also in '
+          f'{paths["md"]}, {paths["json"]}):')
+    print(certify.markdown_table(result))
+    common.write_html_report(config, model)
   return result

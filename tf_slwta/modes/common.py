@@ -1,7 +1,8 @@
-"""What several modes share: the strategy, the perturbation, printing."""
+"""What several modes share: running one, the strategy, the perturbation."""
 
+import errno
 import sys
-from typing import Dict
+from typing import Callable, Dict, Optional
 
 from absl import flags
 from absl import logging
@@ -13,25 +14,72 @@ from tf_slwta import run_folder
 from tf_slwta.defenses import mixture
 from tf_slwta.evaluation import report
 from tf_slwta.export import client
+from tf_slwta.modes import summary
 from tf_slwta.training import distribute
+from tf_slwta.training import interrupts
 from tf_slwta.training import loop
 from tf_slwta.training import steps
 
-# Failures a user can fix (missing data, diverged training, a mismatched
-# output_dir, a bad grid flagfile, an existing export version, a serving
-# error): main.py prints them as one line and exits with code 1.
-KNOWN_FAILURES = (data_lib.DataError, loop.TrainingDiverged,
-                  run_folder.RunMismatch, client.ServingError,
+# Failures a user can fix (missing data, diverged training, a mismatched or
+# busy output_dir, a bad grid flagfile, an existing export version, a
+# serving error, a full disk): printed as one line, exit code 1.
+KNOWN_FAILURES = (data_lib.DataError, loop.TrainingDiverged, loop.OutOfSpace,
+                  run_folder.RunFolderError, client.ServingError,
                   FileNotFoundError, FileExistsError, ValueError, flags.Error)
+
+
+def _os_failure(e: Exception) -> Optional[str]:
+  """One line for a file-system failure a user can fix, or None."""
+  code = getattr(e, 'errno', None)
+  where = getattr(e, 'filename', None) or ''
+  if isinstance(e, tf.errors.ResourceExhaustedError) or code in (
+      errno.ENOSPC, errno.EDQUOT) or 'No space left' in str(e):
+    return (f'No space left on the device{f" of {where}" if where else ""}; '
+            f'files written before are whole. Free some space and run the '
+            f'same command to continue.')
+  if isinstance(e, (PermissionError, tf.errors.PermissionDeniedError)) or (
+      code in (errno.EACCES, errno.EPERM, errno.EROFS)):
+    text = getattr(e, 'message', None) or str(e)
+    return (f'Cannot write {where or text.splitlines()[0]}: permission denied '
+            f'or a read-only file system. Pass a folder you can write to.')
+  return None
+
+
+def run_mode(run: Callable, config: config_lib.ExperimentConfig,
+             folder: run_folder.RunFolder) -> int:
+  """Runs one mode's `run(config, folder)`; returns the exit code.
+
+  Prints the settings in one line first. Known failures become one line on
+  stderr and exit code 1; a run stopped by a signal (after saving) prints
+  its line and exits with 128 + the signal number.
+  """
+  # TF logs an INFO line through absl at every checkpoint save; keep it out.
+  logging.get_absl_logger().addFilter(
+      lambda record: 'Sharding callback' not in record.getMessage())
+  print(summary.line(config), flush=True)
+  try:
+    run(config, folder)
+  except interrupts.Interrupted as e:
+    print(str(e), file=sys.stderr)
+    return e.exit_code
+  except KNOWN_FAILURES as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  except (OSError, tf.errors.OpError) as e:
+    message = _os_failure(e)
+    if message is None:
+      raise
+    print(f'error: {message}', file=sys.stderr)
+    return 1
+  return 0
 
 
 def make_strategy(config: config_lib.ExperimentConfig
                   ) -> tf.distribute.Strategy:
-  """The run's strategy (`--strategy`), logged with the run's settings."""
+  """The run's strategy (`--strategy`); its replicas are logged."""
   strategy = distribute.make_strategy(config.train.strategy)
-  logging.info('Strategy %s with %d replica(s); settings:\n%s',
-               type(strategy).__name__, strategy.num_replicas_in_sync,
-               config.to_json())
+  logging.info('Strategy %s with %d replica(s).', type(strategy).__name__,
+               strategy.num_replicas_in_sync)
   return strategy
 
 
@@ -41,7 +89,8 @@ def perturbation(config: config_lib.ExperimentConfig,
   if not config.train.mixture:
     return steps.identity_perturbation
   return mixture.AttackMixture(config.train.mixture, config.attack,
-                               config.train.noise_sigma, strategy)
+                               config.train.noise_sigma, strategy,
+                               seed=config.train.seed)
 
 
 def write_html_report(config: config_lib.ExperimentConfig, model=None) -> None:

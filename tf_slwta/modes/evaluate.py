@@ -1,6 +1,5 @@
 """--mode=evaluate: clean and attacked accuracy of a run's latest checkpoint."""
 
-import json
 import os
 from typing import Dict, List, Optional, Tuple
 
@@ -106,8 +105,8 @@ def attack_and_report(config: config_lib.ExperimentConfig,
     robustness.print_table(rows)
   if config.model.ibp and model is not None:
     pruned = ibp.pruned_fractions(model)
-    with open(os.path.join(config.output_dir, 'ibp_pruned.json'), 'w') as f:
-      json.dump(pruned, f, indent=2, sort_keys=True)
+    run_folder.RunFolder(config.output_dir).write_json('ibp_pruned.json',
+                                                       pruned)
     print('\nIBP: share of blocks pruned at test time (utility <= '
           f'{config.model.ibp_threshold}): ' + ', '.join(
               f'{k} {100 * v:.1f}%' for k, v in pruned.items()))
@@ -126,10 +125,10 @@ def run(config: config_lib.ExperimentConfig, folder: run_folder.RunFolder,
     (clean metrics {'accuracy', 'loss', 'examples'}, robustness rows or
     None).
   """
-  del folder  # config.output_dir names it.
   strategy = strategy or common.make_strategy(config)
-  model = state.restore_model(config, strategy)
-  clean = clean_metrics(config, strategy, model)
-  rows = attack_and_report(config, strategy, model, clean,
-                           attack=bool(config.attack.attacks))
+  with folder.locked():
+    model = state.restore_model(config, strategy)
+    clean = clean_metrics(config, strategy, model)
+    rows = attack_and_report(config, strategy, model, clean,
+                             attack=bool(config.attack.attacks))
   return clean, rows

@@ -22,7 +22,12 @@ def row_flagfiles(patterns) -> list:
   Raises:
     FileNotFoundError: nothing matched, or a named flagfile is missing.
   """
-  patterns = patterns or (os.path.join('flags', 'seed_table', '[0-9]*.cfg'),)
+  # The seed table: as typed from the repository root, else found beside
+  # the package (so --mode=grid works from any folder).
+  seed_table = os.path.join('flags', 'seed_table', '[0-9]*.cfg')
+  if not glob.glob(seed_table):
+    seed_table = os.path.join(cli.FLAGS_DIR, 'seed_table', '[0-9]*.cfg')
+  patterns = patterns or (seed_table,)
   rows = [path for pattern in patterns
           for path in (sorted(glob.glob(pattern)) if glob.has_magic(pattern)
                        else [pattern])]

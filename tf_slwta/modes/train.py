@@ -1,5 +1,6 @@
 """--mode=train: train (or resume) a run, then score and report it."""
 
+import contextlib
 from typing import Optional
 
 import tensorflow as tf
@@ -18,6 +19,8 @@ def run(config: config_lib.ExperimentConfig, folder: run_folder.RunFolder,
         reuse_robustness: bool = False):
   """Trains into `folder`, then with --evaluate_robustness attacks the model.
 
+  The chief holds the folder's lock throughout (see `RunFolder.locked`).
+
   Args:
     config: the run's settings.
     folder: the run's folder (`config.output_dir`).
@@ -29,16 +32,17 @@ def run(config: config_lib.ExperimentConfig, folder: run_folder.RunFolder,
     (clean test metrics {'accuracy', 'loss', 'examples'}, robustness rows or
     None).
   """
-  del folder  # config.output_dir names it.
   strategy = strategy or common.make_strategy(config)
-  record = loop.train(config, strategy,
-                      perturb=common.perturbation(config, strategy))
-  clean = {'accuracy': record['test/accuracy'], 'loss': record['test/loss'],
-           'examples': record['test/examples']}
-  attack = config.evaluate_robustness and bool(config.attack.attacks)
-  model = state.restore_model(config, strategy) if (
-      attack or config.model.ibp or config.model.activation == 'lwta'
-  ) and distribute.is_chief(strategy) else None
-  rows = evaluate.attack_and_report(config, strategy, model, clean, attack,
-                                    reuse_robustness)
+  chief = distribute.is_chief(strategy)
+  with folder.locked() if chief else contextlib.nullcontext():
+    record = loop.train(config, strategy,
+                        perturb=common.perturbation(config, strategy))
+    clean = {'accuracy': record['test/accuracy'], 'loss': record['test/loss'],
+             'examples': record['test/examples']}
+    attack = config.evaluate_robustness and bool(config.attack.attacks)
+    model = state.restore_model(config, strategy) if chief and (
+        attack or config.model.ibp or config.model.activation == 'lwta'
+    ) else None
+    rows = evaluate.attack_and_report(config, strategy, model, clean, attack,
+                                      reuse_robustness)
   return clean, rows

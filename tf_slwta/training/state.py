@@ -6,6 +6,7 @@ totals of the epoch, at the end of each epoch and optionally every N steps.
 """
 
 import dataclasses
+from typing import Any, Dict, Optional
 
 from absl import logging
 import keras
@@ -15,6 +16,8 @@ from tf_slwta import config as config_lib
 from tf_slwta import data as data_lib
 from tf_slwta import models
 from tf_slwta import run_folder
+from tf_slwta.layers import randomness
+from tf_slwta.training import checkpoints
 from tf_slwta.training import distribute
 from tf_slwta.training import optimizer as optimizer_lib
 
@@ -52,9 +55,10 @@ class TrainingState:
     return int(tf.convert_to_tensor(self.optimizer.iterations.value))
 
 
-def latest_checkpoint(output_dir: str):
-  """Path prefix of the run's latest checkpoint, or None."""
-  return tf.train.latest_checkpoint(run_folder.checkpoint_dir(output_dir))
+def latest_checkpoint(output_dir: str) -> Optional[str]:
+  """Path prefix of the run's newest intact checkpoint (what restores), or None."""
+  return checkpoints.newest_intact(run_folder.checkpoint_dir(output_dir),
+                                   announce=logging.info, repair=False)
 
 
 def check_run_identity(config: config_lib.ExperimentConfig) -> None:
@@ -64,22 +68,47 @@ def check_run_identity(config: config_lib.ExperimentConfig) -> None:
     run_folder.RunMismatch: `config.output_dir` has checkpoints and a
       config.json whose identity fields differ from `config`.
   """
-  run_folder.RunFolder(config.output_dir).check_identity(
-      config, has_checkpoint=bool(latest_checkpoint(config.output_dir)))
+  folder = run_folder.RunFolder(config.output_dir)
+  folder.check_identity(config, has_checkpoint=bool(
+      checkpoints.candidates(folder.checkpoint_dir)))
+
+
+def _restorable(items: Dict[str, Any], path: str) -> tf.train.Checkpoint:
+  """A checkpoint over those of `items` that `path` holds.
+
+  Checkpoints from before a part was kept (the epoch's KL, seed states, the
+  mixture's stream) still restore; such a run starts that part afresh.
+  """
+  saved = {name.split('/', 1)[0] for name, _ in tf.train.list_variables(path)}
+  missing = sorted(set(items) - saved)
+  if missing:
+    logging.info('%s has no %s; those start afresh.', path, ', '.join(missing))
+  return tf.train.Checkpoint(**{k: v for k, v in items.items() if k in saved})
 
 
 def build_training_state(config: config_lib.ExperimentConfig,
                          strategy: tf.distribute.Strategy,
-                         steps_per_epoch: int) -> TrainingState:
+                         steps_per_epoch: int,
+                         extra: Optional[Dict[str, Any]] = None
+                         ) -> TrainingState:
   """Builds model and optimizer in the scope and restores the last checkpoint.
+
+  The checkpoint holds the model, the optimizer, the epoch's running sums,
+  every seed generator state of the model (`randomness.seed_states`), the
+  `extra` items and the run's identity settings (`checkpoints`).
 
   Args:
     config: the run's settings; `config.output_dir` holds the checkpoints.
     strategy: the strategy the run trains under.
     steps_per_epoch: optimizer steps per epoch (for the schedule).
+    extra: more trackables to checkpoint by name (e.g. the adversarial
+      mixture's random stream and counts).
 
   Returns:
-    The state, at step 0 for a new run or at the restored step.
+    The state, at step 0 for a new run or at the newest intact checkpoint.
+
+  Raises:
+    run_folder.RunMismatch: that checkpoint was made with other settings.
   """
   keras.utils.set_random_seed(config.train.seed)
   info = data_lib.dataset_info(config.data.dataset)
@@ -91,43 +120,59 @@ def build_training_state(config: config_lib.ExperimentConfig,
                        name='epoch_totals')
   kl_totals = tf.Variable(tf.zeros([len(KL_TOTALS)], tf.float64),
                           trainable=False, name='epoch_kl')
-  checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer,
-                                   epoch_totals=totals, epoch_kl=kl_totals)
-  manager = tf.train.CheckpointManager(
-      checkpoint, distribute.worker_path(
-          run_folder.checkpoint_dir(config.output_dir), strategy),
-      max_to_keep=config.train.keep_checkpoints, checkpoint_name='ckpt')
-  latest = latest_checkpoint(config.output_dir)
+  items = {'model': model, 'optimizer': optimizer, 'epoch_totals': totals,
+           'epoch_kl': kl_totals, 'seeds': randomness.seed_states(model),
+           **(extra or {})}
+  if not items['seeds']:
+    del items['seeds']  # An empty dict saves nothing to tell apart.
+  settings = tf.Variable(checkpoints.settings_json(config), trainable=False,
+                         name=checkpoints.SETTINGS_KEY)
+  checkpoint = tf.train.Checkpoint(
+      **items, **{checkpoints.SETTINGS_KEY: settings})
+  directory = run_folder.checkpoint_dir(config.output_dir)
+  chief = distribute.is_chief(strategy)
+  latest = checkpoints.newest_intact(
+      directory, announce=_say if chief else logging.info, repair=chief)
   if latest:
-    # Checkpoints from before the KL was recorded have no epoch_kl; such a
-    # run counts the KL of its current epoch from the resumed step on.
-    saved = {name for name, _ in tf.train.list_variables(latest)}
-    restoring = checkpoint if any(
-        n.startswith('epoch_kl/') for n in saved) else tf.train.Checkpoint(
-            model=model, optimizer=optimizer, epoch_totals=totals)
+    checkpoints.check_settings(latest, config)
     with strategy.scope():
-      restoring.restore(latest).assert_existing_objects_matched()
-    logging.info('Restored %s (step %d).', latest,
-                 int(tf.convert_to_tensor(optimizer.iterations.value)))
+      _restorable(items, latest).restore(
+          latest).assert_existing_objects_matched().expect_partial()
+    step = int(tf.convert_to_tensor(optimizer.iterations.value))
+    epoch, within = divmod(step, steps_per_epoch)
+    (_say if chief else logging.info)(
+        f'Resumed {latest} (step {step}, ' + (
+            f'step {within} of epoch {epoch + 1}).' if within else
+            f'end of epoch {epoch}).'))
+  # Made after the repair above, which may rewrite the state file it reads.
+  manager = tf.train.CheckpointManager(
+      checkpoint, distribute.worker_path(directory, strategy),
+      max_to_keep=config.train.keep_checkpoints,
+      checkpoint_name=checkpoints.PREFIX)
   return TrainingState(model, optimizer, totals, kl_totals, checkpoint,
                        manager)
 
 
+def _say(message: str) -> None:
+  print(message, flush=True)
+
+
 def restore_model(config: config_lib.ExperimentConfig,
                   strategy: tf.distribute.Strategy) -> keras.Model:
-  """Builds the configured model and loads the run's latest checkpoint.
+  """Builds the configured model and loads the run's newest intact checkpoint.
 
   Raises:
     FileNotFoundError: `config.output_dir` has no checkpoint; the message
       says how to make one.
+    run_folder.RunMismatch: the checkpoint holds another model.
   """
-  latest = latest_checkpoint(config.output_dir)
+  directory = run_folder.checkpoint_dir(config.output_dir)
+  latest = checkpoints.newest_intact(directory, announce=_say)
   if not latest:
     raise FileNotFoundError(
-        f'No checkpoint in {run_folder.checkpoint_dir(config.output_dir)}. '
-        f'Train first with --mode=train and the same --output_dir and '
-        f'flagfile.')
-  check_run_identity(config)
+        f'No checkpoint in {directory}. Train first with --mode=train and '
+        f'the same --output_dir.')
+  checkpoints.check_settings(latest, config, only=config_lib.MODEL_IDENTITY)
   keras.utils.set_random_seed(config.train.seed)
   with strategy.scope():
     model = models.build_model(config.model,

@@ -1,0 +1,27 @@
+"""Parsing a command line as main.py does, on fresh FlagValues."""
+
+import os
+
+from absl import flags
+
+from tf_slwta import cli
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def parse_command(*args, cwd=REPO):
+  """(ExperimentConfig, given fields) of `python main.py ARGS`.
+
+  Flagfiles named on the command line are read relative to `cwd` (the
+  repository root, as the README's commands are run), nested ones relative
+  to the file naming them.
+  """
+  here = os.getcwd()
+  os.chdir(cwd)
+  try:
+    fv = flags.FlagValues()
+    cli.define_flags(fv)
+    fv(cli.expand_flagfiles(['main.py', *args]))
+    return cli.config_from_flags(fv), cli.given_fields(fv)
+  finally:
+    os.chdir(here)

@@ -1,0 +1,193 @@
+"""Every README command that fits in seconds, run as written on tiny data.
+
+The repository's tracked files are copied to a temporary folder (a fresh
+clone) whose flagfiles get tiny overrides appended (synthetic data, one
+epoch, small models, short attacks); then each `python main.py ...` of the
+README runs there, in README order after the default job, through
+`main.run` (the whole command without a process of its own: TensorFlow
+loads once). `--help` and a run from another folder run as processes.
+"""
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = """
+# Appended by tests/test_readme.py: the same commands on tiny data.
+--dataset=synthetic
+--train_examples=32
+--eval_examples=16
+--batch_size=16
+--eval_batch_size=16
+--epochs=1
+--seed_cnn_filters=4,8
+--seed_cnn_units=16
+--depth=10
+--strategy=one_device
+--pgd_steps=2
+--pgd_restarts=1
+--cw_steps=2
+--cw_binary_search_steps=1
+--eot_samples=1
+--mc_samples=1
+"""
+# Commands left out, and why.
+SKIPPED = {
+    'cifar10': 'CIFAR-10 recipes are sized for a GPU (tensorflow-datasets)',
+    'wrn34': 'WRN-34 recipes are sized for a GPU',
+    'multi_worker': 'needs several machines (tested in test_cli)',
+    '--mode=predict': 'needs a TF Serving (tested in test_export)',
+    '--helpfull': "absl's full help exits the process (see --help below)",
+}
+# The seven seed-table rows take minutes even on tiny data; the two-row grid
+# command runs the same code.
+SKIPPED_EXACTLY = {'python main.py --mode=grid'}
+
+
+def readme_commands():
+  """Every `python main.py ...` in README.md's code blocks, as argv lists."""
+  text = open(os.path.join(REPO, 'README.md'), encoding='utf-8').read()
+  commands = []
+  for block in re.findall(r'```sh\n(.*?)```', text, re.S):
+    joined = block.replace('\\\n', ' ')
+    for line in joined.splitlines():
+      line = line.strip()
+      if line.startswith('python main.py'):
+        commands.append(shlex.split(line, comments=True)[1:])
+  for inline in re.findall(r'`(python main\.py[^`]*)`', text):  # In prose.
+    if shlex.split(inline)[1:] not in commands:
+      commands.append(shlex.split(inline)[1:])
+  return commands
+
+
+def _tracked_files():
+  """The files a clone of this work tree has (as committed, with what is not
+  committed yet), or outside git the tree without what git ignores."""
+  listed = subprocess.run(['git', 'ls-files', '-co', '--exclude-standard'],
+                          cwd=REPO, capture_output=True, text=True)
+  if listed.returncode == 0:
+    return listed.stdout.split()
+  ignored = {'.git', '.venv', 'runs', 'saved_models', '__pycache__',
+             '.pytest_cache'}
+  files = []
+  for folder, dirs, names in os.walk(REPO):
+    dirs[:] = [d for d in dirs if d not in ignored]
+    files += [os.path.relpath(os.path.join(folder, n), REPO) for n in names]
+  return files
+
+
+def fresh_clone(target):
+  files = _tracked_files()
+  for name in files:
+    source = os.path.join(REPO, name)
+    if not os.path.isfile(source):
+      continue
+    os.makedirs(os.path.dirname(os.path.join(target, name)), exist_ok=True)
+    with open(source, 'rb') as f, open(os.path.join(target, name), 'wb') as g:
+      g.write(f.read())
+  for folder, _, names in os.walk(os.path.join(target, 'flags')):
+    for name in names:
+      if name.endswith('.cfg'):
+        with open(os.path.join(folder, name), 'a', encoding='utf-8') as f:
+          f.write(TINY)
+
+
+# Runs the commands one after another in one process (TensorFlow loads once)
+# of its own: strategies made by earlier tests in pytest's process would
+# share its collective-op instance keys.
+_DRIVER = r"""
+import importlib.util, json, sys, time
+spec = importlib.util.spec_from_file_location('main', 'main.py')
+main = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(main)
+for args in json.load(open(sys.argv[1])):
+  start = time.perf_counter()
+  code = main.run(args)
+  print('\nREADME-COMMAND', json.dumps({'args': args, 'code': code,
+        'seconds': round(time.perf_counter() - start, 1)}), flush=True)
+  if code:
+    break
+"""
+
+
+@pytest.mark.slow
+def test_every_readme_command_runs_as_written(tmp_path, capsys):
+  clone = tmp_path / 'clone'
+  fresh_clone(str(clone))
+  commands = readme_commands()
+  assert ['main.py'] in commands  # make demo
+  # The default job first: most commands use what it leaves behind.
+  ordered = [['main.py']] + [c for c in commands if c != ['main.py']]
+  chosen, skipped = [], []
+  for args in ordered:
+    line = ' '.join(['python', *args])
+    reason = next((why for key, why in SKIPPED.items() if key in line),
+                  'seven trainings' if line in SKIPPED_EXACTLY else None)
+    (skipped if reason else chosen).append(args)
+  (tmp_path / 'commands.json').write_text(json.dumps(chosen))
+  result = subprocess.run(
+      [sys.executable, '-c', _DRIVER, str(tmp_path / 'commands.json')],
+      cwd=clone, capture_output=True, text=True, timeout=1200,
+      env={**os.environ, 'PYTHONPATH': REPO})
+  ran = [json.loads(l.split(' ', 1)[1]) for l in result.stdout.splitlines()
+         if l.startswith('README-COMMAND ')]
+  failed = [r for r in ran if r['code']]
+  assert not failed and len(ran) == len(chosen), (
+      f'{failed or "stopped"}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}')
+  assert len(ran) >= 9
+  with capsys.disabled():
+    print('\nREADME commands run:\n  ' + '\n  '.join(
+        f'python {" ".join(r["args"])}  ({r["seconds"]} s)' for r in ran))
+  lines = [' '.join(['python', *a]) for a in skipped]
+  assert all(any(key in line for key in SKIPPED) or line in SKIPPED_EXACTLY
+             for line in lines)
+  # What they leave behind, as the README says.
+  for name in ('config.json', 'metrics.jsonl', 'results.json',
+               'robustness.md', 'report.html'):
+    assert (clone / 'runs' / 'quickstart' / name).exists(), name
+  assert (clone / 'saved_models' / 'quickstart' / '1' / 'saved_model.pb').exists()
+  assert (clone / 'runs' / 'seed_table' / 'grid.md').exists()  # Two rows.
+
+  # The README's Python: a run's model and decision in two lines.
+  import tf_slwta  # pylint: disable=g-import-not-at-top
+  model, decide, config = tf_slwta.load_run(str(clone / 'runs' / 'quickstart'))
+  images = np.random.default_rng(0).random((3, 28, 28, 1), np.float32)
+  assert decide(images).shape == (3,) and model(images).shape == (3, 10)
+  assert config.data.dataset == 'synthetic' and config.train.epochs == 12
+
+
+@pytest.mark.slow
+def test_help_and_a_run_from_another_folder(tmp_path):
+  elsewhere = tmp_path / 'elsewhere'
+  elsewhere.mkdir()
+  main = os.path.join(REPO, 'main.py')
+  shown = subprocess.run([sys.executable, main, '--help'], cwd=elsewhere,
+                         capture_output=True, text=True, timeout=120)
+  assert shown.returncode == 0
+  for title in ('Data:', 'Model', 'Attacks', 'Training', '--pgd_eps=0.3'):
+    assert title in shown.stdout, title
+  assert subprocess.run([sys.executable, main, '-h'], capture_output=True,
+                        cwd=elsewhere, timeout=120).returncode == 0
+  # A flagfile that includes another, named from outside the repository.
+  smoke = os.path.join(REPO, 'flags', 'smoke.cfg')
+  quick = os.path.join(REPO, 'flags', 'quickstart.cfg')
+  result = subprocess.run(
+      [sys.executable, main, f'--flagfile={quick}', f'--flagfile={smoke}',
+       '--output_dir=run', '--epochs=1', '--train_examples=64',
+       '--eval_examples=32', '--noevaluate_robustness',
+       '--strategy=one_device'],
+      cwd=elsewhere, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert (elsewhere / 'run' / 'results.json').exists()
+  first = result.stdout.splitlines()[0]  # The one-line settings summary.
+  assert first.startswith('train run: synthetic') and 'config.json' in first
+  noise = ('oneDNN', 'cuda', 'cpu_feature_guard', 'absl::InitializeLog')
+  assert not [l for l in result.stderr.splitlines()
+              if any(n in l for n in noise)], result.stderr

@@ -1,0 +1,313 @@
+"""A run folder is the record: opened by mode, damaged files, locks, full disk."""
+
+import gzip
+import json
+import os
+import struct
+import subprocess
+import sys
+
+from absl import flags
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cli_fixtures import parse_command
+from tf_slwta import cli
+from tf_slwta import config as config_lib
+from tf_slwta import data as data_lib
+from tf_slwta import run_folder
+from tf_slwta.modes import evaluate as evaluate_mode
+from tf_slwta.training import loop
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ONE_DEVICE = lambda: tf.distribute.OneDeviceStrategy('/cpu:0')
+
+
+def tiny(output_dir, epochs=1, **model):
+  return config_lib.ExperimentConfig(
+      output_dir=str(output_dir),
+      data=config_lib.DataConfig(dataset='synthetic', train_examples=128,
+                                 eval_examples=64, batch_size=32,
+                                 eval_batch_size=64),
+      model=config_lib.ModelConfig(seed_cnn_filters=(4, 8), seed_cnn_units=16,
+                                   **model),
+      train=config_lib.TrainConfig(epochs=epochs, learning_rate=0.05,
+                                   checkpoint_every_steps=2, keep_checkpoints=5,
+                                   log_every_steps=2, strategy='one_device'))
+
+
+parsed = parse_command
+
+
+# ---------------------------------------------------------------------------
+# Opening a run by its folder.
+
+
+def test_evaluate_takes_the_model_from_the_run_and_attacks_from_the_flags(
+    tmp_path):
+  trained = tiny(tmp_path)
+  run_folder.RunFolder(str(tmp_path)).write_config(trained)
+  (tmp_path / 'checkpoints').mkdir()
+  (tmp_path / 'checkpoints' / 'ckpt-4.index').write_text('')
+  # The README's command: a flagfile of attacks only, and training settings
+  # (learning rate 0.1 by default) that differ from the run's.
+  config, given = parsed('--mode=evaluate', '--flagfile=flags/attacks/strong.cfg',
+                         f'--output_dir={tmp_path}', '--eot_samples=1',
+                         '--mc_samples=1')
+  folder = run_folder.RunFolder(str(tmp_path))
+  merged, notes = folder.settings_for(config, given)
+  assert merged.model == trained.model and merged.data.dataset == 'synthetic'
+  assert merged.train.learning_rate == 0.05
+  assert merged.attack.pgd_steps == config.attack.pgd_steps >= 50
+  assert merged.attack.mc_samples == 1 and not notes
+  # A training flag that differs is ignored, with a note...
+  config, given = parsed('--mode=evaluate', f'--output_dir={tmp_path}',
+                         '--learning_rate=0.3')
+  merged, notes = folder.settings_for(config, given)
+  assert merged.train.learning_rate == 0.05
+  assert notes and '--learning_rate=0.3' in notes[0]
+  # ...a test-time model setting applies, another model is refused.
+  config, given = parsed('--mode=evaluate', f'--output_dir={tmp_path}',
+                         '--lwta_test_temperature=0.5')
+  assert folder.settings_for(config, given)[0].model.lwta_test_temperature == 0.5
+  config, given = parsed('--mode=evaluate', f'--output_dir={tmp_path}',
+                         '--activation=lwta')
+  with pytest.raises(run_folder.RunMismatch,
+                     match=r'--activation=lwta \(the run has relu\)'):
+    folder.settings_for(config, given)
+
+
+def test_train_resumes_from_the_record_and_refuses_real_conflicts(tmp_path):
+  trained = tiny(tmp_path)
+  run_folder.RunFolder(str(tmp_path)).write_config(trained)
+  (tmp_path / 'checkpoints').mkdir()
+  (tmp_path / 'checkpoints' / 'ckpt-4.index').write_text('')
+  folder = run_folder.RunFolder(str(tmp_path))
+  config, given = parsed(f'--output_dir={tmp_path}', '--epochs=12')
+  merged, _ = folder.settings_for(config, given)
+  assert merged.train.epochs == 12
+  assert merged.model == trained.model and merged.data == trained.data
+  config, given = parsed(f'--output_dir={tmp_path}', '--learning_rate=0.1')
+  with pytest.raises(run_folder.RunMismatch, match='--learning_rate=0.1'):
+    folder.settings_for(config, given)
+
+
+def test_the_default_job_is_put_in_only_for_a_new_training_run(tmp_path,
+                                                                monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  default = cli.with_default_flagfile
+  assert default(['m', '--epochs=2'], 'q.cfg') == ['m', '--flagfile=q.cfg',
+                                                   '--epochs=2']
+  assert default(['m', '--mode=evaluate'], 'q.cfg') == ['m', '--mode=evaluate']
+  run_folder.RunFolder('runs/quickstart').write_config(tiny('runs/quickstart'))
+  assert default(['m', '--epochs=12'], 'q.cfg') == ['m', '--epochs=12']
+
+
+def test_nested_flagfiles_are_read_relative_to_their_file(tmp_path):
+  (tmp_path / 'sub').mkdir()
+  (tmp_path / 'sub' / 'inner.cfg').write_text('--epochs=4\n# a comment\n')
+  (tmp_path / 'outer.cfg').write_text('--flagfile=sub/inner.cfg\n--seed=3\n')
+  argv = cli.expand_flagfiles(['main.py', f'--flagfile={tmp_path}/outer.cfg',
+                               '--seed=5'])
+  assert argv == ['main.py', '--epochs=4', '--seed=3', '--seed=5']
+  (tmp_path / 'loop.cfg').write_text(f'--flagfile={tmp_path}/loop.cfg\n')
+  with pytest.raises(cli.FlagfileError, match='includes itself'):
+    cli.expand_flagfiles(['main.py', f'--flagfile={tmp_path}/loop.cfg'])
+  (tmp_path / 'bad.cfg').write_text('--flagfile=missing.cfg\n')
+  with pytest.raises(cli.FlagfileError, match=r'missing.cfg \(named in'):
+    cli.expand_flagfiles(['main.py', f'--flagfile={tmp_path}/bad.cfg'])
+
+
+# ---------------------------------------------------------------------------
+# Bad values, refused before any work with one line naming the flag.
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--fgsm_eps=nan'], '--fgsm_eps=nan is not a finite number'),
+    (['--pgd_eps=1e9'], '--pgd_eps=1000000000.0 is over the limit of 1'),
+    (['--pgd_steps=1000000000000'], '--pgd_steps=1000000000000 is over'),
+    (['--eval_examples=20000'], 'fashion_mnist has only 10000 test images'),
+    (['--mode=predict', '--server=not a host'], "--server='not a host' is "
+                                                'not HOST:PORT'),
+    (['--pni=weight', '--ibp'], 'use --pni=activation with --ibp'),
+    (['--learning_rate=inf'], 'not a finite number'),
+])
+def test_bad_values_get_one_line_naming_the_flag(args, message):
+  with pytest.raises(flags.Error, match=message.replace('(', r'\(')) as err:
+    parsed(*args)
+  assert '\n' not in str(err.value) and len(str(err.value)) < 300
+
+
+def test_output_dir_that_is_a_file_or_read_only(tmp_path):
+  (tmp_path / 'file').write_text('')
+  with pytest.raises(run_folder.RunFolderError, match='is a file'):
+    run_folder.RunFolder(str(tmp_path / 'file')).check_usable()
+  with pytest.raises(run_folder.RunFolderError, match='cannot be written'):
+    run_folder.probe_writable('/proc/no_such_run', '--export_dir')
+
+
+# ---------------------------------------------------------------------------
+# Damaged records: one line naming the file, and nothing lost.
+
+
+@pytest.mark.parametrize('text,problem', [('', 'it is empty'),
+                                          ('{"mode": "tr', 'line 1')])
+def test_damaged_config_json_is_named(tmp_path, text, problem):
+  (tmp_path / 'config.json').write_text(text)
+  with pytest.raises(run_folder.RunFolderError,
+                     match=f'config.json is damaged \\(.*{problem}'):
+    run_folder.RunFolder(str(tmp_path)).saved_settings()
+
+
+def test_cut_metrics_line_is_set_aside_and_training_goes_on(tmp_path, capsys):
+  loop.train(tiny(tmp_path), ONE_DEVICE())
+  path = tmp_path / 'metrics.jsonl'
+  good = path.read_text()
+  path.write_text(good + '{"epoch": 2, "train/lo')  # A write cut short.
+  record = loop.train(tiny(tmp_path, epochs=2), ONE_DEVICE())
+  assert record['epoch'] == 2
+  assert 'had 1 damaged line(s)' in capsys.readouterr().out
+  assert [json.loads(l)['epoch'] for l in path.read_text().splitlines()] == [1, 2]
+  assert (tmp_path / 'metrics.jsonl.damaged').read_text().endswith('train/lo')
+
+
+def test_a_finished_run_keeps_every_field_of_its_results(tmp_path):
+  first = loop.train(tiny(tmp_path), ONE_DEVICE())
+  again = loop.train(tiny(tmp_path), ONE_DEVICE())
+  assert set(again) == set(first) and again['epoch'] == 1
+  with open(tmp_path / 'results.json') as f:
+    assert set(json.load(f)) == set(first)
+  with pytest.raises(run_folder.RunMismatch, match='--epochs=2 or more'):
+    loop.train(tiny(tmp_path, epochs=2), ONE_DEVICE())  # 8 steps...
+    loop.train(tiny(tmp_path, epochs=1), ONE_DEVICE())  # ...then fewer.
+
+
+def _steps(directory):
+  return sorted(int(n.split('-')[1].split('.')[0]) for n in os.listdir(directory)
+                if n.endswith('.index'))
+
+
+@pytest.mark.parametrize('damage', ['truncated', 'deleted'])
+def test_damaged_newest_checkpoint_falls_back_to_an_intact_one(
+    tmp_path, capsys, damage):
+  loop.train(tiny(tmp_path), ONE_DEVICE())  # Checkpoints 2 and 4.
+  directory = tmp_path / 'checkpoints'
+  assert _steps(directory) == [2, 4]
+  newest = [directory / n for n in os.listdir(directory)
+            if n.startswith('ckpt-4.')]
+  for path in newest:
+    if damage == 'deleted':
+      path.unlink()
+    elif path.name.startswith('ckpt-4.data'):
+      path.write_bytes(path.read_bytes()[:100])
+  capsys.readouterr()
+  record = loop.train(tiny(tmp_path, epochs=2), ONE_DEVICE())
+  out = capsys.readouterr().out
+  assert 'Resumed' in out and 'ckpt-2 (step 2' in out
+  assert ('is damaged' if damage == 'truncated' else 'is missing') in out
+  assert record['epoch'] == 2 and record['step'] == 8
+  if damage == 'truncated':  # Kept aside, not deleted.
+    assert sorted(os.listdir(directory / 'damaged')) == sorted(
+        p.name for p in newest)
+
+
+def test_checkpoints_of_another_model_are_refused(tmp_path):
+  loop.train(tiny(tmp_path / 'lwta', activation='lwta'), ONE_DEVICE())
+  other = tiny(tmp_path / 'lwta')  # relu: same variables, another model.
+  run_folder.RunFolder(other.output_dir).write_config(other)
+  with pytest.raises(run_folder.RunMismatch,
+                     match="model.activation: 'lwta' in the checkpoint"):
+    evaluate_mode.evaluate_checkpoint(other, ONE_DEVICE())
+  with pytest.raises(run_folder.RunMismatch, match='Put back the config.json'):
+    loop.train(tiny(tmp_path / 'lwta', epochs=2), ONE_DEVICE())
+
+
+def test_a_second_run_on_one_folder_is_refused_and_a_stale_lock_noted(tmp_path):
+  folder = run_folder.RunFolder(str(tmp_path))
+  with folder.locked():
+    with pytest.raises(run_folder.RunInUse, match=f'process {os.getpid()}'):
+      with run_folder.RunFolder(str(tmp_path)).locked():
+        pass
+  # A process killed while holding it leaves its note but not the lock.
+  (tmp_path / '.lock').write_text(json.dumps(
+      {'pid': 99999999, 'host': 'h', 'started': 'then', 'command': 'main.py'}))
+  notes = []
+  with folder.locked(announce=notes.append):
+    pass
+  assert notes and 'process 99999999' in notes[0] and 'no longer running' in notes[0]
+
+
+# ---------------------------------------------------------------------------
+# Data that is not what it claims.
+
+
+def _idx(path, array):
+  header = struct.pack('>HBB', 0, 8, array.ndim) + struct.pack(
+      f'>{array.ndim}I', *array.shape)
+  with gzip.open(path, 'wb') as f:
+    f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_data_dir_must_be_complete_and_labels_in_range(tmp_path):
+  images = np.zeros((5, 28, 28), np.uint8)
+  for split, (image_file, label_file) in data_lib.FASHION_MNIST_FILES.items():
+    _idx(tmp_path / image_file, images)
+    _idx(tmp_path / label_file, np.array([0, 1, 2, 12, 3]))
+  data = config_lib.DataConfig(data_dir=str(tmp_path))
+  with pytest.raises(data_lib.DataError, match=r'labels outside \[0, 10\) \(12\)'):
+    data_lib.load_arrays(data, 'test')
+  os.remove(tmp_path / 't10k-labels-idx1-ubyte.gz')
+  with pytest.raises(data_lib.DataError,
+                     match='lacks t10k-labels-idx1-ubyte.gz'):
+    data_lib.load_arrays(data, 'test')
+
+
+# ---------------------------------------------------------------------------
+# A full disk.
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason='mounting a tmpfs needs root')
+def test_a_full_disk_says_so_and_keeps_the_previous_checkpoint(tmp_path):
+  disk = tmp_path / 'disk'
+  disk.mkdir()
+  if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=3m', 'tmpfs',
+                     str(disk)], capture_output=True).returncode:
+    pytest.skip('cannot mount a tmpfs here')
+  try:
+    out = disk / 'run'
+    filled = []
+    loop.train(tiny(out, epochs=3), ONE_DEVICE())  # 12 steps: it fits.
+    with open(disk / 'filler', 'wb', buffering=0) as f:  # Fill the disk...
+      try:
+        while True:
+          f.write(b'\0' * 4096)
+      except OSError:
+        filled.append(f.tell())
+    assert filled
+    # ...but for room for the small files (a checkpoint takes ~60 KB).
+    os.truncate(disk / 'filler', filled[0] - 32768)
+    steps_before = _steps(out / 'checkpoints')
+    with pytest.raises(loop.OutOfSpace, match='No space left') as err:
+      loop.train(tiny(out, epochs=4), ONE_DEVICE())
+    assert 'ckpt-12 is intact' in str(err.value)
+    assert _steps(out / 'checkpoints') == steps_before
+    os.remove(disk / 'filler')
+    assert loop.train(tiny(out, epochs=4), ONE_DEVICE())['epoch'] == 4
+  finally:
+    # Lazily: TensorBoard's writer may still hold a file open on it.
+    subprocess.run(['umount', '-l', str(disk)], check=False)
+
+
+def test_refusals_come_before_tensorflow_loads(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-X', 'importtime', os.path.join(REPO, 'main.py'),
+       '--pgd_eps=0.1', '--pgd_alpha=0.2', f'--output_dir={tmp_path}/x'],
+      capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2
+  lines = [l for l in result.stderr.splitlines() if not l.startswith('import time:')]
+  assert lines == ['error: --pgd_alpha=0.2 is larger than pgd_eps=0.1; use a '
+                   'step <= eps.']
+  assert not [l for l in result.stderr.splitlines()
+              if l.startswith('import time:') and '| tensorflow' in l]
+  assert not (tmp_path / 'x').exists()

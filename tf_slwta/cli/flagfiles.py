@@ -1,0 +1,83 @@
+"""Reading flagfiles, nested ones relative to the file that names them.
+
+absl reads `--flagfile=F` lines inside a flagfile relative to the working
+directory, so a flagfile that includes another only works from the folder
+it was written for. `expand_flagfiles` replaces every `--flagfile=F` of a
+command line by F's flags, in place and recursively, reading a nested F
+relative to the file that names it (or, for flagfiles written the old way,
+relative to the working directory when no such file is there). Lines are
+read as absl reads them: blank lines and lines starting with '#' or '//'
+are skipped.
+"""
+
+import os
+from typing import List, Optional, Sequence
+
+_DIRECTIVES = ('--flagfile=', '-flagfile=')
+
+
+class FlagfileError(ValueError):
+  """A flagfile is missing, unreadable, or includes itself."""
+
+
+def _resolve(name: str, including: Optional[str]) -> str:
+  name = os.path.expanduser(name)
+  if including is None or os.path.isabs(name):
+    return name
+  beside = os.path.join(os.path.dirname(including), name)
+  return beside if os.path.exists(beside) or not os.path.exists(name) else name
+
+
+def _read(path: str, including: Optional[str], stack: List[str]) -> List[str]:
+  where = f' (named in {including})' if including else ''
+  real = os.path.realpath(path)
+  if real in stack:
+    raise FlagfileError(f'--flagfile={path}{where} includes itself; remove '
+                        f'the loop.')
+  try:
+    with open(path, encoding='utf-8') as f:
+      lines = f.read().splitlines()
+  except OSError as e:
+    raise FlagfileError(f'--flagfile={path}{where} cannot be read '
+                        f'({e.strerror}); check the path (nested flagfiles '
+                        f'are read relative to the file naming them).') from e
+  expanded = []
+  for line in lines:
+    line = line.strip()
+    if not line or line.startswith(('#', '//')):
+      continue
+    if line.startswith(_DIRECTIVES):
+      nested = line.split('=', 1)[1]
+      expanded += _read(_resolve(nested, path), path, stack + [real])
+    else:
+      expanded.append(line)
+  return expanded
+
+
+def expand_flagfiles(argv: Sequence[str]) -> List[str]:
+  """`argv` with each `--flagfile=F` (or `--flagfile F`) replaced by F's flags.
+
+  Args:
+    argv: a command line, program name first; flagfiles named on it are
+      read relative to the working directory.
+
+  Returns:
+    The command line with no flagfile left in it.
+
+  Raises:
+    FlagfileError: a flagfile is missing or includes itself; the message
+      names it and the file that named it.
+  """
+  out, args = [argv[0]], list(argv[1:])
+  i = 0
+  while i < len(args):
+    arg = args[i]
+    if arg.startswith(_DIRECTIVES):
+      out += _read(_resolve(arg.split('=', 1)[1], None), None, [])
+    elif arg in ('--flagfile', '-flagfile') and i + 1 < len(args):
+      out += _read(_resolve(args[i + 1], None), None, [])
+      i += 1
+    else:
+      out.append(arg)
+    i += 1
+  return out

@@ -1,0 +1,66 @@
+"""The one line a run prints about its settings (all of them: config.json)."""
+
+import os
+
+from tf_slwta import config as config_lib
+from tf_slwta import run_folder
+
+
+def _model(config: config_lib.ExperimentConfig) -> str:
+  m = config.model
+  name = (f'wide_resnet-{m.depth}-{m.widen_factor}'
+          if m.name == 'wide_resnet' else m.name)
+  parts = [name, m.activation] + (['ibp'] if m.ibp else []) + (
+      [f'pni={m.pni}'] if m.pni != 'none' else [])
+  return ' '.join(parts)
+
+
+def _examples(n: int) -> str:
+  return 'all' if n == 0 else str(n)
+
+
+def _attacks(config: config_lib.ExperimentConfig) -> str:
+  a = config.attack
+  if not a.attacks:
+    return 'no attacks'
+  return (f'attacks {",".join(a.attacks)} (pgd eps {a.pgd_eps}, '
+          f'{a.pgd_steps} steps, {a.pgd_restarts} restart(s); '
+          f'EOT {a.eot_samples}, MC {a.mc_samples})')
+
+
+def line(config: config_lib.ExperimentConfig) -> str:
+  """One line: the mode, the run and its main settings."""
+  d, t = config.data, config.train
+  where = config.output_dir
+  saved = os.path.join(where, run_folder.CONFIG_FILE)
+  if config.mode == 'train':
+    mixture = ','.join(f'{n}:{w:g}' for n, w in t.mixture) or 'clean'
+    text = (f'{d.dataset} ({_examples(d.train_examples)} train, '
+            f'{_examples(d.eval_examples)} test), {_model(config)}, '
+            f'{t.epochs} epoch{"s" * (t.epochs != 1)} of batch {d.batch_size}, '
+            f'lr {t.learning_rate} '
+            f'{t.lr_schedule}, {mixture} training')
+    if config.evaluate_robustness:
+      text += f', then {_attacks(config)}'
+  elif config.mode == 'evaluate':
+    text = (f'{_model(config)} on {_examples(d.eval_examples)} '
+            f'{d.dataset} test images, {_attacks(config)}')
+  elif config.mode == 'certify':
+    c = config.certify
+    text = (f'{_model(config)} on {_examples(d.eval_examples)} '
+            f'{d.dataset} test images, sigma {c.sigma}, n0 {c.n0}, n {c.n}, '
+            f'alpha {c.alpha}')
+  elif config.mode == 'export':
+    e = config.export
+    text = (f'{_model(config)} -> {e.export_dir}/'
+            f'{e.model_name(where)}/{e.version or "next"}, '
+            f'{config.attack.mc_samples} pass(es) per request')
+  elif config.mode == 'predict':
+    s = config.serve
+    source = (f'{len(s.images)} image file(s)' if s.images else
+              f'{_examples(d.eval_examples)} {d.dataset} test images')
+    name = s.model_name or config.export.model_name(where)
+    return f'predict: {source} through {name} at {s.server} ({s.protocol})'
+  else:
+    return f'grid: {len(config.grid) or "the seed table"} row pattern(s)'
+  return f'{config.mode} {where}: {text}; all settings in {saved}'

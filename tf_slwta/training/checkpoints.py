@@ -1,0 +1,169 @@
+"""Finding a run's newest intact checkpoint, and what it was made with.
+
+`tf.train.latest_checkpoint` trusts the `checkpoint` state file: when the
+newest checkpoint's files are missing it returns None (and a run would
+silently start again from step 0, overwriting the older checkpoints), and
+when they are damaged the restore fails with a traceback. `newest_intact`
+instead tries every `ckpt-<step>` in the folder, newest first, reads each
+tensor (which checks the files' checksums), moves a damaged one aside into
+`checkpoints/damaged/` with a message, and points the state file at the
+checkpoint it settles on.
+
+Each checkpoint also holds `run_settings`: the settings that give its
+variables their meaning (`config.RUN_IDENTITY_FIELDS`), as JSON, so a
+config.json that does not belong to the checkpoints beside it is caught.
+"""
+
+import json
+import os
+import re
+import shutil
+from typing import Any, Dict, List, Optional, Tuple
+
+from absl import logging
+import tensorflow as tf
+
+from tf_slwta import config as config_lib
+from tf_slwta import run_folder
+
+PREFIX = 'ckpt'
+DAMAGED_DIR = 'damaged'
+SETTINGS_KEY = 'run_settings'
+_STEP = re.compile(rf'^{PREFIX}-(\d+)\.index$')
+
+
+def candidates(directory: str) -> List[Tuple[int, str]]:
+  """(step, path prefix) of every checkpoint whose index file exists, newest first."""
+  if not tf.io.gfile.isdir(directory):
+    return []
+  found = []
+  for name in tf.io.gfile.listdir(directory):
+    match = _STEP.match(name)
+    if match:
+      found.append((int(match.group(1)), os.path.join(directory, name[:-6])))
+  return sorted(found, reverse=True)
+
+
+def damage(path: str) -> Optional[str]:
+  """Why the checkpoint at `path` cannot be restored, or None if it can.
+
+  Reads every tensor, so a truncated or corrupted data file is found here
+  rather than half-way through a restore.
+  """
+  try:
+    reader = tf.train.load_checkpoint(path)
+    for name in reader.get_variable_to_shape_map():
+      reader.get_tensor(name)
+  except Exception as e:  # pylint: disable=broad-except
+    # Any failure to read it back makes it unusable (TF raises OpErrors,
+    # and IndexError for a cut data file).
+    message = getattr(e, 'message', None) or str(e) or type(e).__name__
+    return message.strip().splitlines()[0][:200]
+  return None
+
+
+def _move_aside(directory: str, path: str) -> str:
+  """Moves the files of checkpoint `path` into `<directory>/damaged/`."""
+  target = os.path.join(directory, DAMAGED_DIR)
+  os.makedirs(target, exist_ok=True)
+  stem = os.path.basename(path)
+  for name in os.listdir(directory):
+    if name == f'{stem}.index' or name.startswith(f'{stem}.data-'):
+      shutil.move(os.path.join(directory, name), os.path.join(target, name))
+  return target
+
+
+def newest_intact(directory: str, announce=print,
+                  repair: bool = True) -> Optional[str]:
+  """The newest restorable checkpoint in `directory`, or None if none is.
+
+  With `repair`, damaged checkpoints newer than it are moved to
+  `<directory>/damaged/` (nothing is deleted), and the `checkpoint` state
+  file is rewritten to list the intact ones, so the checkpoint manager keeps
+  rotating them normally. Each skipped checkpoint gets one line through
+  `announce`.
+
+  Args:
+    directory: a run's checkpoints folder.
+    announce: called with each one-line message.
+    repair: move damaged checkpoints aside and fix the state file (the
+      chief does; other workers only read).
+  """
+  recorded = tf.train.get_checkpoint_state(directory)
+  newest_recorded = recorded.model_checkpoint_path if recorded else None
+  found = candidates(directory)
+  chosen, skipped = None, []
+  for step, path in found:
+    problem = damage(path)
+    if problem is None:
+      chosen = path
+      break
+    del step
+    skipped.append(path)
+    logging.warning('Checkpoint %s is damaged: %s', path, problem)
+    if repair:
+      where = _move_aside(directory, path)
+      announce(f'note: checkpoint {path} is damaged ({problem}); moved it to '
+               f'{where}/ and used the newest intact one instead.')
+  if newest_recorded and not tf.io.gfile.exists(newest_recorded + '.index'):
+    announce(f'note: the newest checkpoint {newest_recorded} is missing; '
+             f'using {chosen or "none (starting from step 0)"} instead.')
+  if repair and chosen is not None and (skipped or chosen != newest_recorded):
+    intact = [path for _, path in reversed(found)
+              if tf.io.gfile.exists(path + '.index')]
+    tf.compat.v1.train.update_checkpoint_state(
+        directory, chosen, all_model_checkpoint_paths=[
+            p for p in intact if _step_of(p) <= _step_of(chosen)])
+  return chosen
+
+
+def _step_of(path: str) -> int:
+  return int(path.rsplit('-', 1)[1])
+
+
+def settings_json(config: config_lib.ExperimentConfig) -> str:
+  """The identity settings of `config` as the JSON a checkpoint keeps."""
+  full = config.to_dict()
+  return json.dumps({section: {name: full[section][name] for name in names}
+                     for section, names in
+                     config_lib.RUN_IDENTITY_FIELDS.items()}, sort_keys=True)
+
+
+def saved_settings(path: str) -> Optional[Dict[str, Any]]:
+  """The identity settings stored in checkpoint `path`, or None (older runs)."""
+  reader = tf.train.load_checkpoint(path)
+  key = f'{SETTINGS_KEY}/.ATTRIBUTES/VARIABLE_VALUE'
+  if not reader.has_tensor(key):
+    return None
+  return json.loads(reader.get_tensor(key).decode('utf-8'))
+
+
+def check_settings(path: str, config: config_lib.ExperimentConfig,
+                   only: Optional[Tuple[str, ...]] = None) -> None:
+  """Refuses a checkpoint made with other identity settings than `config`.
+
+  Args:
+    path: a checkpoint prefix.
+    config: the settings it is about to be used with.
+    only: the 'section.field' keys to compare (e.g.
+      `config.MODEL_IDENTITY` to evaluate a trained model, whatever trained
+      it); None compares every identity field.
+
+  Raises:
+    run_folder.RunMismatch: naming each differing setting.
+  """
+  saved = saved_settings(path)
+  if saved is None:
+    return
+  diffs = config_lib.identity_mismatches(saved, config)
+  if only is not None:
+    diffs = {k: v for k, v in diffs.items() if k in only}
+  if diffs:
+    listed = '; '.join(f'{k}: {old!r} in the checkpoint, {new!r} now'
+                       for k, (old, new) in sorted(diffs.items()))
+    folder = os.path.dirname(os.path.dirname(path))
+    raise run_folder.RunMismatch(
+        f'{path} was made with other settings ({listed}) than '
+        f'{os.path.join(folder, run_folder.CONFIG_FILE)} and the command '
+        f'line give. Put back the config.json that came with these '
+        f'checkpoints, or pass a new --output_dir.')
