@@ -101,7 +101,10 @@ def run(argv: List[str]) -> int:
 
 def _run_process() -> None:
   if cli.wants_help(sys.argv):
-    print(cli.help_text())
+    try:
+      print(cli.help_text(), flush=True)
+    except BrokenPipeError:  # `python main.py --help | head`.
+      os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     sys.exit(0)
   try:
     argv = command_line(sys.argv)
@@ -119,6 +122,9 @@ def _run_process() -> None:
     print('Stopped by SIGTERM; every file in the run folder is whole. Run '
           'the same command to continue.', file=sys.stderr)
     sys.exit(128 + signal.SIGTERM)
+  except BrokenPipeError:  # The reader went away (`python main.py | head`).
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(1)
 
 
 if __name__ == '__main__':

@@ -206,6 +206,7 @@ def test_damaged_newest_checkpoint_falls_back_to_an_intact_one(
   out = capsys.readouterr().out
   assert 'Resumed' in out and 'ckpt-2 (step 2' in out
   assert ('is damaged' if damage == 'truncated' else 'is missing') in out
+  assert out.count('note: ') == 1  # One line for the one checkpoint.
   assert record['epoch'] == 2 and record['step'] == 8
   if damage == 'truncated':  # Kept aside, not deleted.
     assert sorted(os.listdir(directory / 'damaged')) == sorted(

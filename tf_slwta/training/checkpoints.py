@@ -18,9 +18,9 @@ import json
 import os
 import re
 import shutil
+import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from absl import logging
 import tensorflow as tf
 
 from tf_slwta import config as config_lib
@@ -100,21 +100,35 @@ def newest_intact(directory: str, announce=print,
       break
     del step
     skipped.append(path)
-    logging.warning('Checkpoint %s is damaged: %s', path, problem)
     if repair:
       where = _move_aside(directory, path)
       announce(f'note: checkpoint {path} is damaged ({problem}); moved it to '
                f'{where}/ and used the newest intact one instead.')
-  if newest_recorded and not tf.io.gfile.exists(newest_recorded + '.index'):
+    else:
+      announce(f'note: checkpoint {path} is damaged ({problem}); skipped it.')
+  if (newest_recorded and os.path.normpath(newest_recorded) not in
+      {os.path.normpath(p) for p in skipped} and
+      not tf.io.gfile.exists(newest_recorded + '.index')):
     announce(f'note: the newest checkpoint {newest_recorded} is missing; '
              f'using {chosen or "none (starting from step 0)"} instead.')
   if repair and chosen is not None and (skipped or chosen != newest_recorded):
-    intact = [path for _, path in reversed(found)
-              if tf.io.gfile.exists(path + '.index')]
-    tf.compat.v1.train.update_checkpoint_state(
-        directory, chosen, all_model_checkpoint_paths=[
-            p for p in intact if _step_of(p) <= _step_of(chosen)])
+    _write_state(directory, chosen, [
+        path for _, path in reversed(found)
+        if tf.io.gfile.exists(path + '.index') and
+        _step_of(path) <= _step_of(chosen)])
   return chosen
+
+
+def _write_state(directory: str, chosen: str, intact: List[str]) -> None:
+  """Rewrites the `checkpoint` state file (a CheckpointState text proto)."""
+  lines = [f'model_checkpoint_path: "{os.path.basename(chosen)}"']
+  lines += [f'all_model_checkpoint_paths: "{os.path.basename(p)}"'
+            for p in intact]
+  lines += [f'all_model_checkpoint_timestamps: '
+            f'{os.path.getmtime(p + ".index")}' for p in intact]
+  lines.append(f'last_preserved_timestamp: {time.time()}')
+  run_folder.atomic_write(os.path.join(directory, 'checkpoint'),
+                          '\n'.join(lines) + '\n')
 
 
 def _step_of(path: str) -> int:
