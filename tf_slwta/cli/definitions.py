@@ -52,14 +52,16 @@ def define(fv: flags.FlagValues) -> None:
                     'TF Serving.',
                     flag_values=fv)
   flags.DEFINE_string('output_dir', OUTPUT_DIR,
-                      'Checkpoints, TensorBoard logs, metrics.jsonl, results.',
+                      'The run\'s folder (config.json, checkpoints, '
+                      'TensorBoard logs, metrics.jsonl, results); a run that '
+                      'has one is opened from its config.json.',
                       flag_values=fv)
   # Data.
   flags.DEFINE_enum('dataset', d_data.dataset, config_lib.DATASETS,
                     'Data set.', flag_values=fv)
   flags.DEFINE_string('data_dir', None,
-                      'Folder with the four Fashion-MNIST IDX .gz files; '
-                      'searched before /usr/share/datasets/fashion-mnist.',
+                      'Folder with the four Fashion-MNIST IDX .gz files '
+                      '(default: /usr/share/datasets/fashion-mnist).',
                       flag_values=fv)
   flags.DEFINE_string('tfds_data_dir', None,
                       'tensorflow-datasets folder for mnist and cifar10.',
