@@ -32,7 +32,10 @@ _SECTIONS = {
                'pgd_steps', 'pgd_l2_eps', 'pgd_l2_alpha', 'pgd_restarts',
                'pgd_random_start', 'cw_c', 'cw_kappa', 'cw_steps',
                'cw_binary_search_steps', 'cw_learning_rate', 'eot_samples',
-               'mc_samples', 'attack_seed'),
+               'mc_samples', 'attack_seed', 'aa_norm', 'aa_eps', 'apgd_steps',
+               'apgd_restarts', 'apgd_target_classes', 'square_queries',
+               'square_p_init', 'gradient_modes', 'transfer_from',
+               'decision_repeats'),
     'train': ('epochs', 'kl_anneal_epochs', 'learning_rate', 'momentum', 'nesterov',
               'weight_decay', 'lr_schedule', 'lr_warmup_epochs',
               'lr_decay_epochs', 'lr_decay_ratio', 'label_smoothing', 'seed',
@@ -309,6 +312,36 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                        'when attacking and when scoring.', flag_values=fv)
   flags.DEFINE_integer('attack_seed', d_attack.seed,
                        'Seed of the attacks\' random starts.', flag_values=fv)
+  flags.DEFINE_enum('aa_norm', d_attack.aa_norm, config_lib.AA_NORMS,
+                    'Threat model of apgd_ce, apgd_dlr, apgd_t, square and '
+                    'transfer: inf (L-inf) or 2 (L2).', flag_values=fv)
+  flags.DEFINE_float('aa_eps', d_attack.aa_eps,
+                     'Radius of that threat model (e.g. 0.1 L-inf for '
+                     'Fashion-MNIST, 8/255 for CIFAR-10).', flag_values=fv)
+  flags.DEFINE_integer('apgd_steps', d_attack.apgd_steps,
+                       'APGD iterations per run.', flag_values=fv)
+  flags.DEFINE_integer('apgd_restarts', d_attack.apgd_restarts,
+                       'APGD-CE / APGD-DLR random restarts.', flag_values=fv)
+  flags.DEFINE_integer('apgd_target_classes', d_attack.apgd_target_classes,
+                       'APGD-T target classes.', flag_values=fv)
+  flags.DEFINE_integer('square_queries', d_attack.square_queries,
+                       'Square attack iterations (queries).', flag_values=fv)
+  flags.DEFINE_float('square_p_init', d_attack.square_p_init,
+                     'Square attack initial window share.', flag_values=fv)
+  flags.DEFINE_list('gradient_modes', list(d_attack.gradient_modes),
+                    'How gradient attacks differentiate a stochastic model: '
+                    'auto (every mode if the model is stochastic), or some of '
+                    f'{",".join(config_lib.GRADIENT_MODES)} (sample: EOT '
+                    'over the sampled passes; expected: the layers\' '
+                    'expectation; straight_through: sampled forward, '
+                    'expected backward).', flag_values=fv)
+  flags.DEFINE_string('transfer_from', d_attack.transfer_from,
+                      'Run folder of the source model for --attacks=transfer '
+                      '(e.g. the ReLU twin).', flag_values=fv)
+  flags.DEFINE_integer('decision_repeats', d_attack.decision_repeats,
+                       'Fresh decisions per image that score a stochastic '
+                       'model (mean = accuracy, spread = its Monte Carlo '
+                       'standard error).', flag_values=fv)
 
   # Cross-field rules live in the dataclasses; run them while parsing so a
   # bad combination is refused before any work, naming the flag.
@@ -425,9 +458,11 @@ def _serve_config(v) -> config_lib.ServeConfig:
 
 
 def _attack_config(v) -> config_lib.AttackConfig:
-  names = [n for n in _SECTIONS['attack'] if n not in ('attacks', 'attack_seed')]
+  special = ('attacks', 'attack_seed', 'gradient_modes')
+  names = [n for n in _SECTIONS['attack'] if n not in special]
   return config_lib.AttackConfig(
       attacks=tuple(v['attacks']), seed=v['attack_seed'],
+      gradient_modes=tuple(v['gradient_modes']),
       **{name: v[name] for name in names})
 
 

@@ -256,8 +256,15 @@ class TrainConfig:
                        f'{self.clean_loss_weight}.')
 
 
-ATTACKS = ('fgsm', 'pgd_linf', 'pgd_l2', 'cw')
+ATTACKS = ('fgsm', 'pgd_linf', 'pgd_l2', 'cw', 'apgd_ce', 'apgd_dlr', 'apgd_t',
+           'square', 'transfer')
+# Attacks that follow a gradient, so they run once per gradient mode.
+GRADIENT_ATTACKS = ('fgsm', 'pgd_linf', 'pgd_l2', 'cw', 'apgd_ce', 'apgd_dlr',
+                    'apgd_t')
 COMBINED_MODES = ('worst_case', 'sequential')
+# How gradient attacks differentiate a stochastic model (layers/surrogate.py).
+GRADIENT_MODES = ('sample', 'expected', 'straight_through')
+AA_NORMS = ('inf', '2')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,8 +294,26 @@ class AttackConfig:
     mc_samples: forward passes whose mean probabilities make the model's
       decision, both when attacking and when scoring; >= 1.
     seed: seed of the attacks' random starts.
+    aa_norm, aa_eps: the threat model of the AutoAttack-style attacks
+      (apgd_ce, apgd_dlr, apgd_t, square, transfer): 'inf' or '2', and the
+      radius >= 0.
+    apgd_steps: APGD iterations per run (100 in AutoAttack), >= 1.
+    apgd_restarts: APGD-CE / APGD-DLR random restarts, >= 1.
+    apgd_target_classes: APGD-T target classes, >= 1 (9 in AutoAttack).
+    square_queries: Square attack iterations, >= 1 (5000 in AutoAttack).
+    square_p_init: Square's initial window share, in (0, 1] (0.8).
+    gradient_modes: how gradient attacks differentiate a stochastic model,
+      a subset of `GRADIENT_MODES`, or ('auto',): every mode for a model
+      whose passes differ, 'sample' alone for a deterministic one. Each mode
+      runs every gradient attack; each image keeps its worst case.
+    transfer_from: run folder of the source model of the 'transfer' attack
+      ('' for none): APGD-CE with the aa_* budget on the source, scored on
+      the attacked model.
+    decision_repeats: fresh decisions per image that score every attack on
+      a stochastic model (their mean is the accuracy, their spread its
+      Monte Carlo standard error), >= 1; one for deterministic models.
   """
-  attacks: Tuple[str, ...] = ATTACKS
+  attacks: Tuple[str, ...] = ATTACKS[:4]
   combined: str = 'worst_case'
   fgsm_eps: float = 0.3
   pgd_eps: float = 0.3
@@ -306,10 +331,38 @@ class AttackConfig:
   eot_samples: int = 1
   mc_samples: int = 1
   seed: int = 0
+  aa_norm: str = 'inf'
+  aa_eps: float = 0.1
+  apgd_steps: int = 100
+  apgd_restarts: int = 1
+  apgd_target_classes: int = 9
+  square_queries: int = 5000
+  square_p_init: float = 0.8
+  gradient_modes: Tuple[str, ...] = ('auto',)
+  transfer_from: str = ''
+  decision_repeats: int = 5
 
   def __post_init__(self):
     for name in self.attacks:
       _check_choice('attacks', name, ATTACKS)
+    _check_choice('aa_norm', self.aa_norm, AA_NORMS)
+    _check_at_least('aa_eps', self.aa_eps, 0)
+    for name in ('apgd_steps', 'apgd_restarts', 'apgd_target_classes',
+                 'square_queries', 'decision_repeats'):
+      _check_at_least(name, getattr(self, name), 1)
+    if not 0 < self.square_p_init <= 1:
+      raise ValueError(f'square_p_init must be in (0, 1], got '
+                       f'{self.square_p_init}.')
+    if tuple(self.gradient_modes) != ('auto',):
+      if not self.gradient_modes:
+        raise ValueError('gradient_modes is empty; use auto or some of '
+                         f'{", ".join(GRADIENT_MODES)}.')
+      for mode in self.gradient_modes:
+        _check_choice('gradient_modes', mode, GRADIENT_MODES)
+    if 'transfer' in self.attacks and not self.transfer_from:
+      raise ValueError('attacks includes transfer but transfer_from is '
+                       'empty; pass --transfer_from=RUN_DIR (e.g. the ReLU '
+                       'twin\'s run folder).')
     if len(set(self.attacks)) != len(self.attacks):
       raise ValueError(f'attacks lists one twice: {",".join(self.attacks)}.')
     _check_choice('combined', self.combined, COMBINED_MODES)

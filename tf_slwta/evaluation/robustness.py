@@ -4,6 +4,22 @@ All scores use one decision rule, the argmax of the softmax averaged over
 `mc_samples` passes, for clean images, for adversarial images, and inside
 the attacks when they judge success. For deterministic models set
 mc_samples = eot_samples = 1.
+
+An image counts as robust if the decision is right on the worst image the
+attacks found in its eps ball, the clean image included: for a deterministic
+model, right on the clean image and on the attacked one. A stochastic model
+is scored so that luck does not count twice:
+  * every gradient attack runs once per gradient mode (EOT over samples,
+    the layers' expectation, straight-through; `attack_suite`);
+  * each candidate (the clean image and every mode's output) is judged by
+    `decision_repeats` decisions; the one judged worst for the model is then
+    scored by as many fresh decisions. The accuracy is the mean over those
+    repeats; its Monte Carlo standard error is their spread, and the image
+    standard error sqrt(p (1 - p) / N) says how far N images are from the
+    whole test set;
+  * the combined worst case picks among every attack's candidates the same
+    way and scores its pick with fresh decisions, so an image broken only by
+    the noise of one of many decisions is not counted as broken.
 """
 
 import csv
@@ -21,64 +37,21 @@ import tensorflow as tf
 from tf_slwta import attacks
 from tf_slwta import config as config_lib
 from tf_slwta import data as data_lib
+from tf_slwta.attacks import common as attack_common
+from tf_slwta.evaluation import attack_suite
+from tf_slwta.evaluation import progress as progress_lib
 
-COLUMNS = ('attack', 'settings', 'accuracy', 'success_rate', 'median_l2',
-           'max_linf', 'examples')
+COLUMNS = ('attack', 'settings', 'accuracy', 'mc_se', 'image_se',
+           'success_rate', 'median_l2', 'max_linf', 'examples')
 FILE_STEM = 'robustness'
 # Recorded in each report; a report scored another way is never reused.
-SCORING = 'robust = right on the clean and on the attacked image'
+SCORING = ('robust = right on the worst of the clean image and every attack '
+           'output (all gradient modes), scored by decision_repeats fresh '
+           'decisions')
 # Beside robustness.json: the examples the figures draw (see `Examples`).
 EXAMPLES_FILE = 'figures_data.npz'
 
-
-def attack_functions(logits_fn: attacks.eot.LogitsFn,
-                     cfg: config_lib.AttackConfig,
-                     seed: int = 0) -> Dict[str, attacks.combined.Attack]:
-  """The configured attacks as `name -> attack(images, labels)`.
-
-  Args:
-    logits_fn: images `[B, H, W, C]` in [0, 1] -> logits `[B, K]`.
-    cfg: attack settings; `cfg.attacks` picks and orders them.
-    seed: seed of PGD's random starts for this batch.
-
-  Returns:
-    An ordered dict over `cfg.attacks`.
-  """
-  common = dict(eot_samples=cfg.eot_samples)
-  pgd_common = dict(steps=cfg.pgd_steps, restarts=cfg.pgd_restarts,
-                    random_start=cfg.pgd_random_start,
-                    mc_samples=cfg.mc_samples, seed=seed, **common)
-  table = {
-      'fgsm': lambda x, y: attacks.fgsm(logits_fn, x, y, cfg.fgsm_eps,
-                                        **common),
-      'pgd_linf': lambda x, y: attacks.pgd(
-          logits_fn, x, y, cfg.pgd_eps, cfg.pgd_alpha, norm='inf',
-          **pgd_common),
-      'pgd_l2': lambda x, y: attacks.pgd(
-          logits_fn, x, y, cfg.pgd_l2_eps, cfg.pgd_l2_alpha, norm=2,
-          **pgd_common),
-      'cw': lambda x, y: attacks.carlini_wagner_l2(
-          logits_fn, x, y, c=cfg.cw_c, kappa=cfg.cw_kappa, steps=cfg.cw_steps,
-          binary_search_steps=cfg.cw_binary_search_steps,
-          learning_rate=cfg.cw_learning_rate, **common),
-  }
-  return {name: table[name] for name in cfg.attacks}
-
-
-def attack_settings(name: str, cfg: config_lib.AttackConfig) -> str:
-  """A short human-readable description of an attack's parameters."""
-  pgd = (f'alpha={cfg.pgd_alpha:g}, steps={cfg.pgd_steps}, '
-         f'restarts={cfg.pgd_restarts}')
-  return {
-      'natural': '-',
-      'fgsm': f'Linf eps={cfg.fgsm_eps:g}',
-      'pgd_linf': f'Linf eps={cfg.pgd_eps:g}, {pgd}',
-      'pgd_l2': (f'L2 eps={cfg.pgd_l2_eps:g}, alpha={cfg.pgd_l2_alpha:g}, '
-                 f'steps={cfg.pgd_steps}, restarts={cfg.pgd_restarts}'),
-      'cw': (f'c={cfg.cw_c:g}, kappa={cfg.cw_kappa:g}, '
-             f'steps={cfg.cw_steps}, searches={cfg.cw_binary_search_steps}'),
-      'combined': f'{cfg.combined} of {"+".join(cfg.attacks)}',
-  }[name]
+attack_settings = attack_suite.attack_settings
 
 
 @dataclasses.dataclass
@@ -194,19 +167,125 @@ def _append(old: Optional[np.ndarray], new: np.ndarray) -> np.ndarray:
   return new if old is None else np.concatenate([old, new])
 
 
+def decide_repeated(logits_fn: attacks.eot.LogitsFn, x, y: np.ndarray,
+                    mc_samples: int, repeats: int):
+  """`repeats` fresh decisions on the same images.
+
+  Args:
+    logits_fn: images `[B, H, W, C]` -> logits `[B, K]`.
+    x: float32 images `[B, H, W, C]`.
+    y: int labels `[B]`.
+    mc_samples: passes per decision, >= 1.
+    repeats: decisions, >= 1.
+
+  Returns:
+    (bool `[repeats, B]`: decision r is right; float32 `[B, K]`: the mean
+    probabilities over every pass of every decision).
+  """
+  oks, total = [], 0.0
+  for _ in range(repeats):
+    probs = attacks.mean_probabilities(logits_fn, x, mc_samples).numpy()
+    oks.append(probs.argmax(axis=-1) == y)
+    total = total + probs
+  return np.stack(oks), (total / repeats).astype(np.float32)
+
+
+def _margin(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
+  """log p_y - max_{i != y} log p_i per example; lower is worse for the model."""
+  return attack_common.log_probability_margin(
+      tf.constant(probs), tf.constant(y, tf.int64)).numpy()
+
+
 @dataclasses.dataclass
-class _Tally:
-  """Per-attack sums over batches."""
-  correct: int = 0
-  flipped: int = 0  # Clean-correct examples the attack made wrong.
-  l2: List[float] = dataclasses.field(default_factory=list)
-  max_linf: float = 0.0
+class _Row:
+  """One table row's per-image outcomes, batch after batch."""
+  ok: List[np.ndarray] = dataclasses.field(default_factory=list)  # [R, b]
+  l2: List[np.ndarray] = dataclasses.field(default_factory=list)  # [b]
+  linf: List[np.ndarray] = dataclasses.field(default_factory=list)  # [b]
+
+  def add(self, ok: np.ndarray, x: np.ndarray, adv) -> None:
+    size = attack_suite.image_size(np.asarray(adv) - x)
+    self.ok.append(ok)
+    self.l2.append(size['l2'])
+    self.linf.append(size['linf'])
+
+
+def summarize(ok: np.ndarray, l2: np.ndarray, linf: np.ndarray,
+              natural_accuracy: Optional[float] = None) -> Dict[str, object]:
+  """A row's numbers from per-image, per-repeat outcomes.
+
+  Args:
+    ok: bool `[R, N]`, decision r on the image scored (for an attack, its
+      worst candidate) is right.
+    l2, linf: float `[N]`, the scored images' perturbation norms.
+    natural_accuracy: the clean row's accuracy in [0, 1]; None for the
+      clean row itself (no attack columns).
+
+  Returns:
+    {'accuracy': mean over images and repeats, 'mc_se': standard error of
+    that mean over the R repeats (0 for R = 1), 'image_se': sqrt(p (1 - p) /
+    N), 'success_rate': 1 - accuracy / natural accuracy (the share of
+    clean-right answers the attack turned wrong; None for the clean row),
+    'median_l2' of the perturbed images wrong in at least half the repeats
+    (None if none), 'max_linf'}.
+  """
+  repeats, n = ok.shape
+  per_repeat = ok.mean(axis=1)
+  accuracy = float(per_repeat.mean())
+  broken = (ok.mean(axis=0) < 0.5) & (l2 > 0)
+  return {
+      'accuracy': accuracy,
+      'mc_se': (float(per_repeat.std(ddof=1) / np.sqrt(repeats))
+                if repeats > 1 else 0.0),
+      'image_se': float(np.sqrt(accuracy * (1 - accuracy) / max(n, 1))),
+      'success_rate': (None if natural_accuracy is None else
+                       float(1 - accuracy / max(natural_accuracy, 1e-12))),
+      'median_l2': float(np.median(l2[broken])) if broken.any() else None,
+      'max_linf': float(linf.max(initial=0.0)),
+  }
+
+
+@dataclasses.dataclass
+class Candidates:
+  """Images an attacker may submit for one batch, with their verdicts.
+
+  Attributes:
+    images: [float32 `[B, H, W, C]`], the clean batch first.
+    ok: [bool `[R, B]`], each one's repeated decisions are right.
+    probs: [float32 `[B, K]`], each one's mean decision probabilities.
+  """
+  images: List[np.ndarray]
+  ok: List[np.ndarray]
+  probs: List[np.ndarray]
+
+  def add(self, images: np.ndarray, ok: np.ndarray, probs: np.ndarray):
+    self.images.append(images)
+    self.ok.append(ok)
+    self.probs.append(probs)
+
+  def worst(self, y: np.ndarray):
+    """Per image, the candidate judged worst for the model.
+
+    Fewest right decisions first, then the lowest margin log p_y -
+    max_{i != y} log p_i. Returns (images `[B, H, W, C]`, ok `[R, B]`,
+    probs `[B, K]`) of the picks.
+    """
+    right = np.stack([ok.mean(axis=0) for ok in self.ok])
+    margins = np.stack([_margin(p, y) for p in self.probs])
+    pick = np.lexsort((margins, right), axis=0)[0]
+    columns = np.arange(len(y))
+    ok = np.stack(self.ok)[pick, :, columns].T
+    return (np.stack(self.images)[pick, columns], ok,
+            np.stack(self.probs)[pick, columns])
 
 
 def evaluate_robustness(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
                         labels: np.ndarray, cfg: config_lib.AttackConfig, *,
                         batch_size: int = 500, verbose: bool = True,
-                        examples: Optional[Examples] = None
+                        examples: Optional[Examples] = None,
+                        transfer_logits_fn: Optional[
+                            attacks.eot.LogitsFn] = None,
+                        stochastic: Optional[bool] = None
                         ) -> List[Dict[str, object]]:
   """Scores a model on clean images and under each configured attack.
 
@@ -217,90 +296,85 @@ def evaluate_robustness(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
     labels: int `[N]`.
     cfg: attack settings.
     batch_size: images per attack batch.
-    verbose: print one progress line per batch.
+    verbose: show a progress bar naming the running attack, with an ETA.
     examples: if given, filled in with what the figures draw (see
       `Examples`), from the outputs the evaluation computes anyway.
+    transfer_logits_fn: the source model of the 'transfer' attack.
+    stochastic: whether the model's passes differ; None finds out with two
+      passes on the first images. A deterministic model gets one decision
+      and the 'sample' gradient mode (unless cfg.gradient_modes says else).
 
   Returns:
-    One dict per row (natural, each attack, combined) with `COLUMNS`:
-    accuracy in [0, 1] (for attacks, the share right on both the clean and
-    the attacked image); success_rate = share of clean-correct examples the
-    attack turned wrong, in [0, 1]; median_l2 = median L2 norm of those
-    successful perturbations (None when there are none); max_linf = largest
-    L-inf perturbation; examples = N.
+    One dict per row (natural, each attack, combined) with `COLUMNS`
+    (see `summarize`; examples = N) plus 'repeats' (decisions per image)
+    and 'gradient_modes'.
   """
+  if stochastic is None:
+    stochastic = attack_suite.is_stochastic(
+        logits_fn, data_lib.to_float_image(images[:8]))
+  modes = attack_suite.resolve_modes(cfg, stochastic)
+  repeats = cfg.decision_repeats if stochastic else 1
+  variants = attack_suite.attack_variants(logits_fn, cfg, modes,
+                                          transfer_logits_fn)
+  grouped = attack_suite.variants_by_attack(variants)
   names = ['natural', *cfg.attacks, 'combined']
-  tallies = {name: _Tally() for name in names}
-  batches = data_lib.as_batches(images, labels, batch_size)
+  outcomes = {name: _Row() for name in names}
   total = -(-len(images) // batch_size)
-  start = time.perf_counter()
+  progress = progress_lib.WorkProgress(
+      total * len(variants), 'robustness', enabled=verbose, unit='run')
   record = examples.add if examples is not None else (lambda *_: None)
-  for index, (x, y) in enumerate(batches):
-    seed = cfg.seed * 1_000_003 + index
-    clean_probs, clean_ok = _decide(logits_fn, x, y, cfg.mc_samples)
-    _tally(tallies['natural'], x, x, clean_ok, clean_ok)
-    record('natural', x, y, clean_probs, clean_ok)
-    outputs, fooled, probs = {}, {}, {}
-    for name, attack in attack_functions(logits_fn, cfg, seed).items():
-      outputs[name] = attack(x, y)
-      probs[name], ok = _decide(logits_fn, outputs[name], y, cfg.mc_samples)
-      fooled[name] = ~ok
-      _tally(tallies[name], x, outputs[name], clean_ok, ok)
-      record(name, outputs[name], y, probs[name], clean_ok & ok)
+
+  def decide(images_, y_):
+    return decide_repeated(logits_fn, images_, y_, cfg.mc_samples, repeats)
+
+  def score(name, pool, x_np, y_np, y):
+    """Scores the worst of `pool`, with fresh decisions if stochastic."""
+    chosen, ok, probs = pool.worst(y_np)
+    if stochastic:
+      ok, probs = decide(chosen, y_np)
+    outcomes[name].add(ok, x_np, chosen)
+    record(name, chosen, y, probs, ok.mean(axis=0) >= 0.5)
+    return chosen
+
+  for index, (x, y) in enumerate(data_lib.as_batches(images, labels,
+                                                     batch_size)):
+    seed = tf.constant(cfg.seed * 1_000_003 + index, tf.int64)
+    x_np, y_np = x.numpy(), y.numpy()
+    clean_ok, clean_probs = decide(x, y_np)
+    outcomes['natural'].add(clean_ok, x_np, x_np)
+    record('natural', x, y, clean_probs, clean_ok.mean(axis=0) >= 0.5)
+    everything = Candidates([x_np], [clean_ok], [clean_probs])
+    for name, group in grouped.items():
+      pool = Candidates([x_np], [clean_ok], [clean_probs])
+      for variant in group:
+        progress.start(variant.label)
+        output = variant.run(x, y, seed).numpy()
+        progress.advance()
+        pool.add(output, *decide(output, y_np))
+        everything.add(*(v[-1] for v in (pool.images, pool.ok, pool.probs)))
+      score(name, pool, x_np, y_np, y)
     if cfg.combined == 'worst_case':
-      # Robust only if right on the clean image and under every attack, by
-      # the verdicts above (not re-drawn, which could contradict them).
-      combined_x, any_fooled = attacks.worst_case(x, outputs, fooled)
-      ok = clean_ok & ~any_fooled.numpy()
-      # The probabilities of the images worst_case picked, picked the same way.
-      combined_probs = attacks.worst_case(clean_probs, probs, fooled)[0].numpy()
+      score('combined', everything, x_np, y_np, y)
     else:
-      combined_x = attacks.sequential(
-          x, y, attack_functions(logits_fn, cfg, seed))
-      combined_probs, ok = _decide(logits_fn, combined_x, y, cfg.mc_samples)
-    _tally(tallies['combined'], x, combined_x, clean_ok, ok)
-    record('combined', combined_x, y, combined_probs, clean_ok & ok)
-    if verbose:
-      done = min((index + 1) * batch_size, len(images))
-      print(f'robustness: batch {index + 1}/{total} ({done} images, '
-            f'{time.perf_counter() - start:.0f} s)', flush=True)
-  rows = []
-  clean_correct = max(tallies['natural'].correct, 1)
+      chained = x
+      for group in grouped.values():  # Each attack from the last one's output.
+        chained = group[0].run(chained, y, seed)
+      chained = chained.numpy()
+      ok, probs = decide(chained, y_np)
+      score('combined', Candidates([chained], [ok], [probs]), x_np, y_np, y)
+  progress.close()
+  natural = None
+  table = []
   for name in names:
-    tally = tallies[name]
-    rows.append({
-        'attack': name,
-        'settings': attack_settings(name, cfg),
-        'accuracy': tally.correct / len(images),
-        'success_rate': (None if name == 'natural'
-                         else tally.flipped / clean_correct),
-        'median_l2': float(np.median(tally.l2)) if tally.l2 else None,
-        'max_linf': tally.max_linf,
-        'examples': len(images),
-    })
-  return rows
-
-
-def _decide(logits_fn, x, y, mc_samples):
-  """The decision rule (`attacks.predict`), keeping the probabilities.
-
-  Returns:
-    (mean probabilities float32 `[B, K]`, bool `[B]` argmax == label).
-  """
-  probs = attacks.mean_probabilities(logits_fn, x, mc_samples).numpy()
-  return probs, probs.argmax(axis=-1) == y.numpy()
-
-
-def _tally(tally: _Tally, x, adv, clean_ok: np.ndarray, ok: np.ndarray) -> None:
-  delta = (tf.convert_to_tensor(adv) - x).numpy().reshape(len(ok), -1)
-  flipped = clean_ok & ~ok
-  # Robust means right on the clean image and on the attacked one: an
-  # attack (or a fresh Monte Carlo draw) that happens to fix a wrong answer
-  # earns nothing.
-  tally.correct += int((clean_ok & ok).sum())
-  tally.flipped += int(flipped.sum())
-  tally.l2.extend(np.linalg.norm(delta[flipped], axis=1).tolist())
-  tally.max_linf = max(tally.max_linf, float(np.abs(delta).max(initial=0.0)))
+    row = outcomes[name]
+    numbers = summarize(np.concatenate(row.ok, axis=1),
+                        np.concatenate(row.l2), np.concatenate(row.linf),
+                        natural)
+    natural = numbers['accuracy'] if natural is None else natural
+    table.append({'attack': name, 'settings': attack_settings(name, cfg),
+                  **numbers, 'examples': len(images), 'repeats': repeats,
+                  'gradient_modes': ','.join(modes)})
+  return table
 
 
 def _cell(column: str, value) -> str:
@@ -308,13 +382,17 @@ def _cell(column: str, value) -> str:
     return '-'
   if column in ('accuracy', 'success_rate'):
     return f'{100 * value:.2f}'
+  if column in ('mc_se', 'image_se'):
+    return f'{100 * value:.2f}'
   if column in ('median_l2', 'max_linf'):
     return f'{value:.4f}'
   return str(value)
 
 
 _HEADERS = {'attack': 'attack', 'settings': 'settings',
-            'accuracy': 'accuracy (%)', 'success_rate': 'attack success (%)',
+            'accuracy': 'accuracy (%)', 'mc_se': '± MC s.e.',
+            'image_se': '± image s.e.',
+            'success_rate': 'attack success (%)',
             'median_l2': 'median L2 (successful)', 'max_linf': 'max Linf',
             'examples': 'examples'}
 
@@ -322,7 +400,7 @@ _HEADERS = {'attack': 'attack', 'settings': 'settings',
 def table_cells(rows: Sequence[Dict[str, object]]):
   """(column headers, one list of formatted cells per row) of the table."""
   return ([_HEADERS[c] for c in COLUMNS],
-          [[_cell(c, row[c]) for c in COLUMNS] for row in rows])
+          [[_cell(c, row.get(c)) for c in COLUMNS] for row in rows])
 
 
 def markdown_table(rows: Sequence[Dict[str, object]]) -> str:
@@ -355,7 +433,7 @@ def write_report(rows: Sequence[Dict[str, object]], output_dir: str,
   with tf.io.gfile.GFile(paths['md'], 'w') as f:
     f.write(markdown_table(rows))
   buffer = io.StringIO()
-  writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+  writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction='ignore')
   writer.writeheader()
   writer.writerows(rows)
   with tf.io.gfile.GFile(paths['csv'], 'w') as f:
