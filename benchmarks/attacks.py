@@ -31,7 +31,9 @@ import tensorflow as tf
 from tf_slwta import attacks
 from tf_slwta import config as config_lib
 from tf_slwta import data as data_lib
+from tf_slwta import run_folder
 from tf_slwta.training import loop
+from tf_slwta.training import state
 
 with warnings.catch_warnings():
   warnings.simplefilter('ignore')  # ART warns that PyTorch is absent.
@@ -53,12 +55,12 @@ START, END = '<!-- attacks:start -->', '<!-- attacks:end -->'
 
 def _model():
   """The run's model restored from its checkpoint, or one trained here."""
-  path = os.path.join(_OUTPUT_DIR.value, loop.CONFIG_FILE)
+  path = os.path.join(_OUTPUT_DIR.value, run_folder.CONFIG_FILE)
   strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
-  if tf.train.latest_checkpoint(loop.checkpoint_dir(_OUTPUT_DIR.value)):
+  if tf.train.latest_checkpoint(run_folder.checkpoint_dir(_OUTPUT_DIR.value)):
     with open(path) as f:
       config = config_lib.ExperimentConfig.from_dict(json.load(f))
-    return (loop.restore_model(config, strategy),
+    return (state.restore_model(config, strategy),
             f'{config.model.name} restored from {config.output_dir}')
   print(f'No checkpoint in {_OUTPUT_DIR.value}: training one epoch first.')
   config = config_lib.ExperimentConfig(
@@ -66,7 +68,7 @@ def _model():
       train=config_lib.TrainConfig(epochs=1, learning_rate=0.05,
                                    strategy='one_device'))
   loop.train(config, strategy)
-  return loop.restore_model(config, strategy), 'seed_cnn trained for 1 epoch'
+  return state.restore_model(config, strategy), 'seed_cnn trained for 1 epoch'
 
 
 def _run_batched(attack, x, y, batch):

@@ -14,10 +14,18 @@ import tensorflow_probability as tfp
 from tf_slwta import cli
 from tf_slwta import config as config_lib
 from tf_slwta import data as data_lib
+from tf_slwta import run_folder
 from tf_slwta.defenses import mixture as mixture_lib
 from tf_slwta.evaluation import certify
 from tf_slwta.layers import noise
+from tf_slwta.modes import certify as certify_mode
+from tf_slwta.modes import common
+from tf_slwta.modes import grid as grid_mode
+from tf_slwta.modes import train as train_mode
 from tf_slwta.training import loop
+from tf_slwta.training import optimizer as optimizer_lib
+from tf_slwta.training import state as state_lib
+from tf_slwta.training import steps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ONE_DEVICE = lambda: tf.distribute.OneDeviceStrategy('/cpu:0')
@@ -61,10 +69,10 @@ def test_seed_mixture_draws_each_slot_an_eighth_of_the_time():
 def test_a_training_step_with_each_branch_changes_the_weights(tmp_path, branch):
   cfg = tiny_config(tmp_path, mixture=((branch, 1.0),), learning_rate=0.1)
   strategy = ONE_DEVICE()
-  state = loop.build_training_state(cfg, strategy, steps_per_epoch=2)
+  state = state_lib.build_training_state(cfg, strategy, steps_per_epoch=2)
   before = [v.numpy().copy() for v in state.model.trainable_variables]
-  mixture = cli._perturbation(cfg, strategy)  # pylint: disable=protected-access
-  step = loop.make_train_step(state, strategy, global_batch_size=32,
+  mixture = common.perturbation(cfg, strategy)
+  step = steps.make_train_step(state, strategy, global_batch_size=32,
                               label_smoothing=0.0, perturb=mixture)
   images, labels = data_lib.load_arrays(cfg.data, 'train')
   iterator = iter(strategy.distribute_datasets_from_function(
@@ -145,7 +153,7 @@ def test_pni_model_places_and_weight_decay(tmp_path):
     assert f'pni_{point}' in names
   assert isinstance(model.get_layer('conv1'), noise.NoisyConv2D)
   assert isinstance(model.get_layer('logits'), noise.NoisyDense)
-  optimizer = loop.make_optimizer(config_lib.TrainConfig(weight_decay=0.1), 10)
+  optimizer = optimizer_lib.make_optimizer(config_lib.TrainConfig(weight_decay=0.1), 10)
   alphas = [v for v in model.trainable_variables if v.name == noise.ALPHA_NAME]
   assert len(alphas) == 3 + 4
   optimizer.build(model.trainable_variables)
@@ -250,7 +258,7 @@ def test_every_grid_row_trains_one_step_on_synthetic_data(row, tmp_path,
       f'--output_dir={tmp_path / "run"}']))
   cfg = cli.parse_flagfiles([os.path.relpath(row, REPO), str(overrides)])
   record = loop.train(cfg, ONE_DEVICE(),
-                      perturb=cli._perturbation(cfg, ONE_DEVICE()))  # pylint: disable=protected-access
+                      perturb=common.perturbation(cfg, ONE_DEVICE()))
   assert record['step'] == 1 and np.isfinite(record['train/loss'])
 
 
@@ -268,14 +276,15 @@ def test_grid_mode_writes_one_table_and_reuses_finished_rows(tmp_path,
     rows.append(str(path))
   base = config_lib.ExperimentConfig(mode='grid', grid=tuple(rows),
                                      output_dir=str(tmp_path / 'unused'))
-  assert cli.run(base) == 0
+  grid_mode.run(base, run_folder.RunFolder(base.output_dir))
   table = (tmp_path / 'runs' / 'grid.md').read_text().splitlines()
   assert table[0].startswith('| model | Natural (%) | PGD Linf (%) | FGSM (%)')
   assert [line.split('|')[1].strip() for line in table[2:]] == ['a_plain',
                                                                 'b_mixture']
   report = tmp_path / 'runs' / 'a_plain' / 'robustness.json'
   stamp = os.path.getmtime(report)
-  assert cli.run(base) == 0  # Trained and attacked already: reused.
+  # Trained and attacked already: reused.
+  grid_mode.run(base, run_folder.RunFolder(base.output_dir))
   assert os.path.getmtime(report) == stamp
   with open(tmp_path / 'runs' / 'grid.json') as f:
     assert len(json.load(f)['table']) == 2
@@ -286,13 +295,13 @@ def test_certify_mode_end_to_end(tmp_path, monkeypatch):
   monkeypatch.chdir(REPO)
   base = cli.parse_flagfiles(['flags/smoke.cfg'])
   trained = dataclasses.replace(base, output_dir=str(tmp_path))
-  assert cli.run(trained) == 0
+  train_mode.run(trained, run_folder.RunFolder(trained.output_dir))
   certify_run = dataclasses.replace(
       trained, mode='certify',
       data=dataclasses.replace(trained.data, eval_examples=4),
       certify=config_lib.CertifyConfig(sigma=0.25, n0=10, n=50, alpha=0.01,
                                        batch_size=50, radii=(0.0, 0.25)))
-  assert cli.run(certify_run) == 0
+  certify_mode.run(certify_run, run_folder.RunFolder(certify_run.output_dir))
   with open(tmp_path / 'certify.json') as f:
     result = json.load(f)
   assert result['examples'] == 4 and set(result['certified_accuracy']) == {

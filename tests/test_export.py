@@ -26,6 +26,7 @@ from tf_slwta import models
 from tf_slwta.export import client as client_lib
 from tf_slwta.export import saved_model
 from tf_slwta.training import loop
+from tf_slwta.training import state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (28, 28, 1)
@@ -55,13 +56,13 @@ def exports(tmp_path_factory):
       ('relu', 0.05, {}, 1), ('lwta', 0.01, {'activation': 'lwta'}, 4)):
     cfg = tiny_run(root / name, learning_rate, **model_settings)
     loop.train(cfg, strategy)
-    model = loop.restore_model(cfg, strategy)
+    model = state.restore_model(cfg, strategy)
     made[name] = dict(model=model, mc=mc, path=saved_model.export_model(
         model, export_dir=export_dir, name=name, image_shape=SHAPE,
         mc_samples=mc, info={'dataset': 'synthetic'}))
   pni_cfg = tiny_run(root / 'pni', 0.02, pni='weight')
   loop.train(pni_cfg, strategy)
-  pni = loop.restore_model(pni_cfg, strategy)
+  pni = state.restore_model(pni_cfg, strategy)
   made['pni'] = dict(model=pni, mc=3, path=saved_model.export_model(
       pni, export_dir=export_dir, name='pni', image_shape=SHAPE,
       mc_samples=3))

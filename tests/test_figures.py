@@ -13,14 +13,16 @@ from tensorboard.backend.event_processing import event_accumulator
 import tensorflow as tf
 
 from attack_fixtures import logits_fn, sample_batch
-from tf_slwta import cli
 from tf_slwta import config as config_lib
 from tf_slwta import data as data_lib
 from tf_slwta import models
+from tf_slwta import run_folder
 from tf_slwta.evaluation import certify
 from tf_slwta.evaluation import figures
 from tf_slwta.evaluation import report
 from tf_slwta.evaluation import robustness
+from tf_slwta.modes import certify as certify_mode
+from tf_slwta.modes import train as train_mode
 
 ATTACKS = config_lib.AttackConfig(fgsm_eps=0.05, pgd_eps=0.05, pgd_alpha=0.01,
                                   pgd_steps=3, pgd_l2_eps=1.0, pgd_l2_alpha=0.3,
@@ -242,7 +244,7 @@ def test_train_evaluate_certify_and_grid_write_one_report(tmp_path, capsys):
       certify=config_lib.CertifyConfig(n0=5, n=20, batch_size=20,
                                        radii=(0.0, 0.25)))
   strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
-  cli._run_one(config, strategy)  # pylint: disable=protected-access
+  train_mode.run(config, run_folder.RunFolder(config.output_dir), strategy)
   assert 'report.html' in capsys.readouterr().out
   run = config.output_dir
   expected = {f'attack_{n}.png' for n in (*ATTACKS.attacks, 'combined')} | {
@@ -260,7 +262,8 @@ def test_train_evaluate_certify_and_grid_write_one_report(tmp_path, capsys):
   certify_config = dataclasses.replace(
       config, mode='certify', data=dataclasses.replace(config.data,
                                                        eval_examples=4))
-  cli._run_certify(certify_config, strategy)  # pylint: disable=protected-access
+  certify_mode.run(certify_config, run_folder.RunFolder(config.output_dir),
+                   strategy)
   page = parse_html(os.path.join(run, 'report.html'))
   assert sorted(page.images) == sorted(
       f'figures/{n}' for n in expected | {'certified_accuracy.png'})

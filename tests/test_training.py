@@ -10,7 +10,12 @@ import tensorflow as tf
 
 from tf_slwta import config as config_lib
 from tf_slwta import data as data_lib
+from tf_slwta import run_folder
+from tf_slwta.modes import evaluate as evaluate_mode
 from tf_slwta.training import loop
+from tf_slwta.training import optimizer as optimizer_lib
+from tf_slwta.training import state as state_lib
+from tf_slwta.training import steps
 
 
 def small_config(output_dir, *, epochs=2, train_examples=512, batch_size=32,
@@ -29,7 +34,7 @@ def small_config(output_dir, *, epochs=2, train_examples=512, batch_size=32,
 
 
 def read_metrics(output_dir):
-  with open(os.path.join(output_dir, loop.METRICS_FILE)) as f:
+  with open(os.path.join(output_dir, run_folder.METRICS_FILE)) as f:
     return [json.loads(line) for line in f]
 
 
@@ -48,7 +53,7 @@ def test_loss_falls_and_model_learns(tmp_path):
   # What a user is promised to find in output_dir.
   assert tf.train.latest_checkpoint(os.path.join(tmp_path, 'checkpoints'))
   assert tf.io.gfile.glob(os.path.join(tmp_path, 'summaries', 'events.*'))
-  with open(os.path.join(tmp_path, loop.CONFIG_FILE)) as f:
+  with open(os.path.join(tmp_path, run_folder.CONFIG_FILE)) as f:
     assert json.load(f) == json.loads(cfg.to_json())
 
 
@@ -87,7 +92,7 @@ def test_finished_run_is_not_trained_again(tmp_path):
 
 def test_other_settings_in_the_same_output_dir_are_refused(tmp_path):
   loop.train(small_config(tmp_path, epochs=1), ONE_DEVICE())
-  with pytest.raises(loop.RunMismatch, match='model.seed_cnn_units'):
+  with pytest.raises(run_folder.RunMismatch, match='model.seed_cnn_units'):
     other = small_config(tmp_path, epochs=1)
     other = config_lib.ExperimentConfig(
         output_dir=other.output_dir, data=other.data, train=other.train,
@@ -134,17 +139,17 @@ def test_perturbation_seam_sees_each_training_batch(tmp_path):
 def test_learning_rate_schedules():
   warm = config_lib.TrainConfig(epochs=10, learning_rate=0.1,
                                 lr_warmup_epochs=2)
-  schedule = loop.learning_rate_schedule(warm, steps_per_epoch=10)
+  schedule = optimizer_lib.learning_rate_schedule(warm, steps_per_epoch=10)
   assert float(schedule(0)) < 0.02
   assert float(schedule(20)) == pytest.approx(0.1, rel=1e-3)
   assert float(schedule(99)) < 0.001
   step = config_lib.TrainConfig(epochs=10, learning_rate=0.1,
                                 lr_schedule='step', lr_decay_epochs=(3, 6),
                                 lr_decay_ratio=0.5)
-  schedule = loop.learning_rate_schedule(step, steps_per_epoch=10)
+  schedule = optimizer_lib.learning_rate_schedule(step, steps_per_epoch=10)
   assert [float(schedule(s)) for s in (0, 29, 30, 60)] == pytest.approx(
       [0.1, 0.1, 0.05, 0.025])
-  const = loop.learning_rate_schedule(
+  const = optimizer_lib.learning_rate_schedule(
       config_lib.TrainConfig(lr_schedule='constant', learning_rate=0.3), 5)
   assert float(const(10_000)) == pytest.approx(0.3)
 
@@ -158,7 +163,7 @@ def test_batch_must_split_over_replicas(tmp_path):
 def test_evaluate_checkpoint_matches_training_result(tmp_path):
   cfg = small_config(tmp_path, epochs=1)
   final = loop.train(cfg, ONE_DEVICE())
-  result = loop.evaluate_checkpoint(cfg, ONE_DEVICE())
+  result = evaluate_mode.evaluate_checkpoint(cfg, ONE_DEVICE())
   assert result['accuracy'] == pytest.approx(final['test/accuracy'])
   assert result['examples'] == 256
   with open(os.path.join(tmp_path, 'eval_results.json')) as f:
@@ -167,7 +172,7 @@ def test_evaluate_checkpoint_matches_training_result(tmp_path):
 
 def test_evaluate_without_checkpoint_says_what_to_do(tmp_path):
   with pytest.raises(FileNotFoundError, match='--mode=train'):
-    loop.evaluate_checkpoint(small_config(tmp_path), ONE_DEVICE())
+    evaluate_mode.evaluate_checkpoint(small_config(tmp_path), ONE_DEVICE())
 
 
 def test_config_round_trips_through_its_json(tmp_path):
@@ -181,8 +186,8 @@ def test_uneven_evaluation_split_counts_every_example_once(tmp_path):
   images, labels = data_lib.make_synthetic('test', 70)
   results = []
   for strategy in (ONE_DEVICE(), TWO_REPLICAS()):
-    model = loop.restore_model(cfg, strategy)
-    results.append(loop.evaluate(strategy, loop.make_eval_step(model, strategy),
+    model = state_lib.restore_model(cfg, strategy)
+    results.append(steps.evaluate(strategy, steps.make_eval_step(model, strategy),
                                  images, labels, global_batch_size=32))
   assert results[0]['examples'] == results[1]['examples'] == 70
   assert results[0]['accuracy'] == pytest.approx(results[1]['accuracy'])
@@ -192,7 +197,7 @@ def test_uneven_evaluation_split_counts_every_example_once(tmp_path):
 def test_runs_from_before_a_new_setting_still_resume(tmp_path):
   cfg = small_config(tmp_path, epochs=1)
   loop.train(cfg, ONE_DEVICE())
-  path = os.path.join(tmp_path, loop.CONFIG_FILE)
+  path = os.path.join(tmp_path, run_folder.CONFIG_FILE)
   with open(path) as f:
     saved = json.load(f)
   del saved['model']['pni'], saved['train']['mixture']  # An older version.
@@ -207,7 +212,7 @@ def test_kl_is_recorded_and_checkpoints_without_it_resume(tmp_path, capsys):
   assert read_metrics(tmp_path)[0]['train/kl'] == 0.0  # No stochastic layer.
   # Rewrite the checkpoint as runs saved it before the KL was recorded.
   strategy = ONE_DEVICE()
-  state = loop.build_training_state(cfg, strategy, steps_per_epoch=16)
+  state = state_lib.build_training_state(cfg, strategy, steps_per_epoch=16)
   ckpt_dir = os.path.join(tmp_path, 'checkpoints')
   tf.io.gfile.rmtree(ckpt_dir)
   old = tf.train.Checkpoint(model=state.model, optimizer=state.optimizer,
@@ -220,7 +225,7 @@ def test_kl_is_recorded_and_checkpoints_without_it_resume(tmp_path, capsys):
   assert resumed['epoch'] == 2
   assert [m['epoch'] for m in read_metrics(tmp_path)] == [1, 2]
   # Mid-epoch too: the KL is counted from the resumed step on.
-  state = loop.build_training_state(cfg, strategy, steps_per_epoch=16)
+  state = state_lib.build_training_state(cfg, strategy, steps_per_epoch=16)
   state.optimizer.iterations.assign(40)  # Step 8 of epoch 3.
   tf.io.gfile.rmtree(ckpt_dir)
   old = tf.train.Checkpoint(model=state.model, optimizer=state.optimizer,

@@ -31,9 +31,9 @@ import tensorflow as tf
 
 from tf_slwta import config as config_lib
 from tf_slwta import data as data_lib
+from tf_slwta import run_folder
 from tf_slwta.evaluation import figures
 from tf_slwta.evaluation import robustness
-from tf_slwta.training import loop
 
 REPORT_FILE = 'report.html'
 GRID_REPORT_FILE = 'grid.html'
@@ -92,7 +92,7 @@ def _read_metrics(path: str) -> List[Dict[str, float]]:
 
 def checkpoint_step(output_dir: str) -> int:
   """The global step of the run's latest checkpoint (ckpt-<step>), or 0."""
-  latest = tf.train.latest_checkpoint(loop.checkpoint_dir(output_dir))
+  latest = tf.train.latest_checkpoint(run_folder.checkpoint_dir(output_dir))
   try:
     return int(latest.rsplit('-', 1)[1]) if latest else 0
   except ValueError:
@@ -129,7 +129,7 @@ def _settings_section(config: config_lib.ExperimentConfig,
            f'PNI {model.pni}' if model.pni != 'none' else '',
            'IBP' if model.ibp else '']
   described = ', '.join(p for p in parts if p)
-  latest = tf.train.latest_checkpoint(loop.checkpoint_dir(config.output_dir))
+  latest = tf.train.latest_checkpoint(run_folder.checkpoint_dir(config.output_dir))
   saved = saved or {}
   checkpoint = saved.get('checkpoint') or latest
   attack = saved.get('attack_settings') or config.to_dict()['attack']

@@ -1,36 +1,10 @@
 """Choosing a tf.distribute strategy and knowing who the chief is."""
 
-import json
 import os
 
 import tensorflow as tf
 
-
-def tf_config_error() -> str:
-  """Why `TF_CONFIG` cannot drive a multi-worker run, or '' if it can."""
-  raw = os.environ.get('TF_CONFIG')
-  if not raw:
-    return ('TF_CONFIG is not set. Set it on every worker, e.g. '
-            '{"cluster": {"worker": ["host1:port", "host2:port"]}, '
-            '"task": {"type": "worker", "index": 0}}.')
-  try:
-    tf_config = json.loads(raw)
-    workers = tf_config['cluster']['worker']
-    task = tf_config['task']
-    index = int(task['index'])
-  except (ValueError, KeyError, TypeError) as e:
-    return f'TF_CONFIG is not valid JSON with cluster.worker and task ({e}).'
-  if not workers:
-    return 'TF_CONFIG lists no workers in cluster.worker.'
-  if task.get('type') == 'worker' and not 0 <= index < len(workers):
-    return f'TF_CONFIG task index {index} is outside its {len(workers)} workers.'
-  return ''
-
-
-def _tf_config_workers() -> int:
-  if tf_config_error():
-    return 0
-  return len(json.loads(os.environ['TF_CONFIG'])['cluster']['worker'])
+from tf_slwta.training import tf_config
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -46,10 +20,10 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
   Returns:
     The strategy. Its `num_replicas_in_sync` divides the global batch.
   """
-  if name == 'auto' and _tf_config_workers() > 1:
+  if name == 'auto' and tf_config.tf_config_workers() > 1:
     name = 'multi_worker'
   if name == 'multi_worker':  # Must come before anything starts the runtime.
-    problem = tf_config_error()
+    problem = tf_config.tf_config_error()
     if problem:
       raise ValueError(f'--strategy=multi_worker: {problem}')
     return tf.distribute.MultiWorkerMirroredStrategy()

@@ -1,0 +1,151 @@
+"""Parsed flag values -> the frozen `ExperimentConfig`, and the validators.
+
+Cross-field rules live in the dataclasses of `config`; `register_validators`
+runs them while the command line is parsed, so a bad value or combination is
+refused before any work, naming the flag.
+"""
+
+import os
+from typing import Sequence
+
+from absl import flags
+
+from tf_slwta import config as config_lib
+from tf_slwta.cli import definitions
+from tf_slwta.training import tf_config
+
+
+def register_validators(fv: flags.FlagValues) -> None:
+  """Registers every section's cross-field check on `fv`."""
+  for section, names in definitions.SECTIONS.items():
+    flags.register_multi_flags_validator(
+        list(names), _section_checker(section), flag_values=fv)
+  flags.register_validator(
+      'strategy', _check_strategy,
+      message='--strategy=multi_worker needs a valid TF_CONFIG.',
+      flag_values=fv)
+
+
+def _section_checker(section: str):
+  builder = {'data': _data_config, 'model': _model_config,
+             'train': _train_config, 'attack': _attack_config,
+             'certify': _certify_config, 'export': _export_config,
+             'serve': _serve_config}[section]
+
+  def check(values):
+    try:
+      builder(values)
+    except ValueError as e:
+      raise flags.ValidationError(str(e)) from e
+    return True
+
+  return check
+
+
+def _check_strategy(value: str) -> bool:
+  if value == 'multi_worker':
+    problem = tf_config.tf_config_error()
+    if problem:
+      raise flags.ValidationError(f'--strategy=multi_worker: {problem}')
+  return True
+
+
+def _int_list(name: str, values: Sequence[str]) -> tuple:
+  try:
+    return tuple(int(v) for v in values)
+  except ValueError as e:
+    raise ValueError(f'--{name} takes comma-separated integers, got '
+                     f'{",".join(values)}.') from e
+
+
+def _data_config(v) -> config_lib.DataConfig:
+  return config_lib.DataConfig(
+      dataset=v['dataset'], data_dir=v['data_dir'],
+      tfds_data_dir=v['tfds_data_dir'], train_examples=v['train_examples'],
+      eval_examples=v['eval_examples'], batch_size=v['batch_size'],
+      eval_batch_size=v['eval_batch_size'],
+      augment={'auto': None, 'true': True, 'false': False}[v['augment']],
+      download=v['download'])
+
+
+def _model_config(v) -> config_lib.ModelConfig:
+  special = ('model', 'seed_cnn_filters')
+  return config_lib.ModelConfig(
+      name=v['model'],
+      seed_cnn_filters=_int_list('seed_cnn_filters', v['seed_cnn_filters']),
+      **{name: v[name] for name in definitions.SECTIONS['model'] if name not in special})
+
+
+def _mixture(entries: Sequence[str]) -> tuple:
+  """'branch:weight' entries (or 'seed') -> ((branch, weight), ...)."""
+  if list(entries) == ['seed']:
+    return config_lib.SEED_MIXTURE
+  parsed = []
+  for entry in entries:
+    name, _, weight = entry.partition(':')
+    try:
+      parsed.append((name, float(weight or 1.0)))
+    except ValueError as e:
+      raise ValueError(f'--mixture entry {entry!r} is not branch:weight.') from e
+  return tuple(parsed)
+
+
+def _train_config(v) -> config_lib.TrainConfig:
+  special = ('lr_decay_epochs', 'mixture')
+  return config_lib.TrainConfig(**{
+      name: v[name] for name in definitions.SECTIONS['train'] if name not in special
+  }, lr_decay_epochs=_int_list('lr_decay_epochs', v['lr_decay_epochs']),
+      mixture=_mixture(v['mixture']))
+
+
+def _certify_config(v) -> config_lib.CertifyConfig:
+  try:
+    radii = tuple(float(r) for r in v['certify_radii'])
+  except ValueError as e:
+    raise ValueError('--certify_radii takes comma-separated numbers.') from e
+  return config_lib.CertifyConfig(
+      sigma=v['certify_sigma'], n0=v['certify_n0'], n=v['certify_n'],
+      alpha=v['certify_alpha'], batch_size=v['certify_batch_size'],
+      radii=radii)
+
+
+def _export_config(v) -> config_lib.ExportConfig:
+  return config_lib.ExportConfig(export_dir=v['export_dir'],
+                                 name=v['export_name'],
+                                 version=v['export_version'],
+                                 sampling=v['export_sampling'])
+
+
+def _serve_config(v) -> config_lib.ServeConfig:
+  missing = [path for path in v['images'] if not os.path.isfile(path)]
+  if missing:
+    raise ValueError(f'--images names files that do not exist: '
+                     f'{", ".join(missing)}.')
+  return config_lib.ServeConfig(
+      server=v['server'], protocol=v['serving_protocol'],
+      model_name=v['export_name'], version=v['export_version'],
+      timeout=v['serving_timeout'], images=tuple(v['images']),
+      batch_size=v['serving_batch_size'])
+
+
+def _attack_config(v) -> config_lib.AttackConfig:
+  special = ('attacks', 'attack_seed', 'gradient_modes')
+  names = [n for n in definitions.SECTIONS['attack'] if n not in special]
+  return config_lib.AttackConfig(
+      attacks=tuple(v['attacks']), seed=v['attack_seed'],
+      gradient_modes=tuple(v['gradient_modes']),
+      **{name: v[name] for name in names})
+
+
+def config_from_flags(fv: flags.FlagValues = flags.FLAGS
+                      ) -> config_lib.ExperimentConfig:
+  """Builds the run's `ExperimentConfig` from parsed flags."""
+  values = {name: fv[name].value for names in definitions.SECTIONS.values()
+            for name in names}
+  return config_lib.ExperimentConfig(
+      mode=fv.mode, output_dir=fv.output_dir,
+      evaluate_robustness=fv.evaluate_robustness, data=_data_config(values),
+      model=_model_config(values), train=_train_config(values),
+      attack=_attack_config(values), certify=_certify_config(values),
+      export=_export_config(values), serve=_serve_config(values),
+      grid=tuple(fv.grid), grid_overrides=fv.grid_overrides)

@@ -1,0 +1,135 @@
+"""--mode=evaluate: clean and attacked accuracy of a run's latest checkpoint."""
+
+import json
+import os
+from typing import Dict, List, Optional, Tuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_slwta import config as config_lib
+from tf_slwta import data as data_lib
+from tf_slwta import run_folder
+from tf_slwta.evaluation import robustness
+from tf_slwta.layers import ibp
+from tf_slwta.modes import common
+from tf_slwta.training import distribute
+from tf_slwta.training import state
+from tf_slwta.training import steps
+
+Arrays = Tuple[np.ndarray, np.ndarray]
+EVAL_RESULTS_FILE = 'eval_results.json'
+
+
+def clean_metrics(config: config_lib.ExperimentConfig,
+                  strategy: tf.distribute.Strategy, model: keras.Model,
+                  test_arrays: Optional[Arrays] = None) -> Dict[str, float]:
+  """Clean test metrics of `model`; writes `<output_dir>/eval_results.json`.
+
+  Args:
+    config: the run's settings (data and output_dir).
+    strategy: the strategy `model` was built under.
+    model: the classifier (logits).
+    test_arrays: (uint8 images `[N, H, W, C]`, int64 labels `[N]`); the
+      configured test split when None.
+
+  Returns:
+    {'loss': mean cross-entropy, 'accuracy' in [0, 1], 'examples'}.
+  """
+  images, labels = test_arrays or data_lib.load_arrays(config.data, 'test')
+  result = steps.evaluate(strategy, steps.make_eval_step(model, strategy),
+                          images, labels, config.data.eval_batch_size)
+  if distribute.is_chief(strategy):
+    run_folder.RunFolder(config.output_dir).write_json(EVAL_RESULTS_FILE,
+                                                       result)
+  return result
+
+
+def evaluate_checkpoint(config: config_lib.ExperimentConfig,
+                        strategy: tf.distribute.Strategy,
+                        test_arrays: Optional[Arrays] = None
+                        ) -> Dict[str, float]:
+  """Clean test metrics of the run's latest checkpoint (see `clean_metrics`)."""
+  return clean_metrics(config, strategy, state.restore_model(config, strategy),
+                       test_arrays)
+
+
+def attack_and_report(config: config_lib.ExperimentConfig,
+                      strategy: tf.distribute.Strategy,
+                      model: Optional[keras.Model], clean: Dict[str, float],
+                      attack: bool, reuse_robustness: bool = False
+                      ) -> Optional[List[dict]]:
+  """Attacks `model` if asked, prints the results, writes report.html.
+
+  Only the chief works; other workers return None.
+
+  Args:
+    config: the run's settings.
+    strategy: the run's strategy.
+    model: the restored model, or None when nothing needs it.
+    clean: clean test metrics {'accuracy', 'loss', 'examples'}.
+    attack: run `config.attack`'s attacks.
+    reuse_robustness: keep an earlier robustness table made on the same
+      checkpoint with the same settings instead of attacking again.
+
+  Returns:
+    The robustness rows, or None when no attack ran.
+  """
+  if not distribute.is_chief(strategy):
+    return None
+  rows = None
+  if attack:
+    meta = {'scoring': robustness.SCORING,
+            'output_dir': config.output_dir, 'dataset': config.data.dataset,
+            'model': config.model.name,
+            'checkpoint': state.latest_checkpoint(config.output_dir),
+            'eval_examples': config.data.eval_examples,
+            'attack_settings': config.to_dict()['attack']}
+    rows = robustness.load_report(config.output_dir, meta) if (
+        reuse_robustness) else None
+    if rows is None:
+      images, labels = data_lib.load_arrays(config.data, 'test')
+      examples = robustness.Examples()  # For the figures.
+      rows = robustness.evaluate_robustness(
+          lambda x: model(x, training=False), images, labels, config.attack,
+          batch_size=config.data.eval_batch_size, examples=examples)
+      robustness.write_report(rows, config.output_dir, meta=meta,
+                              examples=examples)
+  print(f'\nResults of {config.output_dir} ({config.data.dataset}, '
+        f'{config.model.name}):')
+  common.print_table({'test': clean})
+  if rows is not None:
+    print(f'\nRobustness on {rows[0]["examples"]} test images (also in '
+          f'{os.path.join(config.output_dir, "robustness.md")}, .csv, '
+          f'.json):')
+    robustness.print_table(rows)
+  if config.model.ibp and model is not None:
+    pruned = ibp.pruned_fractions(model)
+    with open(os.path.join(config.output_dir, 'ibp_pruned.json'), 'w') as f:
+      json.dump(pruned, f, indent=2, sort_keys=True)
+    print('\nIBP: share of blocks pruned at test time (utility <= '
+          f'{config.model.ibp_threshold}): ' + ', '.join(
+              f'{k} {100 * v:.1f}%' for k, v in pruned.items()))
+  print(f'Checkpoints: {run_folder.checkpoint_dir(config.output_dir)}\n'
+        f'TensorBoard: tensorboard --logdir '
+        f'{os.path.join(config.output_dir, "summaries")}')
+  common.write_html_report(config, model)
+  return rows
+
+
+def run(config: config_lib.ExperimentConfig, folder: run_folder.RunFolder,
+        strategy: Optional[tf.distribute.Strategy] = None):
+  """Scores the latest checkpoint in `folder`: clean, then every attack.
+
+  Returns:
+    (clean metrics {'accuracy', 'loss', 'examples'}, robustness rows or
+    None).
+  """
+  del folder  # config.output_dir names it.
+  strategy = strategy or common.make_strategy(config)
+  model = state.restore_model(config, strategy)
+  clean = clean_metrics(config, strategy, model)
+  rows = attack_and_report(config, strategy, model, clean,
+                           attack=bool(config.attack.attacks))
+  return clean, rows
