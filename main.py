@@ -31,8 +31,8 @@ def main(argv):
   # Imported only now, so that flag parsing and its refusals come before
   # TensorFlow loads (importing it takes seconds) and so that a
   # MultiWorkerMirroredStrategy is made before any other TF op.
-  from tf_slwta.modes import certify, common, evaluate, export, grid, predict, train  # pylint: disable=g-import-not-at-top,g-multiple-import
-  modes = {'train': train.run, 'evaluate': evaluate.run,
+  from tf_slwta.modes import audit, certify, common, evaluate, export, grid, predict, train  # pylint: disable=g-import-not-at-top,g-multiple-import
+  modes = {'train': train.run, 'evaluate': evaluate.run, 'audit': audit.run,
            'certify': certify.run, 'grid': grid.run, 'export': export.run,
            'predict': predict.run}
   # TF logs an INFO line through absl at every checkpoint save; keep it out.

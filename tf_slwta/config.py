@@ -15,7 +15,7 @@ MODELS = ('seed_cnn', 'wide_resnet')
 ACTIVATIONS = ('relu', 'lwta')
 STRATEGIES = ('auto', 'mirrored', 'multi_worker', 'one_device')
 LR_SCHEDULES = ('constant', 'cosine', 'step')
-MODES = ('train', 'evaluate', 'certify', 'grid', 'export', 'predict')
+MODES = ('train', 'evaluate', 'audit', 'certify', 'grid', 'export', 'predict')
 PNI_MODES = ('none', 'activation', 'weight', 'both')
 MIXTURE_BRANCHES = ('noise', 'fgsm', 'pgd', 'cw', 'clean')
 # The seed draws k uniformly from 0..7: 0 noise, 1 FGSM, 2 PGD, 3 CW, 4-7 clean.
@@ -383,6 +383,46 @@ class AttackConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class AuditConfig:
+  """The gradient-masking checklist of --mode=audit (Athalye et al., 2018;
+  Carlini et al., 2019), around the attack settings' aa_* threat model.
+
+  Attributes:
+    sweep_examples: images of the eps and steps sweeps (the first ones of
+      the audited images), >= 1.
+    eps_multiples: increasing multiples of aa_eps for the eps sweep; the
+      largest must take accuracy to about 0 (L-inf radii are capped at 1).
+    sweep_steps: increasing APGD-CE iteration counts of the steps sweep.
+    noise_draws: random points of the eps sphere per image in the
+      random-noise floor, >= 1.
+    tolerance: how far in [0, 1] one number may beat another it must not
+      beat before a check fails (at least twice their Monte Carlo standard
+      errors are allowed too).
+    zero_accuracy: the accuracy at the largest eps that counts as "about 0".
+  """
+  sweep_examples: int = 200
+  eps_multiples: Tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
+  sweep_steps: Tuple[int, ...] = (10, 25, 50, 100)
+  noise_draws: int = 20
+  tolerance: float = 0.02
+  zero_accuracy: float = 0.05
+
+  def __post_init__(self):
+    _check_at_least('audit_sweep_examples', self.sweep_examples, 1)
+    _check_at_least('audit_noise_draws', self.noise_draws, 1)
+    for name, values in (('audit_eps_multiples', self.eps_multiples),
+                         ('audit_steps', self.sweep_steps)):
+      if (not values or list(values) != sorted(set(values))
+          or min(values) <= 0):
+        raise ValueError(f'{name} must be increasing positive numbers, got '
+                         f'{list(values)}.')
+    for name in ('tolerance', 'zero_accuracy'):
+      if not 0 <= getattr(self, name) < 1:
+        raise ValueError(f'audit_{name} must be in [0, 1), got '
+                         f'{getattr(self, name)}.')
+
+
+@dataclasses.dataclass(frozen=True)
 class CertifyConfig:
   """Randomized smoothing (Cohen et al., 2019) for --mode=certify.
 
@@ -519,7 +559,8 @@ class ExperimentConfig:
     output_dir: checkpoints, TensorBoard logs, metrics.jsonl and results.
     evaluate_robustness: after --mode=train, also run the attacks of
       `attack` on the test examples and write the robustness table.
-    data, model, train, attack, certify, export, serve: the parts above.
+    data, model, train, attack, audit, certify, export, serve: the parts
+      above.
     grid: flagfiles of the runs --mode=grid trains and evaluates.
     grid_overrides: a flagfile applied after each grid row's own (e.g. a
       shorter budget), or None.
@@ -531,6 +572,7 @@ class ExperimentConfig:
   model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
   train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
   attack: AttackConfig = dataclasses.field(default_factory=AttackConfig)
+  audit: AuditConfig = dataclasses.field(default_factory=AuditConfig)
   certify: CertifyConfig = dataclasses.field(default_factory=CertifyConfig)
   export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
   serve: ServeConfig = dataclasses.field(default_factory=ServeConfig)
@@ -551,7 +593,8 @@ class ExperimentConfig:
     """Rebuilds settings from `to_dict()` output (e.g. a run's config.json)."""
     sections = {'data': DataConfig, 'model': ModelConfig,
                 'train': TrainConfig, 'attack': AttackConfig,
-                'certify': CertifyConfig, 'export': ExportConfig,
+                'audit': AuditConfig, 'certify': CertifyConfig,
+                'export': ExportConfig,
                 'serve': ServeConfig}
     tuples = lambda d: {k: _as_tuple(v) for k, v in d.items()}
     top = tuples({k: v for k, v in saved.items() if k not in sections})

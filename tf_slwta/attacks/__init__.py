@@ -16,9 +16,11 @@ from tf_slwta.attacks.cw import carlini_wagner_l2
 from tf_slwta.attacks.eot import mean_probabilities
 from tf_slwta.attacks.eot import predict
 from tf_slwta.attacks.fgsm import fgsm
+from tf_slwta.attacks.noise import random_noise
 from tf_slwta.attacks.pgd import pgd
 from tf_slwta.attacks.square import square
 
 __all__ = ['apgd', 'apgd_targeted', 'carlini_wagner_l2', 'fgsm',
-           'mean_probabilities', 'pgd', 'predict', 'sequential', 'square',
+           'mean_probabilities', 'pgd', 'predict', 'random_noise',
+           'sequential', 'square',
            'worst_case']

@@ -122,6 +122,8 @@ def _cw(logits_fn, gradient_fn, x, y, c, kappa, steps, binary_search_steps,
         tape.watch(modifier)
         loss, l2, f, adv = attack_loss(modifier, const)
       grad = tape.gradient(loss, modifier)
+      if grad is None:  # No path from the input (e.g. a hard quantizer).
+        grad = tf.zeros_like(modifier)
       # Judge the point the loss was computed at, before moving it.
       hit = f <= -kappa
       improved = tf.logical_and(hit, l2 < step_l2)

@@ -108,7 +108,10 @@ def loss_gradient(logits_fn: LogitsFn,
       logits = logits_fn(x)
       losses = loss_of_logits(logits)
       loss = tf.reduce_sum(losses)
-    return tape.gradient(loss, x), tf.nn.softmax(logits), losses
+    grad = tape.gradient(loss, x)
+    if grad is None:  # No path from the input (e.g. a hard quantizer).
+      grad = tf.zeros_like(x)
+    return grad, tf.nn.softmax(logits), losses
 
   if eot_samples == 1:
     return one_pass()

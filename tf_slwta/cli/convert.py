@@ -29,7 +29,7 @@ def register_validators(fv: flags.FlagValues) -> None:
 def _section_checker(section: str):
   builder = {'data': _data_config, 'model': _model_config,
              'train': _train_config, 'attack': _attack_config,
-             'certify': _certify_config, 'export': _export_config,
+             'audit': _audit_config, 'certify': _certify_config, 'export': _export_config,
              'serve': _serve_config}[section]
 
   def check(values):
@@ -98,6 +98,19 @@ def _train_config(v) -> config_lib.TrainConfig:
       mixture=_mixture(v['mixture']))
 
 
+def _audit_config(v) -> config_lib.AuditConfig:
+  try:
+    multiples = tuple(float(m) for m in v['audit_eps_multiples'])
+  except ValueError as e:
+    raise ValueError('--audit_eps_multiples takes comma-separated '
+                     'numbers.') from e
+  return config_lib.AuditConfig(
+      sweep_examples=v['audit_sweep_examples'], eps_multiples=multiples,
+      sweep_steps=_int_list('audit_steps', v['audit_steps']),
+      noise_draws=v['audit_noise_draws'], tolerance=v['audit_tolerance'],
+      zero_accuracy=v['audit_zero_accuracy'])
+
+
 def _certify_config(v) -> config_lib.CertifyConfig:
   try:
     radii = tuple(float(r) for r in v['certify_radii'])
@@ -146,6 +159,7 @@ def config_from_flags(fv: flags.FlagValues = flags.FLAGS
       mode=fv.mode, output_dir=fv.output_dir,
       evaluate_robustness=fv.evaluate_robustness, data=_data_config(values),
       model=_model_config(values), train=_train_config(values),
-      attack=_attack_config(values), certify=_certify_config(values),
+      attack=_attack_config(values), audit=_audit_config(values),
+      certify=_certify_config(values),
       export=_export_config(values), serve=_serve_config(values),
       grid=tuple(fv.grid), grid_overrides=fv.grid_overrides)

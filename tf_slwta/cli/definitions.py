@@ -31,6 +31,8 @@ SECTIONS = {
               'strategy', 'checkpoint_every_steps', 'keep_checkpoints',
               'log_every_steps', 'mixture', 'noise_sigma',
               'clean_loss_weight'),
+    'audit': ('audit_sweep_examples', 'audit_eps_multiples', 'audit_steps',
+              'audit_noise_draws', 'audit_tolerance', 'audit_zero_accuracy'),
     'certify': ('certify_sigma', 'certify_n0', 'certify_n', 'certify_alpha',
                 'certify_batch_size', 'certify_radii'),
     'export': ('export_dir', 'export_name', 'export_version',
@@ -48,6 +50,7 @@ def define(fv: flags.FlagValues) -> None:
   flags.DEFINE_enum('mode', 'train', config_lib.MODES,
                     'train: train (or resume) and evaluate every epoch; '
                     'evaluate: score the latest checkpoint in --output_dir; '
+                    'audit: the gradient-masking checklist on it; '
                     'certify: randomized smoothing; grid: many flagfiles; '
                     'export: write the latest checkpoint as a SavedModel '
                     'for TF Serving; predict: classify through a running '
@@ -189,6 +192,26 @@ def define(fv: flags.FlagValues) -> None:
                      flag_values=fv)
   flags.DEFINE_float('clean_loss_weight', d_train.clean_loss_weight,
                      'w of w * CE(clean) + (1 - w) * CE(perturbed).',
+                     flag_values=fv)
+  d_audit = config_lib.AuditConfig()
+  flags.DEFINE_integer('audit_sweep_examples', d_audit.sweep_examples,
+                       'Images of the audit\'s eps and steps sweeps.',
+                       flag_values=fv)
+  flags.DEFINE_list('audit_eps_multiples',
+                    [f'{m:g}' for m in d_audit.eps_multiples],
+                    'Multiples of --aa_eps the audit sweeps; accuracy must '
+                    'reach about 0 at the largest.', flag_values=fv)
+  flags.DEFINE_list('audit_steps', [str(s) for s in d_audit.sweep_steps],
+                    'APGD-CE iteration counts the audit sweeps; accuracy '
+                    'must not rise with more.', flag_values=fv)
+  flags.DEFINE_integer('audit_noise_draws', d_audit.noise_draws,
+                       'Random points per image of the random-noise floor.',
+                       flag_values=fv)
+  flags.DEFINE_float('audit_tolerance', d_audit.tolerance,
+                     'How far one number may beat another it must not beat '
+                     'before an audit check fails.', flag_values=fv)
+  flags.DEFINE_float('audit_zero_accuracy', d_audit.zero_accuracy,
+                     'Accuracy at the largest eps that counts as about 0.',
                      flag_values=fv)
   d_certify = config_lib.CertifyConfig()
   flags.DEFINE_float('certify_sigma', d_certify.sigma,

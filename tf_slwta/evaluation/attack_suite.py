@@ -25,10 +25,12 @@ AttackFn = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]
 @dataclasses.dataclass(frozen=True)
 class Variant:
   """One runnable attack: `name` (the table row), `mode` ('' when the attack
-  takes no gradient of the model) and `run(images, labels, seed)`."""
+  takes no gradient of the model), `run(images, labels, seed)`, and for an
+  attack outside `config.ATTACKS` its `settings` text."""
   name: str
   mode: str
   run: AttackFn
+  settings: str = ''
 
   @property
   def label(self) -> str:
@@ -147,11 +149,36 @@ def _transfer(source_fn: eot.LogitsFn,
       steps=cfg.apgd_steps, loss='ce', restarts=cfg.apgd_restarts, seed=s)
 
 
+def random_noise_variant(logits_fn: eot.LogitsFn,
+                         cfg: config_lib.AttackConfig, draws: int) -> Variant:
+  """'random_noise': the worst of `draws` random points of the aa_* sphere."""
+  return Variant('random_noise', '', lambda x, y, s: attacks.random_noise(
+      logits_fn, x, y, cfg.aa_eps, norm=cfg.aa_norm, draws=draws,
+      mc_samples=cfg.mc_samples, seed=s),
+                 settings=f'{_threat(cfg)}, worst of {draws} random points')
+
+
+def single_step_variants(logits_fn: eot.LogitsFn,
+                         cfg: config_lib.AttackConfig,
+                         modes: Sequence[str]) -> List[Variant]:
+  """'single_step': FGSM with the aa_* budget, one variant per mode."""
+  return [Variant('single_step', mode, lambda x, y, s, fn=fn: attacks.fgsm(
+      logits_fn, x, y, cfg.aa_eps, norm=cfg.aa_norm,
+      eot_samples=cfg.eot_samples, gradient_fn=fn),
+                  settings=f'{_threat(cfg)}, one gradient step (FGSM)')
+          for mode, fn in ((m, surrogate.surrogate_logits_fn(logits_fn, m))
+                           for m in modes)]
+
+
+def _threat(cfg: config_lib.AttackConfig) -> str:
+  return f'L{"inf" if cfg.aa_norm == "inf" else "2"} eps={cfg.aa_eps:g}'
+
+
 def attack_settings(name: str, cfg: config_lib.AttackConfig) -> str:
   """A short human-readable description of an attack's parameters."""
   pgd = (f'alpha={cfg.pgd_alpha:g}, steps={cfg.pgd_steps}, '
          f'restarts={cfg.pgd_restarts}')
-  aa = f'L{"inf" if cfg.aa_norm == "inf" else "2"} eps={cfg.aa_eps:g}'
+  aa = _threat(cfg)
   return {
       'natural': '-',
       'fgsm': f'Linf eps={cfg.fgsm_eps:g}',

@@ -285,7 +285,10 @@ def evaluate_robustness(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
                         examples: Optional[Examples] = None,
                         transfer_logits_fn: Optional[
                             attacks.eot.LogitsFn] = None,
-                        stochastic: Optional[bool] = None
+                        stochastic: Optional[bool] = None,
+                        extra_variants: Sequence[
+                            attack_suite.Variant] = (),
+                        rows_per_mode: bool = False
                         ) -> List[Dict[str, object]]:
   """Scores a model on clean images and under each configured attack.
 
@@ -303,21 +306,30 @@ def evaluate_robustness(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
     stochastic: whether the model's passes differ; None finds out with two
       passes on the first images. A deterministic model gets one decision
       and the 'sample' gradient mode (unless cfg.gradient_modes says else).
+    extra_variants: more attacks (e.g. the audit's random noise), each a
+      row of its own after the configured ones and a candidate of the
+      combined worst case.
+    rows_per_mode: also a row per gradient attack and mode, named like
+      'pgd_linf/expected' (the worst of the clean image and that mode's
+      output), after the combined row.
 
   Returns:
-    One dict per row (natural, each attack, combined) with `COLUMNS`
-    (see `summarize`; examples = N) plus 'repeats' (decisions per image)
-    and 'gradient_modes'.
+    One dict per row (natural, each attack, the extra ones, combined, then
+    the per-mode rows) with `COLUMNS` (see `summarize`; examples = N) plus
+    'repeats' (decisions per image) and 'gradient_modes'.
   """
   if stochastic is None:
     stochastic = attack_suite.is_stochastic(
         logits_fn, data_lib.to_float_image(images[:8]))
   modes = attack_suite.resolve_modes(cfg, stochastic)
   repeats = cfg.decision_repeats if stochastic else 1
-  variants = attack_suite.attack_variants(logits_fn, cfg, modes,
-                                          transfer_logits_fn)
+  variants = attack_suite.attack_variants(
+      logits_fn, cfg, modes, transfer_logits_fn) + list(extra_variants)
   grouped = attack_suite.variants_by_attack(variants)
-  names = ['natural', *cfg.attacks, 'combined']
+  per_mode = [v.label for v in variants
+              if rows_per_mode and v.mode and len(grouped[v.name]) > 1]
+  names = ['natural', *grouped, 'combined', *per_mode]
+  settings = {v.name: v.settings for v in extra_variants}
   outcomes = {name: _Row() for name in names}
   total = -(-len(images) // batch_size)
   progress = progress_lib.WorkProgress(
@@ -333,8 +345,8 @@ def evaluate_robustness(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
     if stochastic:
       ok, probs = decide(chosen, y_np)
     outcomes[name].add(ok, x_np, chosen)
-    record(name, chosen, y, probs, ok.mean(axis=0) >= 0.5)
-    return chosen
+    if name not in per_mode:
+      record(name, chosen, y, probs, ok.mean(axis=0) >= 0.5)
 
   for index, (x, y) in enumerate(data_lib.as_batches(images, labels,
                                                      batch_size)):
@@ -350,8 +362,14 @@ def evaluate_robustness(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
         progress.start(variant.label)
         output = variant.run(x, y, seed).numpy()
         progress.advance()
-        pool.add(output, *decide(output, y_np))
-        everything.add(*(v[-1] for v in (pool.images, pool.ok, pool.probs)))
+        verdict = decide(output, y_np)
+        pool.add(output, *verdict)
+        everything.add(output, *verdict)
+        if variant.label in per_mode:
+          score(variant.label, Candidates([x_np, output],
+                                          [clean_ok, verdict[0]],
+                                          [clean_probs, verdict[1]]),
+                x_np, y_np, y)
       score(name, pool, x_np, y_np, y)
     if cfg.combined == 'worst_case':
       score('combined', everything, x_np, y_np, y)
@@ -371,7 +389,11 @@ def evaluate_robustness(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
                         np.concatenate(row.l2), np.concatenate(row.linf),
                         natural)
     natural = numbers['accuracy'] if natural is None else natural
-    table.append({'attack': name, 'settings': attack_settings(name, cfg),
+    text = (settings.get(name) or attack_settings(name.split('/')[0], cfg))
+    if name == 'combined' and cfg.combined == 'worst_case':
+      text = f'worst case of {"+".join(grouped)}'
+
+    table.append({'attack': name, 'settings': text,
                   **numbers, 'examples': len(images), 'repeats': repeats,
                   'gradient_modes': ','.join(modes)})
   return table
@@ -447,6 +469,22 @@ def write_report(rows: Sequence[Dict[str, object]], output_dir: str,
     # An older evaluation's examples would be drawn beside this table.
     tf.io.gfile.remove(os.path.join(output_dir, EXAMPLES_FILE))
   return paths
+
+
+def write_summaries(rows: Sequence[Dict[str, object]], summary_dir: str,
+                    step: int) -> None:
+  """Logs every row's accuracy to TensorBoard as `robustness/<attack>`.
+
+  Args:
+    rows: from `evaluate_robustness`.
+    summary_dir: the run's TensorBoard folder.
+    step: the step to log at (the evaluated checkpoint's).
+  """
+  writer = tf.summary.create_file_writer(summary_dir)
+  with writer.as_default(step=step):
+    for row in rows:
+      tf.summary.scalar(f'robustness/{row["attack"]}', row['accuracy'])
+  writer.close()
 
 
 def print_table(rows: Sequence[Dict[str, object]], stream=sys.stdout) -> None:
