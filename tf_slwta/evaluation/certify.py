@@ -68,6 +68,32 @@ def _votes(logits_fn, image, b, sigma, num_classes, generator):
                           maxlength=num_classes, dtype=tf.int64)
 
 
+def check_independent_votes(shared_layers, batch_size: int) -> None:
+  """Refuses votes that would not be independent draws.
+
+  CERTIFY's bound assumes every vote is an independent draw of the noisy
+  classifier. A layer that draws one noise for a whole batch of copies
+  (PNI kernels, `layers.noise.batch_shared_layers`) makes the votes of one
+  batch move together: the Clopper-Pearson bound would then be far too
+  tight and could certify the wrong class.
+
+  Args:
+    shared_layers: the model's batch-shared noise layers (names or layers).
+    batch_size: noisy copies per forward pass.
+
+  Raises:
+    ValueError: shared layers and batch_size > 1; the message gives the fix.
+  """
+  if shared_layers and batch_size > 1:
+    names = ', '.join(getattr(l, 'name', str(l)) for l in shared_layers)
+    raise ValueError(
+        f'Randomized smoothing needs independent votes, but {names} draw one '
+        f'noise for a whole batch of copies, so votes in a batch of '
+        f'{batch_size} are not independent and the certificate would be '
+        f'invalid. Pass --certify_batch_size=1 (each copy its own draw; '
+        f'slower) or --nopni_at_test (certify the noise-free model).')
+
+
 def binomial_p_value(count_a: int, count_b: int) -> float:
   """Two-sided p-value of `count_a` successes in `count_a + count_b` at p = 1/2."""
   n = count_a + count_b

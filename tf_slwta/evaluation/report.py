@@ -268,8 +268,7 @@ def _audit_section(output_dir: str) -> Tuple[str, str]:
   warning = ''
   if failed:
     items = ''.join(f'<li><b>{html.escape(c["name"])}</b>: '
-                    f'{html.escape(c["detail"])}</li>
-' for c in failed)
+                    f'{html.escape(c["detail"])}</li>\n' for c in failed)
     warning = (f'<div class="warning"><p><b>Warning: {len(failed)} of '
                f'{len(checks)} gradient-masking checks failed</b> (audit of '
                f'{where}). The robustness table keeps the worst case found, '

@@ -389,7 +389,8 @@ def evaluate_robustness(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
                         np.concatenate(row.l2), np.concatenate(row.linf),
                         natural)
     natural = numbers['accuracy'] if natural is None else natural
-    text = (settings.get(name) or attack_settings(name.split('/')[0], cfg))
+    base = name.split('/')[0]
+    text = settings.get(base) or attack_settings(base, cfg)
     if name == 'combined' and cfg.combined == 'worst_case':
       text = f'worst case of {"+".join(grouped)}'
 
