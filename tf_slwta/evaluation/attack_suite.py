@@ -52,6 +52,13 @@ def is_stochastic(logits_fn: eot.LogitsFn, images: tf.Tensor) -> bool:
   return bool(tf.reduce_any(tf.not_equal(first, second)))
 
 
+def deterministic_modes(logits_fn: eot.LogitsFn, modes: Sequence[str],
+                        images: tf.Tensor) -> List[str]:
+  """The modes whose surrogate of `logits_fn` gives the same pass twice."""
+  return [mode for mode in modes if not is_stochastic(
+      surrogate.surrogate_logits_fn(logits_fn, mode), images)]
+
+
 def resolve_modes(cfg: config_lib.AttackConfig, stochastic: bool) -> List[str]:
   """The gradient modes to run: cfg.gradient_modes, or for ('auto',) every
   mode on a stochastic model and 'sample' on a deterministic one."""
@@ -101,7 +108,8 @@ def _classes(logits_fn, x) -> int:
 
 def attack_variants(logits_fn: eot.LogitsFn, cfg: config_lib.AttackConfig,
                     modes: Sequence[str],
-                    transfer_logits_fn: Optional[eot.LogitsFn] = None
+                    transfer_logits_fn: Optional[eot.LogitsFn] = None,
+                    deterministic_modes: Sequence[str] = ()
                     ) -> List[Variant]:
   """Every configured attack, in `cfg.attacks` order, as variants.
 
@@ -114,6 +122,8 @@ def attack_variants(logits_fn: eot.LogitsFn, cfg: config_lib.AttackConfig,
     cfg: attack settings.
     modes: gradient modes for the gradient attacks (`resolve_modes`).
     transfer_logits_fn: the source model of 'transfer' (needed if listed).
+    deterministic_modes: modes whose surrogate has no randomness left
+      (`deterministic_modes`); their attacks take one pass per gradient.
 
   Returns:
     [Variant, ...]: one per gradient attack and mode, one for square and
@@ -121,12 +131,16 @@ def attack_variants(logits_fn: eot.LogitsFn, cfg: config_lib.AttackConfig,
   """
   gradient_fns = {mode: surrogate.surrogate_logits_fn(logits_fn, mode)
                   for mode in modes}
+  # EOT over a surrogate without randomness (the expectation of LWTA or
+  # noise layers) would repeat one pass: one is enough.
+  settings = {mode: cfg if mode not in (deterministic_modes or ()) else
+              dataclasses.replace(cfg, eot_samples=1) for mode in modes}
   variants = []
   for name in cfg.attacks:
     if name in config_lib.GRADIENT_ATTACKS:
       for mode in modes:
         variants.append(Variant(name, mode, _gradient_attack(
-            name, logits_fn, gradient_fns[mode], cfg)))
+            name, logits_fn, gradient_fns[mode], settings[mode])))
     elif name == 'square':
       variants.append(Variant(name, '', lambda x, y, s: attacks.square(
           logits_fn, x, y, cfg.aa_eps, norm=cfg.aa_norm,
@@ -159,12 +173,14 @@ def random_noise_variant(logits_fn: eot.LogitsFn,
 
 
 def single_step_variants(logits_fn: eot.LogitsFn,
-                         cfg: config_lib.AttackConfig,
-                         modes: Sequence[str]) -> List[Variant]:
-  """'single_step': FGSM with the aa_* budget, one variant per mode."""
-  return [Variant('single_step', mode, lambda x, y, s, fn=fn: attacks.fgsm(
-      logits_fn, x, y, cfg.aa_eps, norm=cfg.aa_norm,
-      eot_samples=cfg.eot_samples, gradient_fn=fn),
+                         cfg: config_lib.AttackConfig, modes: Sequence[str],
+                         deterministic: Sequence[str] = ()) -> List[Variant]:
+  """'single_step': FGSM with the aa_* budget, one variant per mode (one
+  pass per gradient for the `deterministic` modes)."""
+  return [Variant('single_step', mode, lambda x, y, s, fn=fn, mode=mode:
+                  attacks.fgsm(logits_fn, x, y, cfg.aa_eps, norm=cfg.aa_norm,
+                               eot_samples=1 if mode in deterministic else
+                               cfg.eot_samples, gradient_fn=fn),
                   settings=f'{_threat(cfg)}, one gradient step (FGSM)')
           for mode, fn in ((m, surrogate.surrogate_logits_fn(logits_fn, m))
                            for m in modes)]

@@ -28,6 +28,7 @@ mode that was strongest in the table.
 """
 
 import dataclasses
+import io
 import json
 import os
 from typing import Dict, List, Optional, Sequence
@@ -42,6 +43,8 @@ from tf_slwta.evaluation import attack_suite
 from tf_slwta.evaluation import robustness
 
 AUDIT_FILE = 'audit'
+# Per image and decision, right or not, for every row: {row: bool [R, N]}.
+OUTCOMES_FILE = 'audit_outcomes.npz'
 _ITERATIVE = ('pgd_linf', 'pgd_l2', 'cw', 'apgd_ce', 'apgd_dlr', 'apgd_t')
 _WHITE_BOX = _ITERATIVE + ('single_step', 'fgsm')
 
@@ -221,24 +224,31 @@ def run_audit(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
     {'rows': the table (robustness rows, the combined worst case being the
     strongest number found, then one row per gradient mode), 'eps_sweep',
     'steps_sweep' ([{'eps' or 'steps', 'accuracy', 'mc_se', 'image_se',
-    'examples'}]), 'checks' ([Check as dict]), 'failed' (names),
+    'examples'}]), 'outcomes' ({row: bool `[R, N]`}, see
+    `robustness.evaluate_robustness`), 'checks' ([Check as dict]), 'failed'
+    (names),
     'stochastic', 'sweep_mode' (the gradient mode the sweeps used)}.
   """
   stochastic = attack_suite.is_stochastic(
       logits_fn, data_lib.to_float_image(images[:8]))
   modes = attack_suite.resolve_modes(attack, stochastic)
+  deterministic = (attack_suite.deterministic_modes(
+      logits_fn, modes, data_lib.to_float_image(images[:8]))
+                   if stochastic else modes)
   names = tuple(attack.attacks)
   if transfer_logits_fn is not None and 'transfer' not in names:
     names += ('transfer',)
   table_cfg = dataclasses.replace(attack, attacks=names)
-  extra = attack_suite.single_step_variants(logits_fn, attack, modes) + [
+  extra = attack_suite.single_step_variants(logits_fn, attack, modes,
+                                            deterministic) + [
       attack_suite.random_noise_variant(logits_fn, attack,
                                         audit.noise_draws)]
+  outcomes = {}
   rows = robustness.evaluate_robustness(
       logits_fn, images, labels, table_cfg, batch_size=batch_size,
       verbose=verbose, examples=examples,
       transfer_logits_fn=transfer_logits_fn, stochastic=stochastic,
-      extra_variants=extra, rows_per_mode=True)
+      extra_variants=extra, rows_per_mode=True, outcomes=outcomes)
   sweep_mode = _strongest_mode(rows, modes)
   subset = slice(0, audit.sweep_examples)
   sweep = lambda cfg: robustness.evaluate_robustness(
@@ -264,7 +274,8 @@ def run_audit(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
       print(f'audit: steps sweep, {steps} steps: {_pct(row["accuracy"])}',
             flush=True)
   found = checks(rows, eps_sweep, steps_sweep, audit, stochastic)
-  return {'rows': rows, 'eps_sweep': eps_sweep, 'steps_sweep': steps_sweep,
+  return {'rows': rows, 'outcomes': outcomes, 'eps_sweep': eps_sweep,
+          'steps_sweep': steps_sweep,
           'checks': [dataclasses.asdict(c) for c in found],
           'failed': [c.name for c in found if not c.passed],
           'stochastic': stochastic, 'sweep_mode': sweep_mode,
@@ -315,14 +326,22 @@ def markdown(result: Dict[str, object]) -> str:
 
 def write(result: Dict[str, object], output_dir: str,
           meta: Optional[Dict[str, object]] = None) -> Dict[str, str]:
-  """Writes audit.md and audit.json into `output_dir`; returns their paths."""
+  """Writes audit.md, audit.json and the per-image outcomes
+  (audit_outcomes.npz) into `output_dir`; returns their paths."""
   tf.io.gfile.makedirs(output_dir)
   paths = {ext: os.path.join(output_dir, f'{AUDIT_FILE}.{ext}')
            for ext in ('md', 'json')}
   with tf.io.gfile.GFile(paths['md'], 'w') as f:
     f.write(markdown(result))
+  saved = {k: v for k, v in result.items() if k != 'outcomes'}
   with tf.io.gfile.GFile(paths['json'], 'w') as f:
-    json.dump({**result, **(meta or {})}, f, indent=2, sort_keys=True)
+    json.dump({**saved, **(meta or {})}, f, indent=2, sort_keys=True)
+  if result.get('outcomes'):
+    paths['outcomes'] = os.path.join(output_dir, OUTCOMES_FILE)
+    buffer = io.BytesIO()  # GFile cannot seek as zipfile needs.
+    np.savez_compressed(buffer, **result['outcomes'])
+    with tf.io.gfile.GFile(paths['outcomes'], 'wb') as f:
+      f.write(buffer.getvalue())
   return paths
 
 

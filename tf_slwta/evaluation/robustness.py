@@ -288,7 +288,8 @@ def evaluate_robustness(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
                         stochastic: Optional[bool] = None,
                         extra_variants: Sequence[
                             attack_suite.Variant] = (),
-                        rows_per_mode: bool = False
+                        rows_per_mode: bool = False,
+                        outcomes: Optional[Dict[str, np.ndarray]] = None
                         ) -> List[Dict[str, object]]:
   """Scores a model on clean images and under each configured attack.
 
@@ -312,25 +313,29 @@ def evaluate_robustness(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
     rows_per_mode: also a row per gradient attack and mode, named like
       'pgd_linf/expected' (the worst of the clean image and that mode's
       output), after the combined row.
+    outcomes: if given, filled with {row name: bool `[R, N]`, decision r on
+      the image the row scored is right}, for per-image comparisons.
 
   Returns:
     One dict per row (natural, each attack, the extra ones, combined, then
     the per-mode rows) with `COLUMNS` (see `summarize`; examples = N) plus
     'repeats' (decisions per image) and 'gradient_modes'.
   """
+  probe = data_lib.to_float_image(images[:8])
   if stochastic is None:
-    stochastic = attack_suite.is_stochastic(
-        logits_fn, data_lib.to_float_image(images[:8]))
+    stochastic = attack_suite.is_stochastic(logits_fn, probe)
   modes = attack_suite.resolve_modes(cfg, stochastic)
   repeats = cfg.decision_repeats if stochastic else 1
   variants = attack_suite.attack_variants(
-      logits_fn, cfg, modes, transfer_logits_fn) + list(extra_variants)
+      logits_fn, cfg, modes, transfer_logits_fn,
+      attack_suite.deterministic_modes(logits_fn, modes, probe)
+      if stochastic else modes) + list(extra_variants)
   grouped = attack_suite.variants_by_attack(variants)
   per_mode = [v.label for v in variants
               if rows_per_mode and v.mode and len(grouped[v.name]) > 1]
   names = ['natural', *grouped, 'combined', *per_mode]
   settings = {v.name: v.settings for v in extra_variants}
-  outcomes = {name: _Row() for name in names}
+  scored = {name: _Row() for name in names}
   total = -(-len(images) // batch_size)
   progress = progress_lib.WorkProgress(
       total * len(variants), 'robustness', enabled=verbose, unit='run')
@@ -344,7 +349,7 @@ def evaluate_robustness(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
     chosen, ok, probs = pool.worst(y_np)
     if stochastic:
       ok, probs = decide(chosen, y_np)
-    outcomes[name].add(ok, x_np, chosen)
+    scored[name].add(ok, x_np, chosen)
     if name not in per_mode:
       record(name, chosen, y, probs, ok.mean(axis=0) >= 0.5)
 
@@ -353,7 +358,7 @@ def evaluate_robustness(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
     seed = tf.constant(cfg.seed * 1_000_003 + index, tf.int64)
     x_np, y_np = x.numpy(), y.numpy()
     clean_ok, clean_probs = decide(x, y_np)
-    outcomes['natural'].add(clean_ok, x_np, x_np)
+    scored['natural'].add(clean_ok, x_np, x_np)
     record('natural', x, y, clean_probs, clean_ok.mean(axis=0) >= 0.5)
     everything = Candidates([x_np], [clean_ok], [clean_probs])
     for name, group in grouped.items():
@@ -384,7 +389,9 @@ def evaluate_robustness(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
   natural = None
   table = []
   for name in names:
-    row = outcomes[name]
+    row = scored[name]
+    if outcomes is not None:
+      outcomes[name] = np.concatenate(row.ok, axis=1)
     numbers = summarize(np.concatenate(row.ok, axis=1),
                         np.concatenate(row.l2), np.concatenate(row.linf),
                         natural)
