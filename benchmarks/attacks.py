@@ -45,6 +45,8 @@ _OUTPUT_DIR = flags.DEFINE_string('output_dir', 'runs/quickstart',
 _EXAMPLES = flags.DEFINE_integer('examples', 1000, 'Test images per attack.')
 _CW_EXAMPLES = flags.DEFINE_integer('cw_examples', 100,
                                     'Test images for Carlini-Wagner (slow).')
+_ONLY = flags.DEFINE_list('only', [], 'Run only attacks whose name starts '
+                          'with one of these (e.g. APGD,Square).')
 _BATCH = flags.DEFINE_integer('batch_size', 250, 'Images per attack call.')
 _WRITE = flags.DEFINE_bool('write', True, 'Update BENCHMARKS.md.')
 
@@ -116,6 +118,16 @@ def main(argv):
       'CW L2 c=0.1, kappa=0, 100 steps x 5 searches': lambda a, b: (
           attacks.carlini_wagner_l2(logits_fn, a, b, c=0.1, steps=100,
                                     binary_search_steps=5, learning_rate=0.01)),
+      'APGD-CE Linf eps=0.02, 50 steps': lambda a, b: attacks.apgd(
+          logits_fn, a, b, 0.02, steps=50, loss='ce'),
+      'APGD-DLR Linf eps=0.02, 50 steps': lambda a, b: attacks.apgd(
+          logits_fn, a, b, 0.02, steps=50, loss='dlr'),
+      'APGD-CE L2 eps=0.5, 50 steps': lambda a, b: attacks.apgd(
+          logits_fn, a, b, 0.5, norm=2, steps=50, loss='ce'),
+      'Square Linf eps=0.05, 1000 queries': lambda a, b: attacks.square(
+          logits_fn, a, b, 0.05, queries=1000),
+      'Square L2 eps=1.0, 1000 queries': lambda a, b: attacks.square(
+          logits_fn, a, b, 1.0, norm=2, queries=1000),
   }
   theirs = {
       'FGSM Linf eps=0.1': evasion.FastGradientMethod(
@@ -133,9 +145,29 @@ def main(argv):
           classifier, confidence=0.0, initial_const=0.1, max_iter=100,
           binary_search_steps=5, learning_rate=0.01, batch_size=batch,
           verbose=False),
+      'APGD-CE Linf eps=0.02, 50 steps': evasion.AutoProjectedGradientDescent(
+          classifier, norm=np.inf, eps=0.02, eps_step=0.04, max_iter=50,
+          nb_random_init=1, batch_size=batch, loss_type='cross_entropy',
+          verbose=False),
+      'APGD-DLR Linf eps=0.02, 50 steps': evasion.AutoProjectedGradientDescent(
+          classifier, norm=np.inf, eps=0.02, eps_step=0.04, max_iter=50,
+          nb_random_init=1, batch_size=batch,
+          loss_type='difference_logits_ratio', verbose=False),
+      'APGD-CE L2 eps=0.5, 50 steps': evasion.AutoProjectedGradientDescent(
+          classifier, norm=2, eps=0.5, eps_step=1.0, max_iter=50,
+          nb_random_init=1, batch_size=batch, loss_type='cross_entropy',
+          verbose=False),
+      'Square Linf eps=0.05, 1000 queries': evasion.SquareAttack(
+          classifier, norm=np.inf, eps=0.05, max_iter=1000, p_init=0.8,
+          nb_restarts=1, batch_size=batch, verbose=False),
+      'Square L2 eps=1.0, 1000 queries': evasion.SquareAttack(
+          classifier, norm=2, eps=1.0, max_iter=1000, p_init=0.8,
+          nb_restarts=1, batch_size=batch, verbose=False),
   }
   rows = []
   for name, attack in ours.items():
+    if _ONLY.value and not name.startswith(tuple(_ONLY.value)):
+      continue
     n = _CW_EXAMPLES.value if name.startswith('CW') else len(x)
     our_time, our_success = _measure(attack, x[:n], y[:n], batch, predict)
     art = theirs[name]
@@ -158,7 +190,7 @@ def main(argv):
                  f'{ratio:.1f}x | {ours_ok:.1f} | {art_ok:.1f} |')
   text = '\n'.join(table)
   print(text)
-  if _WRITE.value:
+  if _WRITE.value and not _ONLY.value:  # A partial table replaces nothing.
     _write_section(text)
 
 

@@ -24,6 +24,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tf_slwta import config as config_lib
+from tf_slwta.evaluation import progress as progress_lib
 
 ABSTAIN = -1
 
@@ -151,7 +152,7 @@ def certify_dataset(logits_fn, images: np.ndarray, labels: np.ndarray,
     labels: int `[N]`.
     cfg: smoothing settings.
     num_classes: K.
-    verbose: print a progress line every 10 images.
+    verbose: show a progress bar with an ETA.
     seed: seed of the noise generator (the run is repeatable).
 
   Returns:
@@ -161,14 +162,17 @@ def certify_dataset(logits_fn, images: np.ndarray, labels: np.ndarray,
   """
   rows: List[Dict[str, object]] = []
   generator = tf.random.Generator.from_seed(seed)
-  for i, (uint8_image, label) in enumerate(zip(images, labels)):
+  progress = progress_lib.WorkProgress(len(images), 'certify',
+                                       enabled=verbose, unit='image')
+  for uint8_image, label in zip(images, labels):
     image = uint8_image.astype(np.float32) / 255.0
+    progress.start(f'PREDICT and CERTIFY, {cfg.n0} + 2 x {cfg.n} samples')
     predicted = predict(logits_fn, image, cfg, num_classes, generator)
     certified, radius = certify(logits_fn, image, cfg, num_classes, generator)
     rows.append({'label': int(label), 'predict': predicted,
                  'certify': certified, 'radius': radius})
-    if verbose and (i + 1) % 10 == 0:
-      print(f'certify: {i + 1}/{len(images)} images', flush=True)
+    progress.advance()
+  progress.close()
   n = len(rows)
   correct = lambda r, radius: r['certify'] == r['label'] and r['radius'] >= radius
   return {

@@ -1,7 +1,8 @@
 """Progress of long evaluations: which attack runs, how far, and an ETA.
 
-Keras' progress bar on a terminal; in a log, one plain line per step with
-the elapsed time and the ETA, so a long evaluation is never silent.
+Keras' progress bar on a terminal; in a log, a plain line with the elapsed
+time and the ETA at most every `interval` seconds (and at the end), so a
+long evaluation is never silent and a short one is not noisy.
 """
 
 import sys
@@ -18,13 +19,15 @@ class WorkProgress:
     title: what is running, e.g. 'robustness' or 'audit'.
     enabled: print anything at all.
     unit: the unit's name for the rate ('run', 'image', ...).
+    interval: least seconds between two plain lines in a log.
   """
 
   def __init__(self, total: int, title: str, enabled: bool = True,
-               unit: str = 'run'):
+               unit: str = 'run', interval: float = 5.0):
     self.total, self.title, self.enabled, self.unit = total, title, enabled, unit
-    self.done, self.label = 0, ''
+    self.done, self.label, self.interval = 0, '', interval
     self.started = time.perf_counter()
+    self.printed = -float('inf')
     self.bar = None
     if enabled and sys.stdout.isatty():
       self.bar = keras.utils.Progbar(total, unit_name=unit,
@@ -44,7 +47,11 @@ class WorkProgress:
     if self.bar is not None:
       self.bar.update(self.done, [('attack', self.label)])
       return
-    elapsed = time.perf_counter() - self.started
+    now = time.perf_counter()
+    if now - self.printed < self.interval and self.done < self.total:
+      return
+    self.printed = now
+    elapsed = now - self.started
     eta = elapsed / self.done * (self.total - self.done) if self.done else 0
     print(f'{self.title}: {self.label} done, {self.done}/{self.total} '
           f'{self.unit}s ({100 * self.done / max(self.total, 1):.0f}%), '
