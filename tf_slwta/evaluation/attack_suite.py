@@ -68,7 +68,8 @@ def resolve_modes(cfg: config_lib.AttackConfig, stochastic: bool) -> List[str]:
 
 
 def _gradient_attack(name: str, logits_fn, gradient_fn,
-                     cfg: config_lib.AttackConfig) -> AttackFn:
+                     cfg: config_lib.AttackConfig,
+                     num_classes: int) -> AttackFn:
   """attack(x, y, seed) for a gradient attack following `gradient_fn`."""
   common = dict(eot_samples=cfg.eot_samples, gradient_fn=gradient_fn)
   decided = dict(mc_samples=cfg.mc_samples, **common)
@@ -96,21 +97,16 @@ def _gradient_attack(name: str, logits_fn, gradient_fn,
           restarts=cfg.apgd_restarts, seed=s, **aa),
       'apgd_t': lambda x, y, s: attacks.apgd_targeted(
           logits_fn, x, y, cfg.aa_eps, target_classes=min(
-              cfg.apgd_target_classes, _classes(logits_fn, x) - 1),
-          seed=s, **aa),
+              cfg.apgd_target_classes, num_classes - 1), seed=s, **aa),
   }
   return table[name]
-
-
-def _classes(logits_fn, x) -> int:
-  return int(logits_fn(x[:1]).shape[-1])
 
 
 def attack_variants(logits_fn: eot.LogitsFn, cfg: config_lib.AttackConfig,
                     modes: Sequence[str],
                     transfer_logits_fn: Optional[eot.LogitsFn] = None,
-                    deterministic_modes: Sequence[str] = ()
-                    ) -> List[Variant]:
+                    deterministic_modes: Sequence[str] = (),
+                    num_classes: int = 10) -> List[Variant]:
   """Every configured attack, in `cfg.attacks` order, as variants.
 
   Build them once per evaluation and call them on every batch: the
@@ -124,6 +120,7 @@ def attack_variants(logits_fn: eot.LogitsFn, cfg: config_lib.AttackConfig,
     transfer_logits_fn: the source model of 'transfer' (needed if listed).
     deterministic_modes: modes whose surrogate has no randomness left
       (`deterministic_modes`); their attacks take one pass per gradient.
+    num_classes: K (APGD-T targets at most K - 1 classes).
 
   Returns:
     [Variant, ...]: one per gradient attack and mode, one for square and
@@ -140,7 +137,8 @@ def attack_variants(logits_fn: eot.LogitsFn, cfg: config_lib.AttackConfig,
     if name in config_lib.GRADIENT_ATTACKS:
       for mode in modes:
         variants.append(Variant(name, mode, _gradient_attack(
-            name, logits_fn, gradient_fns[mode], settings[mode])))
+            name, logits_fn, gradient_fns[mode], settings[mode],
+            num_classes)))
     elif name == 'square':
       variants.append(Variant(name, '', lambda x, y, s: attacks.square(
           logits_fn, x, y, cfg.aa_eps, norm=cfg.aa_norm,

@@ -329,7 +329,8 @@ def evaluate_robustness(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
   variants = attack_suite.attack_variants(
       logits_fn, cfg, modes, transfer_logits_fn,
       attack_suite.deterministic_modes(logits_fn, modes, probe)
-      if stochastic else modes) + list(extra_variants)
+      if stochastic else modes,
+      num_classes=int(logits_fn(probe[:1]).shape[-1])) + list(extra_variants)
   grouped = attack_suite.variants_by_attack(variants)
   per_mode = [v.label for v in variants
               if rows_per_mode and v.mode and len(grouped[v.name]) > 1]
