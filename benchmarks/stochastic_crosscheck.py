@@ -44,7 +44,7 @@ import tensorflow as tf
 from tf_slwta import config as config_lib
 from tf_slwta import data as data_lib
 from tf_slwta import run_folder
-from tf_slwta.evaluation import robustness
+from tf_slwta.evaluation import scoring
 from tf_slwta.layers import surrogate
 from tf_slwta.training import state
 
@@ -128,17 +128,17 @@ def main(argv):
     _, source = _load(_TRANSFER.value)
     attacks[f'ART APGD-CE transferred from {_TRANSFER.value}'] = apgd(
         _classifier(_Wrapped(source, 'expected'), shape), 'cross_entropy')
-  decide = lambda z: robustness.decide_repeated(logits_fn, tf.constant(z),
+  decide = lambda z: scoring.decide_repeated(logits_fn, tf.constant(z),
                                                 labels, mc, _REPEATS.value)
   clean_ok, clean_probs = decide(x)
-  pool = robustness.Candidates([x], [clean_ok], [clean_probs])
+  pool = scoring.Candidates([x], [clean_ok], [clean_probs])
   rows = []
   for name, attack in attacks.items():
     start = time.perf_counter()
     adv = np.concatenate([attack.generate(x[i:i + batch], y=labels[i:i + batch])
                           for i in range(0, len(x), batch)])
     ok, probs = decide(adv)
-    alone = robustness.Candidates([x, adv], [clean_ok, ok], [clean_probs, probs])
+    alone = scoring.Candidates([x, adv], [clean_ok, ok], [clean_probs, probs])
     pick, _, _ = alone.worst(labels)
     fresh, _ = decide(pick)
     rows.append((name, fresh.mean(), time.perf_counter() - start))
@@ -147,7 +147,7 @@ def main(argv):
     pool.add(adv, ok, probs)
   worst, _, _ = pool.worst(labels)
   final, _ = decide(worst)
-  numbers = robustness.summarize(final, np.zeros(len(x)), np.zeros(len(x)))
+  numbers = scoring.summarize(final, np.zeros(len(x)), np.zeros(len(x)))
   print(f'\nNatural: {100 * clean_ok.mean():.2f}% on {len(x)} images '
         f'({_REPEATS.value} decisions of {mc} passes each)')
   print(f'External worst case: {100 * numbers["accuracy"]:.2f}% '

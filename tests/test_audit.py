@@ -1,5 +1,6 @@
 """Attacks on stochastic models, and the gradient-masking audit."""
 
+import dataclasses
 import json
 import os
 
@@ -120,18 +121,21 @@ def test_audit_flags_a_model_whose_gradients_are_masked(uint8_batch):
   assert text.index('FAILED') < text.index('passed')
 
 
-def test_audit_flags_noisy_gradients_and_reports_the_spread(uint8_batch):
-  # Huge logit noise with single-pass gradients and decisions: accuracy
-  # cannot reach 0 and the Monte Carlo error is large.
+def test_audit_of_a_stochastic_model_runs_every_mode_with_error_bars(
+    uint8_batch):
   images, labels = uint8_batch
   attack, checks = _audit_settings()
-  result = audit.run_audit(_noisy_model(30.0), images, labels, attack,
-                           checks, batch_size=64, verbose=False)
+  attack = dataclasses.replace(attack, mc_samples=5, decision_repeats=4)
+  result = audit.run_audit(_noisy_model(3.0), images[:64], labels[:64],
+                           attack, checks, batch_size=64, verbose=False)
   assert result['stochastic']
-  assert 'eps_to_zero' in result['failed']
+  names = [r['attack'] for r in result['rows']]
+  for mode in ('sample', 'expected', 'straight_through'):
+    assert f'apgd_ce/{mode}' in names and f'single_step/{mode}' in names
+  assert 'gradient_modes' in {c['name'] for c in result['checks']}
   combined = next(r for r in result['rows'] if r['attack'] == 'combined')
-  assert combined['repeats'] == attack.decision_repeats
-  assert combined['mc_se'] > 0
+  assert combined['repeats'] == 4 and combined['mc_se'] > 0
+  assert result['outcomes']['combined'].shape == (4, 64)
 
 
 def test_report_puts_failed_checks_on_top(tmp_path):

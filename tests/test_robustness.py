@@ -11,6 +11,7 @@ from attack_fixtures import accuracy, logits_fn, sample_batch
 from tf_slwta import config as config_lib
 from tf_slwta.evaluation import progress as progress_lib
 from tf_slwta.evaluation import robustness
+from tf_slwta.evaluation import scoring
 
 
 @pytest.fixture(scope='module')
@@ -126,7 +127,7 @@ def test_combined_does_not_collect_the_luck_of_many_decisions(uint8_batch):
   assert 0.4 < natural < 0.9  # Noisy enough for luck to matter.
   # What "any of the decisions was wrong" would have scored:
   any_wrong = np.mean([
-      np.all([robustness.decide_repeated(noisy, images / 255.0, labels, 1, 1
+      np.all([scoring.decide_repeated(noisy, images / 255.0, labels, 1, 1
                                          )[0][0] for _ in range(4)], axis=0)
       for _ in range(4)])
   assert any_wrong < natural - 0.15

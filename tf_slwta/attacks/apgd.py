@@ -210,7 +210,6 @@ def _loss_fn(loss, y, targets):
 def _run(gradient_fn, x, y, targets, eps, norm, steps, loss, rho, clip_min,
          clip_max, eot_samples, seed):
   """One APGD run from a random start; each example's best point."""
-  axes = list(range(1, x.shape.rank))
   shape = tf.shape(x)
   if norm == 'inf':
     start = tf.random.stateless_uniform(shape, seed, -1.0, 1.0)

@@ -28,7 +28,6 @@ import io
 import json
 import os
 import sys
-import time
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -37,9 +36,9 @@ import tensorflow as tf
 from tf_slwta import attacks
 from tf_slwta import config as config_lib
 from tf_slwta import data as data_lib
-from tf_slwta.attacks import common as attack_common
 from tf_slwta.evaluation import attack_suite
 from tf_slwta.evaluation import progress as progress_lib
+from tf_slwta.evaluation import scoring
 
 COLUMNS = ('attack', 'settings', 'accuracy', 'mc_se', 'image_se',
            'success_rate', 'median_l2', 'max_linf', 'examples')
@@ -167,118 +166,6 @@ def _append(old: Optional[np.ndarray], new: np.ndarray) -> np.ndarray:
   return new if old is None else np.concatenate([old, new])
 
 
-def decide_repeated(logits_fn: attacks.eot.LogitsFn, x, y: np.ndarray,
-                    mc_samples: int, repeats: int):
-  """`repeats` fresh decisions on the same images.
-
-  Args:
-    logits_fn: images `[B, H, W, C]` -> logits `[B, K]`.
-    x: float32 images `[B, H, W, C]`.
-    y: int labels `[B]`.
-    mc_samples: passes per decision, >= 1.
-    repeats: decisions, >= 1.
-
-  Returns:
-    (bool `[repeats, B]`: decision r is right; float32 `[B, K]`: the mean
-    probabilities over every pass of every decision).
-  """
-  oks, total = [], 0.0
-  for _ in range(repeats):
-    probs = attacks.mean_probabilities(logits_fn, x, mc_samples).numpy()
-    oks.append(probs.argmax(axis=-1) == y)
-    total = total + probs
-  return np.stack(oks), (total / repeats).astype(np.float32)
-
-
-def _margin(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
-  """log p_y - max_{i != y} log p_i per example; lower is worse for the model."""
-  return attack_common.log_probability_margin(
-      tf.constant(probs), tf.constant(y, tf.int64)).numpy()
-
-
-@dataclasses.dataclass
-class _Row:
-  """One table row's per-image outcomes, batch after batch."""
-  ok: List[np.ndarray] = dataclasses.field(default_factory=list)  # [R, b]
-  l2: List[np.ndarray] = dataclasses.field(default_factory=list)  # [b]
-  linf: List[np.ndarray] = dataclasses.field(default_factory=list)  # [b]
-
-  def add(self, ok: np.ndarray, x: np.ndarray, adv) -> None:
-    size = attack_suite.image_size(np.asarray(adv) - x)
-    self.ok.append(ok)
-    self.l2.append(size['l2'])
-    self.linf.append(size['linf'])
-
-
-def summarize(ok: np.ndarray, l2: np.ndarray, linf: np.ndarray,
-              natural_accuracy: Optional[float] = None) -> Dict[str, object]:
-  """A row's numbers from per-image, per-repeat outcomes.
-
-  Args:
-    ok: bool `[R, N]`, decision r on the image scored (for an attack, its
-      worst candidate) is right.
-    l2, linf: float `[N]`, the scored images' perturbation norms.
-    natural_accuracy: the clean row's accuracy in [0, 1]; None for the
-      clean row itself (no attack columns).
-
-  Returns:
-    {'accuracy': mean over images and repeats, 'mc_se': standard error of
-    that mean over the R repeats (0 for R = 1), 'image_se': sqrt(p (1 - p) /
-    N), 'success_rate': 1 - accuracy / natural accuracy (the share of
-    clean-right answers the attack turned wrong; None for the clean row),
-    'median_l2' of the perturbed images wrong in at least half the repeats
-    (None if none), 'max_linf'}.
-  """
-  repeats, n = ok.shape
-  per_repeat = ok.mean(axis=1)
-  accuracy = float(per_repeat.mean())
-  broken = (ok.mean(axis=0) < 0.5) & (l2 > 0)
-  return {
-      'accuracy': accuracy,
-      'mc_se': (float(per_repeat.std(ddof=1) / np.sqrt(repeats))
-                if repeats > 1 else 0.0),
-      'image_se': float(np.sqrt(accuracy * (1 - accuracy) / max(n, 1))),
-      'success_rate': (None if natural_accuracy is None else
-                       float(1 - accuracy / max(natural_accuracy, 1e-12))),
-      'median_l2': float(np.median(l2[broken])) if broken.any() else None,
-      'max_linf': float(linf.max(initial=0.0)),
-  }
-
-
-@dataclasses.dataclass
-class Candidates:
-  """Images an attacker may submit for one batch, with their verdicts.
-
-  Attributes:
-    images: [float32 `[B, H, W, C]`], the clean batch first.
-    ok: [bool `[R, B]`], each one's repeated decisions are right.
-    probs: [float32 `[B, K]`], each one's mean decision probabilities.
-  """
-  images: List[np.ndarray]
-  ok: List[np.ndarray]
-  probs: List[np.ndarray]
-
-  def add(self, images: np.ndarray, ok: np.ndarray, probs: np.ndarray):
-    self.images.append(images)
-    self.ok.append(ok)
-    self.probs.append(probs)
-
-  def worst(self, y: np.ndarray):
-    """Per image, the candidate judged worst for the model.
-
-    Fewest right decisions first, then the lowest margin log p_y -
-    max_{i != y} log p_i. Returns (images `[B, H, W, C]`, ok `[R, B]`,
-    probs `[B, K]`) of the picks.
-    """
-    right = np.stack([ok.mean(axis=0) for ok in self.ok])
-    margins = np.stack([_margin(p, y) for p in self.probs])
-    pick = np.lexsort((margins, right), axis=0)[0]
-    columns = np.arange(len(y))
-    ok = np.stack(self.ok)[pick, :, columns].T
-    return (np.stack(self.images)[pick, columns], ok,
-            np.stack(self.probs)[pick, columns])
-
-
 def evaluate_robustness(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
                         labels: np.ndarray, cfg: config_lib.AttackConfig, *,
                         batch_size: int = 500, verbose: bool = True,
@@ -318,7 +205,7 @@ def evaluate_robustness(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
 
   Returns:
     One dict per row (natural, each attack, the extra ones, combined, then
-    the per-mode rows) with `COLUMNS` (see `summarize`; examples = N) plus
+    the per-mode rows) with `COLUMNS` (see `scoring.summarize`; examples = N) plus
     'repeats' (decisions per image) and 'gradient_modes'.
   """
   probe = data_lib.to_float_image(images[:8])
@@ -336,14 +223,15 @@ def evaluate_robustness(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
               if rows_per_mode and v.mode and len(grouped[v.name]) > 1]
   names = ['natural', *grouped, 'combined', *per_mode]
   settings = {v.name: v.settings for v in extra_variants}
-  scored = {name: _Row() for name in names}
+  scored = {name: scoring.Row() for name in names}
   total = -(-len(images) // batch_size)
   progress = progress_lib.WorkProgress(
       total * len(variants), 'robustness', enabled=verbose, unit='run')
   record = examples.add if examples is not None else (lambda *_: None)
 
   def decide(images_, y_):
-    return decide_repeated(logits_fn, images_, y_, cfg.mc_samples, repeats)
+    return scoring.decide_repeated(logits_fn, images_, y_, cfg.mc_samples,
+                                   repeats)
 
   def score(name, pool, x_np, y_np, y):
     """Scores the worst of `pool`, with fresh decisions if stochastic."""
@@ -361,9 +249,9 @@ def evaluate_robustness(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
     clean_ok, clean_probs = decide(x, y_np)
     scored['natural'].add(clean_ok, x_np, x_np)
     record('natural', x, y, clean_probs, clean_ok.mean(axis=0) >= 0.5)
-    everything = Candidates([x_np], [clean_ok], [clean_probs])
+    everything = scoring.Candidates([x_np], [clean_ok], [clean_probs])
     for name, group in grouped.items():
-      pool = Candidates([x_np], [clean_ok], [clean_probs])
+      pool = scoring.Candidates([x_np], [clean_ok], [clean_probs])
       for variant in group:
         progress.start(variant.label)
         output = variant.run(x, y, seed).numpy()
@@ -372,7 +260,7 @@ def evaluate_robustness(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
         pool.add(output, *verdict)
         everything.add(output, *verdict)
         if variant.label in per_mode:
-          score(variant.label, Candidates([x_np, output],
+          score(variant.label, scoring.Candidates([x_np, output],
                                           [clean_ok, verdict[0]],
                                           [clean_probs, verdict[1]]),
                 x_np, y_np, y)
@@ -385,7 +273,8 @@ def evaluate_robustness(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
         chained = group[0].run(chained, y, seed)
       chained = chained.numpy()
       ok, probs = decide(chained, y_np)
-      score('combined', Candidates([chained], [ok], [probs]), x_np, y_np, y)
+      score('combined', scoring.Candidates([chained], [ok], [probs]), x_np,
+            y_np, y)
   progress.close()
   natural = None
   table = []
@@ -393,7 +282,7 @@ def evaluate_robustness(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
     row = scored[name]
     if outcomes is not None:
       outcomes[name] = np.concatenate(row.ok, axis=1)
-    numbers = summarize(np.concatenate(row.ok, axis=1),
+    numbers = scoring.summarize(np.concatenate(row.ok, axis=1),
                         np.concatenate(row.l2), np.concatenate(row.linf),
                         natural)
     natural = numbers['accuracy'] if natural is None else natural
