@@ -52,7 +52,7 @@ def main(argv: List[str]) -> int:
     folder = run_folder.RunFolder(config.output_dir)
     if config.mode != 'grid':
       folder.check_usable(
-          writable=config.mode in ('train', 'evaluate', 'certify'))
+          writable=config.mode in ('train', 'evaluate', 'audit', 'certify'))
     config, notes = folder.settings_for(config, cli.given_fields(FLAGS))
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
@@ -66,10 +66,10 @@ def main(argv: List[str]) -> int:
     # TensorFlow loads: a refused flag takes 0.35 s, importing the modes (and
     # TensorFlow) 12-16 s on the 2-core CPU of BENCHMARKS.md; and so that a
     # MultiWorkerMirroredStrategy is made before any other TF op.
-    from tf_slwta.modes import certify, common, evaluate, export, grid, predict, train  # pylint: disable=g-import-not-at-top,g-multiple-import
+    from tf_slwta.modes import audit, certify, common, evaluate, export, grid, predict, train  # pylint: disable=g-import-not-at-top,g-multiple-import
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     tf.config.list_physical_devices()  # Says once there is no GPU driver.
-  modes = {'train': train.run, 'evaluate': evaluate.run,
+  modes = {'train': train.run, 'evaluate': evaluate.run, 'audit': audit.run,
            'certify': certify.run, 'grid': grid.run, 'export': export.run,
            'predict': predict.run}
   return common.run_mode(modes[config.mode], config, folder)

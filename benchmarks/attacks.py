@@ -4,7 +4,8 @@ Both libraries attack the same model on the same test images in one process,
 one after the other, with the same settings. Reported per attack: seconds per
 1,000 images (after one warm-up call each, so tracing is not counted) and
 attack success, the share of correctly classified images the attack turns
-wrong (judged by the same argmax for both).
+wrong (judged by the same argmax for both); attacks with random starts are
+averaged over --seeds runs on each side.
 
     python benchmarks/attacks.py                     # Fashion-MNIST, writes BENCHMARKS.md
     python benchmarks/attacks.py --examples=200 --write=false
@@ -45,6 +46,10 @@ _OUTPUT_DIR = flags.DEFINE_string('output_dir', 'runs/quickstart',
 _EXAMPLES = flags.DEFINE_integer('examples', 1000, 'Test images per attack.')
 _CW_EXAMPLES = flags.DEFINE_integer('cw_examples', 100,
                                     'Test images for Carlini-Wagner (slow).')
+_SEEDS = flags.DEFINE_integer('seeds', 3, 'Runs (random starts) averaged for '
+                              'the attacks that draw random numbers.')
+_ONLY = flags.DEFINE_list('only', [], 'Run only attacks whose name starts '
+                          'with one of these (e.g. APGD,Square).')
 _BATCH = flags.DEFINE_integer('batch_size', 250, 'Images per attack call.')
 _WRITE = flags.DEFINE_bool('write', True, 'Update BENCHMARKS.md.')
 
@@ -77,16 +82,23 @@ def _run_batched(attack, x, y, batch):
   return np.concatenate([np.asarray(o) for o in outputs])
 
 
-def _measure(attack, x, y, batch, predict, warm_up=None):
+def _measure(attack, x, y, batch, predict, seeds, warm_up=None):
+  """(seconds per 1,000 images, success) averaged over `seeds` runs.
+
+  attack(images, labels, seed); the seed sets the random starts.
+  """
   # Warm-up on the timed batch shape, so tracing is not counted.
   warm_up = warm_up or batch
-  attack(x[:warm_up], y[:warm_up])
-  start = time.perf_counter()
-  adv = _run_batched(attack, x, y, batch)
-  seconds = time.perf_counter() - start
+  attack(x[:warm_up], y[:warm_up], 0)
   clean = predict(x) == y
-  fooled = (predict(adv) != y) & clean
-  return 1000 * seconds / len(x), fooled.sum() / max(clean.sum(), 1)
+  times, successes = [], []
+  for seed in range(seeds):
+    start = time.perf_counter()
+    adv = _run_batched(lambda a, b: attack(a, b, seed), x, y, batch)
+    times.append(time.perf_counter() - start)
+    fooled = (predict(adv) != y) & clean
+    successes.append(fooled.sum() / max(clean.sum(), 1))
+  return 1000 * np.mean(times) / len(x), np.mean(successes)
 
 
 def main(argv):
@@ -106,16 +118,26 @@ def main(argv):
       clip_values=(0.0, 1.0))
   batch = _BATCH.value
   ours = {
-      'FGSM Linf eps=0.1': lambda a, b: attacks.fgsm(logits_fn, a, b, 0.1),
-      'PGD Linf eps=0.1, alpha=0.01, 20 steps': lambda a, b: attacks.pgd(
-          logits_fn, a, b, 0.1, 0.01, 20),
-      'PGD Linf eps=0.02, alpha=0.005, 20 steps': lambda a, b: attacks.pgd(
-          logits_fn, a, b, 0.02, 0.005, 20),
-      'PGD L2 eps=1.5, alpha=0.15, 20 steps': lambda a, b: attacks.pgd(
-          logits_fn, a, b, 1.5, 0.15, 20, norm=2),
-      'CW L2 c=0.1, kappa=0, 100 steps x 5 searches': lambda a, b: (
+      'FGSM Linf eps=0.1': lambda a, b, s: attacks.fgsm(logits_fn, a, b, 0.1),
+      'PGD Linf eps=0.1, alpha=0.01, 20 steps': lambda a, b, s: attacks.pgd(
+          logits_fn, a, b, 0.1, 0.01, 20, seed=s),
+      'PGD Linf eps=0.02, alpha=0.005, 20 steps': lambda a, b, s: attacks.pgd(
+          logits_fn, a, b, 0.02, 0.005, 20, seed=s),
+      'PGD L2 eps=1.5, alpha=0.15, 20 steps': lambda a, b, s: attacks.pgd(
+          logits_fn, a, b, 1.5, 0.15, 20, norm=2, seed=s),
+      'CW L2 c=0.1, kappa=0, 100 steps x 5 searches': lambda a, b, s: (
           attacks.carlini_wagner_l2(logits_fn, a, b, c=0.1, steps=100,
                                     binary_search_steps=5, learning_rate=0.01)),
+      'APGD-CE Linf eps=0.02, 50 steps': lambda a, b, s: attacks.apgd(
+          logits_fn, a, b, 0.02, steps=50, loss='ce', seed=s),
+      'APGD-DLR Linf eps=0.02, 50 steps': lambda a, b, s: attacks.apgd(
+          logits_fn, a, b, 0.02, steps=50, loss='dlr', seed=s),
+      'APGD-CE L2 eps=0.5, 50 steps': lambda a, b, s: attacks.apgd(
+          logits_fn, a, b, 0.5, norm=2, steps=50, loss='ce', seed=s),
+      'Square Linf eps=0.05, 1000 queries': lambda a, b, s: attacks.square(
+          logits_fn, a, b, 0.05, queries=1000, seed=s),
+      'Square L2 eps=1.0, 1000 queries': lambda a, b, s: attacks.square(
+          logits_fn, a, b, 1.0, norm=2, queries=1000, seed=s),
   }
   theirs = {
       'FGSM Linf eps=0.1': evasion.FastGradientMethod(
@@ -133,15 +155,42 @@ def main(argv):
           classifier, confidence=0.0, initial_const=0.1, max_iter=100,
           binary_search_steps=5, learning_rate=0.01, batch_size=batch,
           verbose=False),
+      'APGD-CE Linf eps=0.02, 50 steps': evasion.AutoProjectedGradientDescent(
+          classifier, norm=np.inf, eps=0.02, eps_step=0.04, max_iter=50,
+          nb_random_init=1, batch_size=batch, loss_type='cross_entropy',
+          verbose=False),
+      'APGD-DLR Linf eps=0.02, 50 steps': evasion.AutoProjectedGradientDescent(
+          classifier, norm=np.inf, eps=0.02, eps_step=0.04, max_iter=50,
+          nb_random_init=1, batch_size=batch,
+          loss_type='difference_logits_ratio', verbose=False),
+      'APGD-CE L2 eps=0.5, 50 steps': evasion.AutoProjectedGradientDescent(
+          classifier, norm=2, eps=0.5, eps_step=1.0, max_iter=50,
+          nb_random_init=1, batch_size=batch, loss_type='cross_entropy',
+          verbose=False),
+      'Square Linf eps=0.05, 1000 queries': evasion.SquareAttack(
+          classifier, norm=np.inf, eps=0.05, max_iter=1000, p_init=0.8,
+          nb_restarts=1, batch_size=batch, verbose=False),
+      'Square L2 eps=1.0, 1000 queries': evasion.SquareAttack(
+          classifier, norm=2, eps=1.0, max_iter=1000, p_init=0.8,
+          nb_restarts=1, batch_size=batch, verbose=False),
   }
   rows = []
   for name, attack in ours.items():
+    if _ONLY.value and not name.startswith(tuple(_ONLY.value)):
+      continue
     n = _CW_EXAMPLES.value if name.startswith('CW') else len(x)
-    our_time, our_success = _measure(attack, x[:n], y[:n], batch, predict)
+    seeds = 1 if name.startswith(('FGSM', 'CW')) else _SEEDS.value
+    our_time, our_success = _measure(attack, x[:n], y[:n], batch, predict,
+                                     seeds)
     art = theirs[name]
+
+    def art_attack(a, b, seed, art=art):
+      np.random.seed(seed)  # ART draws its random starts with NumPy.
+      return art.generate(a, y=b)
+
     # ART runs eagerly: a two-image call is warm-up enough.
-    art_time, art_success = _measure(lambda a, b: art.generate(a, y=b),
-                                     x[:n], y[:n], batch, predict, warm_up=2)
+    art_time, art_success = _measure(art_attack, x[:n], y[:n], batch, predict,
+                                     seeds, warm_up=2)
     rows.append((name, n, our_time, art_time, art_time / our_time,
                  100 * our_success, 100 * art_success))
     print(rows[-1], flush=True)
@@ -158,7 +207,7 @@ def main(argv):
                  f'{ratio:.1f}x | {ours_ok:.1f} | {art_ok:.1f} |')
   text = '\n'.join(table)
   print(text)
-  if _WRITE.value:
+  if _WRITE.value and not _ONLY.value:  # A partial table replaces nothing.
     _write_section(text)
 
 

@@ -10,18 +10,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def parse_command(*args, cwd=REPO):
-  """(ExperimentConfig, given fields) of `python main.py ARGS`.
+  """(ExperimentConfig, given fields) of `python main.py ARGS` run in `cwd`.
 
   Flagfiles named on the command line are read relative to `cwd` (the
   repository root, as the README's commands are run), nested ones relative
   to the file naming them.
   """
-  here = os.getcwd()
-  os.chdir(cwd)
-  try:
-    fv = flags.FlagValues()
-    cli.define_flags(fv)
-    fv(cli.expand_flagfiles(['main.py', *args]))
-    return cli.config_from_flags(fv), cli.given_fields(fv)
-  finally:
-    os.chdir(here)
+  args = [f'--flagfile={os.path.join(cwd, a.split("=", 1)[1])}'
+          if a.startswith('--flagfile=') else a for a in args]
+  fv = flags.FlagValues()
+  cli.define_flags(fv)
+  fv(cli.expand_flagfiles(['main.py', *args]))
+  return cli.config_from_flags(fv), cli.given_fields(fv)

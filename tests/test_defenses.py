@@ -225,6 +225,40 @@ def test_certify_dataset_reports_certified_accuracy():
   assert result['certify_abstain_rate'] == 0.0
 
 
+def _shared_noise_model():
+  """A tiny model whose one noisy kernel dominates its decision (PNI)."""
+  keras.utils.set_random_seed(5)
+  inputs = keras.Input((2, 2, 1))
+  x = keras.layers.Flatten()(inputs)
+  logits = noise.NoisyDense(10, alpha_init=20.0, seed=3, name='noisy')(x)
+  return keras.Model(inputs, logits)
+
+
+def test_certify_refuses_votes_that_share_one_noise_draw():
+  model = _shared_noise_model()
+  shared = noise.batch_shared_layers(model)
+  assert [l.name for l in shared] == ['noisy']
+  with pytest.raises(ValueError, match='certify_batch_size=1'):
+    certify.check_independent_votes(shared, batch_size=100)
+  certify.check_independent_votes(shared, batch_size=1)  # Accepted.
+  certify.check_independent_votes([], batch_size=100)
+  # Why: 20 batches of 50 copies. With one kernel draw per batch the votes
+  # of a batch agree, so the top class's count is far more spread than 20
+  # independent binomials; one copy per call gives the binomial spread.
+  fn = lambda x: model(x, training=False)
+  image = np.full((2, 2, 1), 0.5, np.float32)
+
+  def spread(batch_size):
+    generator = tf.random.Generator.from_seed(1)
+    top = [certify.sample_counts(fn, image, 50, 0.1, batch_size, 10,
+                                 generator).max() for _ in range(20)]
+    return np.std(top)
+
+  shared_spread, independent_spread = spread(50), spread(1)
+  assert shared_spread > 2 * independent_spread
+  assert independent_spread < 6  # sqrt(50 p (1 - p)) <= 3.5, plus slack.
+
+
 def test_certify_statistics():
   # Reference values from scipy.stats.binomtest(k, n).pvalue and
   # scipy.stats.beta.ppf(alpha, k, n - k + 1).

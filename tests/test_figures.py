@@ -3,6 +3,7 @@
 import dataclasses
 import glob
 import html.parser
+import json
 import os
 
 import keras
@@ -21,6 +22,7 @@ from tf_slwta.evaluation import certify
 from tf_slwta.evaluation import figures
 from tf_slwta.evaluation import report
 from tf_slwta.evaluation import robustness
+from tf_slwta.modes import audit as audit_mode
 from tf_slwta.modes import certify as certify_mode
 from tf_slwta.modes import train as train_mode
 
@@ -228,6 +230,17 @@ def image_tags(summary_dir):
   return tags
 
 
+def scalar_tags(summary_dir):
+  """Tags of the scalar summaries under `summary_dir`."""
+  tags = set()
+  for path in glob.glob(os.path.join(summary_dir, 'events.*')):
+    events = event_accumulator.EventAccumulator(path)
+    events.Reload()
+    tags |= {tag for tag in events.Tags()['tensors'] if events.SummaryMetadata(
+        tag).plugin_data.plugin_name == 'scalars'}
+  return tags
+
+
 @pytest.mark.slow
 def test_train_evaluate_certify_and_grid_write_one_report(tmp_path, capsys):
   """The CLI path: a tiny LWTA + IBP run trained, attacked and certified."""
@@ -274,8 +287,27 @@ def test_train_evaluate_certify_and_grid_write_one_report(tmp_path, capsys):
   assert '<tr><td>test images</td><td>40</td></tr>' in text
   assert 'not on the latest checkpoint' not in text
 
+  # The audit writes its checklist and table, logs the accuracies to
+  # TensorBoard and adds its section to the same page.
+  audit_config = dataclasses.replace(
+      config, mode='audit', attack=dataclasses.replace(
+          ATTACKS, attacks=('apgd_ce', 'square'), aa_eps=0.05, apgd_steps=4,
+          square_queries=10, mc_samples=2, decision_repeats=2),
+      audit=config_lib.AuditConfig(sweep_examples=8, eps_multiples=(1, 8),
+                                   sweep_steps=(2, 4), noise_draws=2))
+  audit_mode.run(audit_config, run_folder.RunFolder(run), strategy)
+  for name in ('audit.md', 'audit.json', 'audit_outcomes.npz'):
+    assert os.path.exists(os.path.join(run, name))
+  saved = json.load(open(os.path.join(run, 'audit.json')))
+  assert saved['stochastic'] and saved['checks']
+  assert [r['attack'] for r in robustness.load_report(run, {})][:4] == [
+      'natural', 'apgd_ce', 'square', 'single_step']
+  text = open(os.path.join(run, 'report.html')).read()
+  assert 'Gradient-masking audit' in text
+  assert 'robustness/combined' in scalar_tags(os.path.join(run, 'summaries'))
+
   # A grid page links each row's report.
-  rows = robustness.load_report(run, {})
+  rows = [r for r in robustness.load_report(run, {}) if '/' not in r['attack']]
   paths = robustness.write_grid([{'row': 'tiny', 'flagfile': 'tiny.cfg',
                                   'output_dir': run, 'clean_accuracy': 0.5,
                                   'attacks': rows}], str(tmp_path))

@@ -9,7 +9,9 @@ import tensorflow as tf
 
 from attack_fixtures import accuracy, logits_fn, sample_batch
 from tf_slwta import config as config_lib
+from tf_slwta.evaluation import progress as progress_lib
 from tf_slwta.evaluation import robustness
+from tf_slwta.evaluation import scoring
 
 
 @pytest.fixture(scope='module')
@@ -74,16 +76,76 @@ def test_report_files(tmp_path, uint8_batch):
   assert saved['model'] == 'x' and saved['rows'] == json.loads(json.dumps(rows))
 
 
-def test_combined_never_beats_an_attack_on_a_stochastic_model(uint8_batch):
-  images, labels = uint8_batch
+def _noisy(stddev=2.0):
   base = logits_fn()
-  noisy = lambda x: base(x) + tf.random.normal([tf.shape(x)[0], 10], stddev=2.0)
+  return lambda x: base(x) + tf.random.normal([tf.shape(x)[0], 10],
+                                              stddev=stddev)
+
+
+def test_stochastic_rows_carry_their_monte_carlo_spread(uint8_batch):
+  images, labels = uint8_batch
   cfg = config_lib.AttackConfig(attacks=('fgsm', 'pgd_linf'), fgsm_eps=0.02,
                                 pgd_eps=0.02, pgd_alpha=0.005, pgd_steps=3,
-                                eot_samples=2, mc_samples=3)
-  rows = robustness.evaluate_robustness(noisy, images, labels, cfg,
+                                eot_samples=2, mc_samples=3,
+                                decision_repeats=4)
+  rows = robustness.evaluate_robustness(_noisy(), images, labels, cfg,
                                         verbose=False)
-  by_name = {r['attack']: r['accuracy'] for r in rows}
-  assert by_name['combined'] <= min(by_name['fgsm'], by_name['pgd_linf'])
-  # A fresh draw that fixes a wrong clean answer earns nothing.
-  assert max(by_name['fgsm'], by_name['pgd_linf']) <= by_name['natural']
+  by_name = {r['attack']: r for r in rows}
+  for row in rows:
+    assert row['repeats'] == 4 and row['mc_se'] > 0
+    assert row['image_se'] == pytest.approx(np.sqrt(
+        row['accuracy'] * (1 - row['accuracy']) / len(labels)))
+  # Every gradient mode ran (the toy model has no surrogate: all equal).
+  assert by_name['fgsm']['gradient_modes'] == 'sample,expected,straight_through'
+  # The clean image is one of the attacker's candidates, so no attack row
+  # beats the natural one, nor the combined row an attack, beyond noise.
+  natural = by_name['natural']['accuracy']
+  for name in ('fgsm', 'pgd_linf'):
+    assert by_name[name]['accuracy'] <= natural + 3 * by_name[name]['mc_se']
+  worst = min(by_name['fgsm']['accuracy'], by_name['pgd_linf']['accuracy'])
+  spread = 3 * max(by_name['combined']['mc_se'], 0.01)
+  assert by_name['combined']['accuracy'] <= worst + spread
+  assert by_name['pgd_linf']['accuracy'] < natural - 0.05
+
+
+def test_combined_does_not_collect_the_luck_of_many_decisions(uint8_batch):
+  # Attacks that cannot move an image (eps 0): the worst case over four of
+  # them is the clean image. Judged by one fresh decision per attack and
+  # broken if any said wrong, a noisy model would lose every image that
+  # any of the four decisions got wrong; judged as the deployed model is
+  # (one decision on the one image the attacker picks), it keeps its
+  # natural accuracy.
+  images, labels = uint8_batch
+  cfg = config_lib.AttackConfig(attacks=('fgsm', 'pgd_linf', 'pgd_l2'),
+                                fgsm_eps=0.0, pgd_eps=0.0, pgd_l2_eps=0.0,
+                                mc_samples=1, decision_repeats=8)
+  noisy = _noisy(stddev=4.0)
+  rows = robustness.evaluate_robustness(noisy, images, labels, cfg,
+                                        verbose=False, stochastic=True)
+  by_name = {r['attack']: r for r in rows}
+  natural = by_name['natural']['accuracy']
+  assert 0.4 < natural < 0.9  # Noisy enough for luck to matter.
+  # What "any of the decisions was wrong" would have scored:
+  any_wrong = np.mean([
+      np.all([scoring.decide_repeated(noisy, images / 255.0, labels, 1, 1
+                                         )[0][0] for _ in range(4)], axis=0)
+      for _ in range(4)])
+  assert any_wrong < natural - 0.15
+  combined = by_name['combined']
+  assert abs(combined['accuracy'] - natural) <= 4 * combined['mc_se'] + 0.03
+
+
+def test_progress_names_the_attack_and_gives_an_eta(capsys):
+  progress = progress_lib.WorkProgress(3, 'robustness', interval=0.0)
+  progress.start('apgd_ce/expected')
+  progress.advance()
+  line = capsys.readouterr().out
+  assert 'robustness: apgd_ce/expected done, 1/3 runs (33%)' in line
+  assert 'ETA' in line
+  quiet = progress_lib.WorkProgress(3, 'robustness', interval=3600.0)
+  quiet.start('fgsm')
+  for _ in range(3):
+    quiet.advance()
+  # Throttled in a log: the first step and the last are always shown.
+  lines = capsys.readouterr().out.splitlines()
+  assert len(lines) == 2 and '3/3 runs (100%)' in lines[1]

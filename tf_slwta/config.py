@@ -16,7 +16,7 @@ MODELS = ('seed_cnn', 'wide_resnet')
 ACTIVATIONS = ('relu', 'lwta')
 STRATEGIES = ('auto', 'mirrored', 'multi_worker', 'one_device')
 LR_SCHEDULES = ('constant', 'cosine', 'step')
-MODES = ('train', 'evaluate', 'certify', 'grid', 'export', 'predict')
+MODES = ('train', 'evaluate', 'audit', 'certify', 'grid', 'export', 'predict')
 PNI_MODES = ('none', 'activation', 'weight', 'both')
 MIXTURE_BRANCHES = ('noise', 'fgsm', 'pgd', 'cw', 'clean')
 # The seed draws k uniformly from 0..7: 0 noise, 1 FGSM, 2 PGD, 3 CW, 4-7 clean.
@@ -311,8 +311,15 @@ class TrainConfig:
                        f'{self.clean_loss_weight}.')
 
 
-ATTACKS = ('fgsm', 'pgd_linf', 'pgd_l2', 'cw')
+ATTACKS = ('fgsm', 'pgd_linf', 'pgd_l2', 'cw', 'apgd_ce', 'apgd_dlr', 'apgd_t',
+           'square', 'transfer')
+# Attacks that follow a gradient, so they run once per gradient mode.
+GRADIENT_ATTACKS = ('fgsm', 'pgd_linf', 'pgd_l2', 'cw', 'apgd_ce', 'apgd_dlr',
+                    'apgd_t')
 COMBINED_MODES = ('worst_case', 'sequential')
+# How gradient attacks differentiate a stochastic model (layers/surrogate.py).
+GRADIENT_MODES = ('sample', 'expected', 'straight_through')
+AA_NORMS = ('inf', '2')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -342,8 +349,26 @@ class AttackConfig:
     mc_samples: forward passes whose mean probabilities make the model's
       decision, both when attacking and when scoring; >= 1.
     seed: seed of the attacks' random starts.
+    aa_norm, aa_eps: the threat model of the AutoAttack-style attacks
+      (apgd_ce, apgd_dlr, apgd_t, square, transfer): 'inf' or '2', and the
+      radius >= 0.
+    apgd_steps: APGD iterations per run (100 in AutoAttack), >= 1.
+    apgd_restarts: APGD-CE / APGD-DLR random restarts, >= 1.
+    apgd_target_classes: APGD-T target classes, >= 1 (9 in AutoAttack).
+    square_queries: Square attack iterations, >= 1 (5000 in AutoAttack).
+    square_p_init: Square's initial window share, in (0, 1] (0.8).
+    gradient_modes: how gradient attacks differentiate a stochastic model,
+      a subset of `GRADIENT_MODES`, or ('auto',): every mode for a model
+      whose passes differ, 'sample' alone for a deterministic one. Each mode
+      runs every gradient attack; each image keeps its worst case.
+    transfer_from: run folder of the source model of the 'transfer' attack
+      ('' for none): APGD-CE with the aa_* budget on the source, scored on
+      the attacked model.
+    decision_repeats: fresh decisions per image that score every attack on
+      a stochastic model (their mean is the accuracy, their spread its
+      Monte Carlo standard error), >= 1; one for deterministic models.
   """
-  attacks: Tuple[str, ...] = ATTACKS
+  attacks: Tuple[str, ...] = ATTACKS[:4]
   combined: str = 'worst_case'
   fgsm_eps: float = 0.3
   pgd_eps: float = 0.3
@@ -361,10 +386,38 @@ class AttackConfig:
   eot_samples: int = 1
   mc_samples: int = 1
   seed: int = 0
+  aa_norm: str = 'inf'
+  aa_eps: float = 0.1
+  apgd_steps: int = 100
+  apgd_restarts: int = 1
+  apgd_target_classes: int = 9
+  square_queries: int = 5000
+  square_p_init: float = 0.8
+  gradient_modes: Tuple[str, ...] = ('auto',)
+  transfer_from: str = ''
+  decision_repeats: int = 5
 
   def __post_init__(self):
     for name in self.attacks:
       _check_choice('attacks', name, ATTACKS)
+    _check_choice('aa_norm', self.aa_norm, AA_NORMS)
+    _check_at_least('aa_eps', self.aa_eps, 0)
+    for name in ('apgd_steps', 'apgd_restarts', 'apgd_target_classes',
+                 'square_queries', 'decision_repeats'):
+      _check_at_least(name, getattr(self, name), 1)
+    if not 0 < self.square_p_init <= 1:
+      raise ValueError(f'square_p_init must be in (0, 1], got '
+                       f'{self.square_p_init}.')
+    if tuple(self.gradient_modes) != ('auto',):
+      if not self.gradient_modes:
+        raise ValueError('gradient_modes is empty; use auto or some of '
+                         f'{", ".join(GRADIENT_MODES)}.')
+      for mode in self.gradient_modes:
+        _check_choice('gradient_modes', mode, GRADIENT_MODES)
+    if 'transfer' in self.attacks and not self.transfer_from:
+      raise ValueError('attacks includes transfer but transfer_from is '
+                       'empty; pass --transfer_from=RUN_DIR (e.g. the ReLU '
+                       'twin\'s run folder).')
     if len(set(self.attacks)) != len(self.attacks):
       raise ValueError(f'attacks lists one twice: {",".join(self.attacks)}.')
     _check_choice('combined', self.combined, COMBINED_MODES)
@@ -392,8 +445,58 @@ class AttackConfig:
     for name in ('pgd_steps', 'cw_steps'):
       _check_at_most(name, getattr(self, name), MAX_STEPS)
     for name in ('pgd_restarts', 'cw_binary_search_steps', 'eot_samples',
-                 'mc_samples'):
+                 'mc_samples', 'apgd_restarts', 'apgd_target_classes',
+                 'decision_repeats'):
       _check_at_most(name, getattr(self, name), MAX_SAMPLES)
+    for name in ('apgd_steps', 'square_queries'):
+      _check_at_most(name, getattr(self, name), MAX_STEPS)
+    if self.aa_norm == 'inf':
+      _check_at_most('aa_eps', self.aa_eps, 1.0,
+                     'an L-inf budget beyond the pixel range [0, 1]')
+    else:
+      _check_at_most('aa_eps', self.aa_eps, round(MAX_L2, 2),
+                     'the L2 distance of two 32x32x3 images in [0, 1]')
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditConfig:
+  """The gradient-masking checklist of --mode=audit (Athalye et al., 2018;
+  Carlini et al., 2019), around the attack settings' aa_* threat model.
+
+  Attributes:
+    sweep_examples: images of the eps and steps sweeps (the first ones of
+      the audited images), >= 1.
+    eps_multiples: increasing multiples of aa_eps for the eps sweep; the
+      largest must take accuracy to about 0 (L-inf radii are capped at 1).
+    sweep_steps: increasing APGD-CE iteration counts of the steps sweep.
+    noise_draws: random points of the eps sphere per image in the
+      random-noise floor, >= 1.
+    tolerance: how far in [0, 1] one number may beat another it must not
+      beat before a check fails (at least twice their Monte Carlo standard
+      errors are allowed too).
+    zero_accuracy: the accuracy at the largest eps that counts as "about 0".
+  """
+  sweep_examples: int = 200
+  eps_multiples: Tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
+  sweep_steps: Tuple[int, ...] = (10, 25, 50, 100)
+  noise_draws: int = 20
+  tolerance: float = 0.02
+  zero_accuracy: float = 0.05
+
+  def __post_init__(self):
+    _check_finite(self)
+    _check_at_least('audit_sweep_examples', self.sweep_examples, 1)
+    _check_at_least('audit_noise_draws', self.noise_draws, 1)
+    for name, values in (('audit_eps_multiples', self.eps_multiples),
+                         ('audit_steps', self.sweep_steps)):
+      if (not values or list(values) != sorted(set(values))
+          or min(values) <= 0):
+        raise ValueError(f'{name} must be increasing positive numbers, got '
+                         f'{list(values)}.')
+    for name in ('tolerance', 'zero_accuracy'):
+      if not 0 <= getattr(self, name) < 1:
+        raise ValueError(f'audit_{name} must be in [0, 1), got '
+                         f'{getattr(self, name)}.')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -554,7 +657,8 @@ class ExperimentConfig:
     output_dir: checkpoints, TensorBoard logs, metrics.jsonl and results.
     evaluate_robustness: after --mode=train, also run the attacks of
       `attack` on the test examples and write the robustness table.
-    data, model, train, attack, certify, export, serve: the parts above.
+    data, model, train, attack, audit, certify, export, serve: the parts
+      above.
     grid: flagfiles of the runs --mode=grid trains and evaluates.
     grid_overrides: a flagfile applied after each grid row's own (e.g. a
       shorter budget), or None.
@@ -566,6 +670,7 @@ class ExperimentConfig:
   model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
   train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
   attack: AttackConfig = dataclasses.field(default_factory=AttackConfig)
+  audit: AuditConfig = dataclasses.field(default_factory=AuditConfig)
   certify: CertifyConfig = dataclasses.field(default_factory=CertifyConfig)
   export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
   serve: ServeConfig = dataclasses.field(default_factory=ServeConfig)
@@ -586,7 +691,8 @@ class ExperimentConfig:
     """Rebuilds settings from `to_dict()` output (e.g. a run's config.json)."""
     sections = {'data': DataConfig, 'model': ModelConfig,
                 'train': TrainConfig, 'attack': AttackConfig,
-                'certify': CertifyConfig, 'export': ExportConfig,
+                'audit': AuditConfig, 'certify': CertifyConfig,
+                'export': ExportConfig,
                 'serve': ServeConfig}
     tuples = lambda d: {k: _as_tuple(v) for k, v in d.items()}
     top = tuples({k: v for k, v in saved.items() if k not in sections})

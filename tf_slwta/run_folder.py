@@ -47,6 +47,8 @@ _EVAL_DATA = ('data.eval_examples', 'data.eval_batch_size', 'data.data_dir',
 MODE_TAKES = {
     'train': ('*',),
     'evaluate': ('attack.*', 'train.strategy') + _EVAL_DATA + _TEST_TIME_MODEL,
+    'audit': ('attack.*', 'audit.*', 'train.strategy') + _EVAL_DATA +
+             _TEST_TIME_MODEL,
     'certify': ('certify.*', 'train.strategy', 'train.seed') + _EVAL_DATA +
                _TEST_TIME_MODEL,
     'export': ('export.*', 'attack.mc_samples') + _TEST_TIME_MODEL,

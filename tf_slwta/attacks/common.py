@@ -121,6 +121,75 @@ def cross_entropy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
                                                         logits=logits)
 
 
+def dlr_loss(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+  """Difference-of-logits-ratio loss (Croce & Hein, 2020); `[B]`.
+
+  -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3 + 1e-12), with z_pi the logits
+  sorted in decreasing order: invariant to shifting and rescaling the
+  logits, positive once the example is misclassified. Needs >= 3 classes.
+  """
+  ranked = tf.sort(logits, axis=-1, direction='DESCENDING')
+  label_logit = tf.gather(logits, labels, batch_dims=1)
+  top_is_label = tf.equal(tf.argmax(logits, -1), labels)
+  other = tf.where(top_is_label, ranked[:, 1], ranked[:, 0])
+  return -(label_logit - other) / (ranked[:, 0] - ranked[:, 2] + 1e-12)
+
+
+def dlr_targeted_loss(labels: tf.Tensor, targets: tf.Tensor,
+                      logits: tf.Tensor) -> tf.Tensor:
+  """Targeted DLR loss (Croce & Hein, 2020); `[B]`, to be maximized.
+
+  -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12). Needs >= 4 classes.
+  """
+  ranked = tf.sort(logits, axis=-1, direction='DESCENDING')
+  label_logit = tf.gather(logits, labels, batch_dims=1)
+  target_logit = tf.gather(logits, targets, batch_dims=1)
+  return -(label_logit - target_logit) / (
+      ranked[:, 0] - 0.5 * (ranked[:, 2] + ranked[:, 3]) + 1e-12)
+
+
+def log_probability_margin(probs: tf.Tensor, labels: tf.Tensor,
+                           targeted: bool = False) -> tf.Tensor:
+  """log p_y - max_{i != y} log p_i of (mean) probabilities `[B, K]`; `[B]`.
+
+  Negative once the decision is wrong (targeted: log p_t's lead, negative
+  once the target wins). For one deterministic pass it equals the logit
+  margin z_y - max_{i != y} z_i.
+  """
+  log_p = tf.math.log(probs + 1e-30)
+  one_hot = tf.one_hot(labels, tf.shape(probs)[-1], dtype=probs.dtype)
+  label = tf.reduce_sum(one_hot * log_p, axis=-1)
+  other = tf.reduce_max(log_p - one_hot * 1e30, axis=-1)
+  return other - label if targeted else label - other
+
+
+def decision_loss(probs: tf.Tensor, labels: tf.Tensor,
+                  targeted: bool) -> tf.Tensor:
+  """The attacker's loss of decision probabilities `[B, K]`; `[B]`.
+
+  -log p_y (untargeted) or log p_t (targeted): higher is better for the
+  attacker. Used to pick among candidates the decision rule judged alike.
+  """
+  log_p = tf.math.log(tf.gather(probs, labels, batch_dims=1) + 1e-12)
+  return log_p if targeted else -log_p
+
+
+def better(success: tf.Tensor, loss: tf.Tensor, best_success: tf.Tensor,
+           best_loss: tf.Tensor) -> tf.Tensor:
+  """bool `[B]`: (success, loss) beats (best_success, best_loss).
+
+  A success beats a failure; between equals, the higher attacker loss wins.
+  """
+  return tf.logical_or(
+      tf.logical_and(success, tf.logical_not(best_success)),
+      tf.logical_and(tf.equal(success, best_success), loss > best_loss))
+
+
+def keep_better(take: tf.Tensor, new: tf.Tensor, old: tf.Tensor) -> tf.Tensor:
+  """Per example, `new` where `take` `[B]` else `old` (any matching shapes)."""
+  return tf.where(broadcast_mask(take, new), new, old)
+
+
 def is_success(predictions: tf.Tensor, labels: tf.Tensor,
                targeted: bool) -> tf.Tensor:
   """bool `[B]`: the prediction is the target (targeted) or not the label."""

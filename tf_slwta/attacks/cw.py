@@ -5,7 +5,15 @@ Minimizes ||x' - x||_2^2 + c * f(x') over x' = box(tanh(w)), where box maps
 max(Z_y - max_{i != y} Z_i, -kappa) (targeted: max(max_{i != t} Z_i - Z_t,
 -kappa)). Adam runs on the tanh-space offset; a per-example binary search
 over c keeps, for every example, the smallest successful perturbation.
+
+What counts as a success is the decision rule's verdict: each binary-search
+step's smallest perturbation that its own passes saw succeed (and the
+step's last iterate) is re-judged with fresh `mc_samples` passes before it
+is kept or moves c. On a stochastic model the smallest "success" sits on
+the decision boundary, where the next decision undoes most of them.
 """
+
+from typing import Optional
 
 import tensorflow as tf
 
@@ -20,7 +28,9 @@ def carlini_wagner_l2(logits_fn: eot.LogitsFn, x, y, *, c: float = 1e-2,
                       binary_search_steps: int = 5,
                       learning_rate: float = 0.01, abort_early: bool = True,
                       clip_min: float = 0.0, clip_max: float = 1.0,
-                      targeted: bool = False, eot_samples: int = 1
+                      targeted: bool = False, eot_samples: int = 1,
+                      mc_samples: int = 1,
+                      gradient_fn: Optional[eot.LogitsFn] = None
                       ) -> tf.Tensor:
   """Carlini-Wagner L2: the smallest successful perturbation per example.
 
@@ -39,11 +49,16 @@ def carlini_wagner_l2(logits_fn: eot.LogitsFn, x, y, *, c: float = 1e-2,
       over a tenth of the iterations.
     clip_min, clip_max: valid pixel range.
     targeted: reach class `y` instead of leaving it.
-    eot_samples: passes averaged per gradient (and per success check), >= 1.
+    eot_samples: passes averaged per gradient (and per in-step success
+      check), >= 1.
+    mc_samples: passes of the decision that confirms a success, >= 1.
+    gradient_fn: the logits function whose gradient the attack follows
+      (default `logits_fn`; a surrogate for an adaptive attack).
 
   Returns:
-    float32 `[B, H, W, C]`: for each example the successful image of
-    smallest L2 distance found, or `x` itself where the attack failed.
+    float32 `[B, H, W, C]`: for each example the image of smallest L2
+    distance the decision rule confirmed as a success, or `x` itself where
+    the attack failed.
   """
   c = common.check_positive('c', c)
   kappa = common.check_non_negative('kappa', kappa)
@@ -52,12 +67,13 @@ def carlini_wagner_l2(logits_fn: eot.LogitsFn, x, y, *, c: float = 1e-2,
                                            binary_search_steps)
   learning_rate = common.check_positive('learning_rate', learning_rate)
   eot_samples = common.check_count('eot_samples', eot_samples)
+  mc_samples = common.check_count('mc_samples', mc_samples)
   x = common.check_images(x, clip_min, clip_max)
   y = common.check_labels(y, x.shape[0])
-  return _cw(logits_fn, x, y, tf.constant(c), tf.constant(kappa),
+  return _cw(logits_fn, gradient_fn or logits_fn, x, y, tf.constant(c), tf.constant(kappa),
              tf.constant(steps), tf.constant(binary_search_steps),
              tf.constant(learning_rate), abort_early, float(clip_min),
-             float(clip_max), targeted, eot_samples)
+             float(clip_max), targeted, eot_samples, mc_samples)
 
 
 def margin(logits: tf.Tensor, y: tf.Tensor, targeted: bool) -> tf.Tensor:
@@ -73,8 +89,9 @@ def margin(logits: tf.Tensor, y: tf.Tensor, targeted: bool) -> tf.Tensor:
 
 
 @tf.function(reduce_retracing=True)
-def _cw(logits_fn, x, y, c, kappa, steps, binary_search_steps, learning_rate,
-        abort_early, clip_min, clip_max, targeted, eot_samples):
+def _cw(logits_fn, gradient_fn, x, y, c, kappa, steps, binary_search_steps,
+        learning_rate, abort_early, clip_min, clip_max, targeted, eot_samples,
+        mc_samples):
   scale = clip_max - clip_min
   to_image = lambda w: (tf.tanh(w) + 1.0) / 2.0 * scale + clip_min
   # Slightly inside (-1, 1) so that arctanh stays finite at the range ends.
@@ -87,24 +104,32 @@ def _cw(logits_fn, x, y, c, kappa, steps, binary_search_steps, learning_rate,
     """(total loss, per-example L2^2, mean margin, image) at `modifier`."""
     adv = to_image(w0 + modifier)
     l2 = tf.reduce_sum(tf.square(adv - x), axis=axes)
-    f = eot.mean_over_samples(lambda: margin(logits_fn(adv), y, targeted),
+    f = eot.mean_over_samples(lambda: margin(gradient_fn(adv), y, targeted),
                               eot_samples)
     return tf.reduce_sum(l2 + const * tf.maximum(f, -kappa)), l2, f, adv
 
+  def decided(images):
+    """bool `[B]`: the decision rule calls `images` a success."""
+    predictions = eot.predict(logits_fn, images, mc_samples)
+    return common.is_success(predictions, y, targeted)
+
   def search_step(s, lower, upper, const, best_l2, best_adv):
-    # A fresh Adam state per search step, as in the reference attack.
-    def iteration(i, modifier, m, v, prev_loss, stop, best_l2, best_adv,
-                  success):
+    # A fresh Adam state per search step, as in the reference attack. The
+    # step tracks its own smallest success as its passes saw it.
+    def iteration(i, modifier, m, v, prev_loss, stop, step_l2, step_adv,
+                  seen):
       with tf.GradientTape() as tape:
         tape.watch(modifier)
         loss, l2, f, adv = attack_loss(modifier, const)
       grad = tape.gradient(loss, modifier)
+      if grad is None:  # No path from the input (e.g. a hard quantizer).
+        grad = tf.zeros_like(modifier)
       # Judge the point the loss was computed at, before moving it.
       hit = f <= -kappa
-      improved = tf.logical_and(hit, l2 < best_l2)
-      best_l2 = tf.where(improved, l2, best_l2)
-      best_adv = tf.where(common.broadcast_mask(improved, x), adv, best_adv)
-      success = tf.logical_or(success, hit)
+      improved = tf.logical_and(hit, l2 < step_l2)
+      step_l2 = tf.where(improved, l2, step_l2)
+      step_adv = common.keep_better(improved, adv, step_adv)
+      seen = tf.logical_or(seen, hit)
       # Adam (Kingma & Ba) on the offset, written out so that its state can
       # be reset inside one compiled loop.
       t = tf.cast(i + 1, tf.float32)
@@ -117,23 +142,30 @@ def _cw(logits_fn, x, y, c, kappa, steps, binary_search_steps, learning_rate,
         checkpoint = tf.equal((i + 1) % check_every, 0)
         stop = tf.logical_and(checkpoint, loss > prev_loss * 0.9999)
         prev_loss = tf.where(checkpoint, loss, prev_loss)
-      return (i + 1, modifier, m, v, prev_loss, stop, best_l2, best_adv,
-              success)
+      return (i + 1, modifier, m, v, prev_loss, stop, step_l2, step_adv,
+              seen)
 
     zeros = tf.zeros_like(x)
     init = (tf.constant(0), zeros, zeros, zeros, tf.constant(float('inf')),
-            tf.constant(False), best_l2, best_adv, tf.zeros([batch], tf.bool))
+            tf.constant(False), tf.fill([batch], float('inf')), x,
+            tf.zeros([batch], tf.bool))
     out = tf.while_loop(
         lambda i, *rest: tf.logical_and(i < steps, tf.logical_not(rest[4])),
         iteration, init)
-    modifier, best_l2, best_adv, success = out[1], out[6], out[7], out[8]
-    # The last update is judged too.
-    _, l2, f, adv = attack_loss(modifier, const)
-    hit = f <= -kappa
-    improved = tf.logical_and(hit, l2 < best_l2)
-    best_l2 = tf.where(improved, l2, best_l2)
-    best_adv = tf.where(common.broadcast_mask(improved, x), adv, best_adv)
-    success = tf.logical_or(success, hit)
+    modifier, step_l2, step_adv, seen = out[1], out[6], out[7], out[8]
+    # The decision rule confirms the step's smallest success, or else its
+    # last iterate if that cleared the margin too (deeper past the boundary).
+    _, last_l2, last_f, last_adv = attack_loss(modifier, const)
+    confirmed = tf.logical_and(seen, decided(step_adv))
+    fallback = tf.logical_and(
+        tf.logical_and(tf.logical_not(confirmed), last_f <= -kappa),
+        decided(last_adv))
+    step_adv = common.keep_better(fallback, last_adv, step_adv)
+    step_l2 = tf.where(fallback, last_l2, step_l2)
+    success = tf.logical_or(confirmed, fallback)
+    improved = tf.logical_and(success, step_l2 < best_l2)
+    best_l2 = tf.where(improved, step_l2, best_l2)
+    best_adv = common.keep_better(improved, step_adv, best_adv)
     # Binary search on c, per example.
     upper = tf.where(success, tf.minimum(upper, const), upper)
     lower = tf.where(success, lower, tf.maximum(lower, const))

@@ -57,6 +57,32 @@ def predict(logits_fn: LogitsFn, x: tf.Tensor, mc_samples: int = 1) -> tf.Tensor
   return tf.argmax(mean_probabilities(logits_fn, x, mc_samples), axis=-1)
 
 
+def probabilities_and_loss(logits_fn: LogitsFn,
+                           loss_of_logits: Callable[[tf.Tensor], tf.Tensor],
+                           x: tf.Tensor, samples: int = 1):
+  """Mean softmax and mean per-example loss over `samples` passes.
+
+  The forward half of `loss_gradient`, for judging a point without its
+  gradient.
+
+  Returns:
+    (float32 `[B, K]` mean probabilities, float32 `[B]` mean loss).
+  """
+
+  def one_pass():
+    logits = logits_fn(x)
+    return tf.nn.softmax(logits), loss_of_logits(logits)
+
+  if samples == 1:
+    return one_pass()
+  first = one_pass()
+  _, *totals = tf.while_loop(
+      lambda i, *_: i < samples,
+      lambda i, *acc: (i + 1, *[a + b for a, b in zip(acc, one_pass())]),
+      (tf.constant(1), *first))
+  return tuple(t / samples for t in totals)
+
+
 def loss_gradient(logits_fn: LogitsFn,
                   loss_of_logits: Callable[[tf.Tensor], tf.Tensor],
                   x: tf.Tensor, eot_samples: int = 1):
@@ -64,28 +90,34 @@ def loss_gradient(logits_fn: LogitsFn,
 
   Args:
     logits_fn: images `[B, ...]` -> logits `[B, K]`; examples must not
-      interact (models are called with training=False).
+      interact (models are called with training=False). For an adaptive
+      attack, a surrogate of the model (see `layers.surrogate`).
     loss_of_logits: logits `[B, K]` -> per-example losses `[B]`.
     x: float32 `[B, ...]`, the point where the gradient is taken.
     eot_samples: passes, >= 1.
 
   Returns:
     (gradient float32 `[B, ...]`: d loss_b / d x_b per example, mean
-    probabilities float32 `[B, K]` of the same passes).
+    probabilities float32 `[B, K]` of the same passes, mean loss float32
+    `[B]` of the same passes).
   """
 
   def one_pass():
     with tf.GradientTape() as tape:
       tape.watch(x)
       logits = logits_fn(x)
-      loss = tf.reduce_sum(loss_of_logits(logits))
-    return tape.gradient(loss, x), tf.nn.softmax(logits)
+      losses = loss_of_logits(logits)
+      loss = tf.reduce_sum(losses)
+    grad = tape.gradient(loss, x)
+    if grad is None:  # No path from the input (e.g. a hard quantizer).
+      grad = tf.zeros_like(x)
+    return grad, tf.nn.softmax(logits), losses
 
   if eot_samples == 1:
     return one_pass()
   first = one_pass()
-  _, grad, probs = tf.while_loop(
+  _, *totals = tf.while_loop(
       lambda i, *_: i < eot_samples,
-      lambda i, g, p: (i + 1, *[a + b for a, b in zip((g, p), one_pass())]),
+      lambda i, *acc: (i + 1, *[a + b for a, b in zip(acc, one_pass())]),
       (tf.constant(1), *first))
-  return grad / eot_samples, probs / eot_samples
+  return tuple(t / eot_samples for t in totals)

@@ -1,5 +1,7 @@
 """Fast Gradient Sign Method (Goodfellow et al., 2015) and its L2 variant."""
 
+from typing import Optional
+
 import tensorflow as tf
 
 from tf_slwta.attacks import common
@@ -8,7 +10,8 @@ from tf_slwta.attacks import eot
 
 def fgsm(logits_fn: eot.LogitsFn, x, y, eps: float, *, norm='inf',
          clip_min: float = 0.0, clip_max: float = 1.0, targeted: bool = False,
-         eot_samples: int = 1) -> tf.Tensor:
+         eot_samples: int = 1,
+         gradient_fn: Optional[eot.LogitsFn] = None) -> tf.Tensor:
   """One step of size `eps` along the loss gradient's steepest direction.
 
   L-inf: x + eps * sign(grad); L2: x + eps * grad / ||grad||_2; then
@@ -25,6 +28,8 @@ def fgsm(logits_fn: eot.LogitsFn, x, y, eps: float, *, norm='inf',
     clip_min, clip_max: valid pixel range.
     targeted: move towards `y` instead of away from it.
     eot_samples: passes averaged per gradient (stochastic models), >= 1.
+    gradient_fn: the logits function whose gradient the step follows
+      (default `logits_fn`; a surrogate for an adaptive attack).
 
   Returns:
     float32 `[B, H, W, C]` adversarial images in [clip_min, clip_max].
@@ -36,15 +41,15 @@ def fgsm(logits_fn: eot.LogitsFn, x, y, eps: float, *, norm='inf',
   y = common.check_labels(y, x.shape[0])
   if eps == 0:
     return tf.identity(x)
-  return _fgsm(logits_fn, x, y, tf.constant(eps), norm, float(clip_min),
+  return _fgsm(gradient_fn or logits_fn, x, y, tf.constant(eps), norm, float(clip_min),
                float(clip_max), targeted, eot_samples)
 
 
 @tf.function(reduce_retracing=True)
-def _fgsm(logits_fn, x, y, eps, norm, clip_min, clip_max, targeted,
+def _fgsm(gradient_fn, x, y, eps, norm, clip_min, clip_max, targeted,
           eot_samples):
-  grad, _ = eot.loss_gradient(
-      logits_fn, lambda logits: common.cross_entropy(y, logits), x,
+  grad, _, _ = eot.loss_gradient(
+      gradient_fn, lambda logits: common.cross_entropy(y, logits), x,
       eot_samples)
   if targeted:
     grad = -grad

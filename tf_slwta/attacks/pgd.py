@@ -1,5 +1,7 @@
 """Projected Gradient Descent (Madry et al., 2018), L-inf and L2."""
 
+from typing import Optional
+
 import tensorflow as tf
 
 from tf_slwta.attacks import common
@@ -9,20 +11,25 @@ from tf_slwta.attacks import eot
 def pgd(logits_fn: eot.LogitsFn, x, y, eps: float, alpha: float, steps: int,
         *, norm='inf', random_start: bool = True, restarts: int = 1,
         clip_min: float = 0.0, clip_max: float = 1.0, targeted: bool = False,
-        eot_samples: int = 1, mc_samples: int = 1, seed: int = 0
-        ) -> tf.Tensor:
+        eot_samples: int = 1, mc_samples: int = 1, seed: int = 0,
+        gradient_fn: Optional[eot.LogitsFn] = None) -> tf.Tensor:
   """Iterated steepest-ascent steps projected onto the eps ball around x.
 
   Each step: x' = clip(x + project(x' + alpha * dir(grad) - x, eps)), with
-  dir = sign for L-inf and grad/||grad||_2 for L2. An example stops moving
-  once it is misclassified (reaches the target, when targeted), so more
-  steps never undo a success. With several restarts, each example keeps
-  the restart that fooled the model, judged by the decision rule over
-  `mc_samples` passes, or else the one with the highest loss.
+  dir = sign for L-inf and grad/||grad||_2 for L2. Every example runs all
+  its steps and keeps its best iterate: a success (judged on the mean
+  softmax of the passes that gave the gradient) over a failure, then the
+  higher loss. Nothing stops at a success that one noisy pass saw: on a
+  stochastic model that verdict is often undone by the next decision, and a
+  stopped attack would never resume. More steps therefore never help a
+  deterministic model. With several restarts each example keeps the
+  restart the decision rule (mean softmax over fresh `mc_samples` passes)
+  judges best.
 
   Args:
-    logits_fn: images `[B, H, W, C]` -> logits `[B, K]` (same callable on
-      every call: compiled attacks are cached per callable).
+    logits_fn: images `[B, H, W, C]` -> logits `[B, K]`, the model whose
+      decision counts (same callable on every call: compiled attacks are
+      cached per callable).
     x: float32 images `[B, H, W, C]` in [clip_min, clip_max] (not modified).
     y: int labels `[B]` (the targets when `targeted`).
     eps: radius >= 0 of the norm ball.
@@ -37,6 +44,9 @@ def pgd(logits_fn: eot.LogitsFn, x, y, eps: float, alpha: float, steps: int,
     mc_samples: passes averaged for the decision, >= 1.
     seed: int or int64 scalar tensor, seed of the random starts (restart r
       uses (seed, r)).
+    gradient_fn: the logits function whose gradient the attack follows
+      (default `logits_fn`); an adaptive attack passes a surrogate, e.g.
+      `layers.surrogate.surrogate_logits_fn(logits_fn, 'expected')`.
 
   Returns:
     float32 `[B, H, W, C]` adversarial images within eps of x and inside
@@ -58,14 +68,14 @@ def pgd(logits_fn: eot.LogitsFn, x, y, eps: float, alpha: float, steps: int,
         f'alpha={alpha} is larger than eps={eps}: every step would leave the '
         f'ball and be projected back. Use alpha <= eps (e.g. eps / 4 or '
         f'2.5 * eps / steps).')
-  return _pgd(logits_fn, x, y, tf.constant(eps), tf.constant(alpha),
-              tf.constant(steps), norm, random_start, restarts,
-              float(clip_min), float(clip_max), targeted, eot_samples,
-              mc_samples, tf.cast(seed, tf.int64))
+  return _pgd(logits_fn, gradient_fn or logits_fn, x, y, tf.constant(eps),
+              tf.constant(alpha), tf.constant(steps), norm, random_start,
+              restarts, float(clip_min), float(clip_max), targeted,
+              eot_samples, mc_samples, tf.cast(seed, tf.int64))
 
 
 @tf.function(reduce_retracing=True)
-def _pgd(logits_fn, x, y, eps, alpha, steps, norm, random_start,
+def _pgd(logits_fn, gradient_fn, x, y, eps, alpha, steps, norm, random_start,
          restarts, clip_min, clip_max, targeted, eot_samples, mc_samples,
          seed):
   best = x
@@ -77,40 +87,49 @@ def _pgd(logits_fn, x, y, eps, alpha, steps, norm, random_start,
       noise = common.random_in_ball(tf.shape(x), eps, norm,
                                     tf.stack([seed, restart]))
       adv = tf.clip_by_value(x + noise, clip_min, clip_max)
-    adv = _iterate(logits_fn, x, y, adv, eps, alpha, steps, norm, clip_min,
+    adv = _iterate(gradient_fn, x, y, adv, eps, alpha, steps, norm, clip_min,
                    clip_max, targeted, eot_samples)
+    if restarts == 1:
+      return adv
     probs = eot.mean_probabilities(logits_fn, adv, mc_samples)
     success = common.is_success(tf.argmax(probs, -1), y, targeted)
-    loss = -tf.math.log(tf.gather(probs, y, batch_dims=1) + 1e-12)
-    if targeted:
-      loss = -loss
-    better = tf.logical_or(
-        tf.logical_and(success, tf.logical_not(best_success)),
-        tf.logical_and(tf.equal(success, best_success), loss > best_loss))
-    best = tf.where(common.broadcast_mask(better, adv), adv, best)
+    loss = common.decision_loss(probs, y, targeted)
+    take = common.better(success, loss, best_success, best_loss)
+    best = common.keep_better(take, adv, best)
     best_success = tf.logical_or(best_success, success)
-    best_loss = tf.where(better, loss, best_loss)
+    best_loss = tf.where(take, loss, best_loss)
   return best
 
 
-def _iterate(logits_fn, x, y, adv, eps, alpha, steps, norm, clip_min,
+def _iterate(gradient_fn, x, y, adv, eps, alpha, steps, norm, clip_min,
              clip_max, targeted, eot_samples):
-  """`steps` projected steps from `adv`; an example that already fools the
-  model (judged on the passes that gave its gradient) stops moving."""
-  sign = -1.0 if targeted else 1.0
+  """`steps` projected steps from `adv`; returns each example's best iterate
+  (a success over a failure, then the higher loss, by the gradient passes)."""
+  loss_fn = lambda logits: (-1.0 if targeted else 1.0) * common.cross_entropy(
+      y, logits)
 
-  def body(i, adv, done):
-    grad, probs = eot.loss_gradient(
-        logits_fn, lambda logits: common.cross_entropy(y, logits), adv,
-        eot_samples)
-    done = tf.logical_or(done, common.is_success(tf.argmax(probs, -1), y,
-                                                 targeted))
-    moved = adv + sign * alpha * common.steepest_direction(grad, norm)
+  def judge(point, probs, loss, best, best_success, best_loss):
+    success = common.is_success(tf.argmax(probs, -1), y, targeted)
+    take = common.better(success, loss, best_success, best_loss)
+    return (common.keep_better(take, point, best),
+            tf.logical_or(best_success, success),
+            tf.where(take, loss, best_loss))
+
+  def body(i, adv, best, best_success, best_loss):
+    grad, probs, loss = eot.loss_gradient(gradient_fn, loss_fn, adv,
+                                          eot_samples)
+    best, best_success, best_loss = judge(adv, probs, loss, best,
+                                          best_success, best_loss)
+    moved = adv + alpha * common.steepest_direction(grad, norm)
     moved = tf.clip_by_value(x + common.project(moved - x, eps, norm),
                              clip_min, clip_max)
-    return i + 1, tf.where(common.broadcast_mask(done, adv), adv, moved), done
+    return i + 1, moved, best, best_success, best_loss
 
-  _, adv, _ = tf.while_loop(
-      lambda i, *_: i < steps, body,
-      (tf.constant(0), adv, tf.zeros_like(y, tf.bool)))
-  return adv
+  init = (tf.constant(0), adv, adv, tf.zeros_like(y, tf.bool),
+          tf.fill(tf.shape(y), -float('inf')))
+  _, adv, best, best_success, best_loss = tf.while_loop(
+      lambda i, *_: i < steps, body, init)
+  # The last step's point is judged too (forward passes only).
+  probs, loss = eot.probabilities_and_loss(gradient_fn, loss_fn, adv,
+                                          eot_samples)
+  return judge(adv, probs, loss, best, best_success, best_loss)[0]

@@ -27,6 +27,12 @@ _RENAMED = {
     'serving_protocol': ('serve', 'protocol'),
     'serving_timeout': ('serve', 'timeout'),
     'serving_batch_size': ('serve', 'batch_size'),
+    'audit_sweep_examples': ('audit', 'sweep_examples'),
+    'audit_eps_multiples': ('audit', 'eps_multiples'),
+    'audit_steps': ('audit', 'sweep_steps'),
+    'audit_noise_draws': ('audit', 'noise_draws'),
+    'audit_tolerance': ('audit', 'tolerance'),
+    'audit_zero_accuracy': ('audit', 'zero_accuracy'),
 }
 # Every sectioned flag -> the (section, field) it sets. --export_name and
 # --export_version set the export's; --mode=predict also asks the server
@@ -98,6 +104,19 @@ def _train_config(v) -> config_lib.TrainConfig:
       mixture=_mixture(v['mixture']))
 
 
+def _audit_config(v) -> config_lib.AuditConfig:
+  try:
+    multiples = tuple(float(m) for m in v['audit_eps_multiples'])
+  except ValueError as e:
+    raise ValueError('--audit_eps_multiples takes comma-separated '
+                     'numbers.') from e
+  return config_lib.AuditConfig(
+      sweep_examples=v['audit_sweep_examples'], eps_multiples=multiples,
+      sweep_steps=_int_list('audit_steps', v['audit_steps']),
+      noise_draws=v['audit_noise_draws'], tolerance=v['audit_tolerance'],
+      zero_accuracy=v['audit_zero_accuracy'])
+
+
 def _certify_config(v) -> config_lib.CertifyConfig:
   try:
     radii = tuple(float(r) for r in v['certify_radii'])
@@ -129,9 +148,11 @@ def _serve_config(v) -> config_lib.ServeConfig:
 
 
 def _attack_config(v) -> config_lib.AttackConfig:
-  names = [n for n in definitions.SECTIONS['attack'] if n not in ('attacks', 'attack_seed')]
+  special = ('attacks', 'attack_seed', 'gradient_modes')
+  names = [n for n in definitions.SECTIONS['attack'] if n not in special]
   return config_lib.AttackConfig(
       attacks=tuple(v['attacks']), seed=v['attack_seed'],
+      gradient_modes=tuple(v['gradient_modes']),
       **{name: v[name] for name in names})
 
 
@@ -147,6 +168,7 @@ def config_from_values(fv: flags.FlagValues) -> config_lib.ExperimentConfig:
       mode=fv.mode, output_dir=fv.output_dir,
       evaluate_robustness=fv.evaluate_robustness, data=_data_config(values),
       model=_model_config(values), train=_train_config(values),
-      attack=_attack_config(values), certify=_certify_config(values),
+      attack=_attack_config(values), audit=_audit_config(values),
+      certify=_certify_config(values),
       export=_export_config(values), serve=_serve_config(values),
       grid=tuple(fv.grid), grid_overrides=fv.grid_overrides)

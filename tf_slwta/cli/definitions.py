@@ -22,13 +22,18 @@ SECTIONS = {
                'pgd_steps', 'pgd_l2_eps', 'pgd_l2_alpha', 'pgd_restarts',
                'pgd_random_start', 'cw_c', 'cw_kappa', 'cw_steps',
                'cw_binary_search_steps', 'cw_learning_rate', 'eot_samples',
-               'mc_samples', 'attack_seed'),
+               'mc_samples', 'attack_seed', 'aa_norm', 'aa_eps', 'apgd_steps',
+               'apgd_restarts', 'apgd_target_classes', 'square_queries',
+               'square_p_init', 'gradient_modes', 'transfer_from',
+               'decision_repeats'),
     'train': ('epochs', 'kl_anneal_epochs', 'learning_rate', 'momentum', 'nesterov',
               'weight_decay', 'lr_schedule', 'lr_warmup_epochs',
               'lr_decay_epochs', 'lr_decay_ratio', 'label_smoothing', 'seed',
               'strategy', 'checkpoint_every_steps', 'keep_checkpoints',
               'log_every_steps', 'mixture', 'noise_sigma',
               'clean_loss_weight'),
+    'audit': ('audit_sweep_examples', 'audit_eps_multiples', 'audit_steps',
+              'audit_noise_draws', 'audit_tolerance', 'audit_zero_accuracy'),
     'certify': ('certify_sigma', 'certify_n0', 'certify_n', 'certify_alpha',
                 'certify_batch_size', 'certify_radii'),
     'export': ('export_dir', 'export_name', 'export_version',
@@ -46,6 +51,7 @@ def define(fv: flags.FlagValues) -> None:
   flags.DEFINE_enum('mode', 'train', config_lib.MODES,
                     'train: train (or resume) and evaluate every epoch; '
                     'evaluate: score the latest checkpoint in --output_dir; '
+                    'audit: the gradient-masking checklist on it; '
                     'certify: randomized smoothing; grid: many flagfiles; '
                     'export: write the latest checkpoint as a SavedModel '
                     'for TF Serving; predict: classify through a running '
@@ -190,6 +196,26 @@ def define(fv: flags.FlagValues) -> None:
   flags.DEFINE_float('clean_loss_weight', d_train.clean_loss_weight,
                      'w of w * CE(clean) + (1 - w) * CE(perturbed).',
                      flag_values=fv)
+  d_audit = config_lib.AuditConfig()
+  flags.DEFINE_integer('audit_sweep_examples', d_audit.sweep_examples,
+                       'Images of the audit\'s eps and steps sweeps.',
+                       flag_values=fv)
+  flags.DEFINE_list('audit_eps_multiples',
+                    [f'{m:g}' for m in d_audit.eps_multiples],
+                    'Multiples of --aa_eps the audit sweeps; accuracy must '
+                    'reach about 0 at the largest.', flag_values=fv)
+  flags.DEFINE_list('audit_steps', [str(s) for s in d_audit.sweep_steps],
+                    'APGD-CE iteration counts the audit sweeps; accuracy '
+                    'must not rise with more.', flag_values=fv)
+  flags.DEFINE_integer('audit_noise_draws', d_audit.noise_draws,
+                       'Random points per image of the random-noise floor.',
+                       flag_values=fv)
+  flags.DEFINE_float('audit_tolerance', d_audit.tolerance,
+                     'How far one number may beat another it must not beat '
+                     'before an audit check fails.', flag_values=fv)
+  flags.DEFINE_float('audit_zero_accuracy', d_audit.zero_accuracy,
+                     'Accuracy at the largest eps that counts as about 0.',
+                     flag_values=fv)
   d_certify = config_lib.CertifyConfig()
   flags.DEFINE_float('certify_sigma', d_certify.sigma,
                      'Randomized smoothing noise std (--mode=certify).',
@@ -301,3 +327,33 @@ def define(fv: flags.FlagValues) -> None:
                        'when attacking and when scoring.', flag_values=fv)
   flags.DEFINE_integer('attack_seed', d_attack.seed,
                        'Seed of the attacks\' random starts.', flag_values=fv)
+  flags.DEFINE_enum('aa_norm', d_attack.aa_norm, config_lib.AA_NORMS,
+                    'Threat model of apgd_ce, apgd_dlr, apgd_t, square and '
+                    'transfer: inf (L-inf) or 2 (L2).', flag_values=fv)
+  flags.DEFINE_float('aa_eps', d_attack.aa_eps,
+                     'Radius of that threat model (e.g. 0.1 L-inf for '
+                     'Fashion-MNIST, 8/255 for CIFAR-10).', flag_values=fv)
+  flags.DEFINE_integer('apgd_steps', d_attack.apgd_steps,
+                       'APGD iterations per run.', flag_values=fv)
+  flags.DEFINE_integer('apgd_restarts', d_attack.apgd_restarts,
+                       'APGD-CE / APGD-DLR random restarts.', flag_values=fv)
+  flags.DEFINE_integer('apgd_target_classes', d_attack.apgd_target_classes,
+                       'APGD-T target classes.', flag_values=fv)
+  flags.DEFINE_integer('square_queries', d_attack.square_queries,
+                       'Square attack iterations (queries).', flag_values=fv)
+  flags.DEFINE_float('square_p_init', d_attack.square_p_init,
+                     'Square attack initial window share.', flag_values=fv)
+  flags.DEFINE_list('gradient_modes', list(d_attack.gradient_modes),
+                    'How gradient attacks differentiate a stochastic model: '
+                    'auto (every mode if the model is stochastic), or some of '
+                    f'{",".join(config_lib.GRADIENT_MODES)} (sample: EOT '
+                    'over the sampled passes; expected: the layers\' '
+                    'expectation; straight_through: sampled forward, '
+                    'expected backward).', flag_values=fv)
+  flags.DEFINE_string('transfer_from', d_attack.transfer_from,
+                      'Run folder of the source model for --attacks=transfer '
+                      '(e.g. the ReLU twin).', flag_values=fv)
+  flags.DEFINE_integer('decision_repeats', d_attack.decision_repeats,
+                       'Fresh decisions per image that score a stochastic '
+                       'model (mean = accuracy, spread = its Monte Carlo '
+                       'standard error).', flag_values=fv)

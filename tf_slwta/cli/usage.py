@@ -18,6 +18,7 @@ _TITLES = {
     'train': 'Training and adversarial training (--mode=train)',
     'attack': 'Attacks (--mode=evaluate, --evaluate_robustness, training '
               'mixtures)',
+    'audit': 'The gradient-masking checklist (--mode=audit)',
     'certify': 'Randomized smoothing (--mode=certify)',
     'grid': 'Many runs at once (--mode=grid)',
     'export': 'SavedModel for TF Serving (--mode=export)',

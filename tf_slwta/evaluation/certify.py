@@ -24,6 +24,7 @@ import tensorflow_probability as tfp
 
 from tf_slwta import config as config_lib
 from tf_slwta import run_folder
+from tf_slwta.evaluation import progress as progress_lib
 
 ABSTAIN = -1
 
@@ -66,6 +67,32 @@ def _votes(logits_fn, image, b, sigma, num_classes, generator):
   predictions = tf.argmax(logits_fn(noisy), axis=-1)
   return tf.math.bincount(predictions, minlength=num_classes,
                           maxlength=num_classes, dtype=tf.int64)
+
+
+def check_independent_votes(shared_layers, batch_size: int) -> None:
+  """Refuses votes that would not be independent draws.
+
+  CERTIFY's bound assumes every vote is an independent draw of the noisy
+  classifier. A layer that draws one noise for a whole batch of copies
+  (PNI kernels, `layers.noise.batch_shared_layers`) makes the votes of one
+  batch move together: the Clopper-Pearson bound would then be far too
+  tight and could certify the wrong class.
+
+  Args:
+    shared_layers: the model's batch-shared noise layers (names or layers).
+    batch_size: noisy copies per forward pass.
+
+  Raises:
+    ValueError: shared layers and batch_size > 1; the message gives the fix.
+  """
+  if shared_layers and batch_size > 1:
+    names = ', '.join(getattr(l, 'name', str(l)) for l in shared_layers)
+    raise ValueError(
+        f'Randomized smoothing needs independent votes, but {names} draw one '
+        f'noise for a whole batch of copies, so votes in a batch of '
+        f'{batch_size} are not independent and the certificate would be '
+        f'invalid. Pass --certify_batch_size=1 (each copy its own draw; '
+        f'slower) or --nopni_at_test (certify the noise-free model).')
 
 
 def binomial_p_value(count_a: int, count_b: int) -> float:
@@ -125,7 +152,7 @@ def certify_dataset(logits_fn, images: np.ndarray, labels: np.ndarray,
     labels: int `[N]`.
     cfg: smoothing settings.
     num_classes: K.
-    verbose: print a progress line every 10 images.
+    verbose: show a progress bar with an ETA.
     seed: seed of the noise generator (the run is repeatable).
 
   Returns:
@@ -135,14 +162,17 @@ def certify_dataset(logits_fn, images: np.ndarray, labels: np.ndarray,
   """
   rows: List[Dict[str, object]] = []
   generator = tf.random.Generator.from_seed(seed)
-  for i, (uint8_image, label) in enumerate(zip(images, labels)):
+  progress = progress_lib.WorkProgress(len(images), 'certify',
+                                       enabled=verbose, unit='image')
+  for uint8_image, label in zip(images, labels):
     image = uint8_image.astype(np.float32) / 255.0
+    progress.start(f'PREDICT and CERTIFY, {cfg.n0} + 2 x {cfg.n} samples')
     predicted = predict(logits_fn, image, cfg, num_classes, generator)
     certified, radius = certify(logits_fn, image, cfg, num_classes, generator)
     rows.append({'label': int(label), 'predict': predicted,
                  'certify': certified, 'radius': radius})
-    if verbose and (i + 1) % 10 == 0:
-      print(f'certify: {i + 1}/{len(images)} images', flush=True)
+    progress.advance()
+  progress.close()
   n = len(rows)
   correct = lambda r, radius: r['certify'] == r['label'] and r['radius'] >= radius
   return {

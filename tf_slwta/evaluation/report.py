@@ -32,6 +32,7 @@ import tensorflow as tf
 from tf_slwta import config as config_lib
 from tf_slwta import data as data_lib
 from tf_slwta import run_folder
+from tf_slwta.evaluation import audit
 from tf_slwta.evaluation import figures
 from tf_slwta.evaluation import robustness
 
@@ -50,6 +51,7 @@ td:first-child, th:first-child { text-align: left; }
 figure { margin: 1.5em 0; }
 img { max-width: 100%; border: 1px solid #eee; }
 figcaption { color: #444; font-size: 0.9em; }
+.warning { background: #fff3cd; border: 2px solid #d39e00; padding: 0.5em 1em; }
 """
 
 
@@ -252,6 +254,41 @@ def _certify_section(output_dir: str, figures_dir: str
                        'least that far (points: the table radii).')), [path]
 
 
+def _audit_section(output_dir: str) -> Tuple[str, str]:
+  """(warning for the top of the page, the checklist section) from
+  audit.json; empty strings when the run was never audited."""
+  saved = _read_json(os.path.join(output_dir, f'{audit.AUDIT_FILE}.json'))
+  if not saved:
+    return '', ''
+  checks = saved.get('checks', [])
+  failed = [c for c in checks if not c['passed']]
+  where = html.escape(str(saved.get('checkpoint')))
+  warning = ''
+  if failed:
+    items = ''.join(f'<li><b>{html.escape(c["name"])}</b>: '
+                    f'{html.escape(c["detail"])}</li>\n' for c in failed)
+    warning = (f'<div class="warning"><p><b>Warning: {len(failed)} of '
+               f'{len(checks)} gradient-masking checks failed</b> (audit of '
+               f'{where}). The robustness table keeps the worst case found, '
+               f'but read it with these in mind:</p>\n<ul>\n{items}</ul>'
+               f'</div>\n')
+  rows = [('FAILED' if not c['passed'] else 'passed', c['name'], c['detail'])
+          for c in checks]
+  sweeps = _table(['eps', 'accuracy (%)'], [
+      (f'{p["eps"]:g}', f'{100 * p["accuracy"]:.2f}')
+      for p in saved.get('eps_sweep', [])]) + _table(
+          ['APGD-CE steps', 'accuracy (%)'],
+          [(p['steps'], f'{100 * p["accuracy"]:.2f}')
+           for p in saved.get('steps_sweep', [])])
+  section = (f'<h2>Gradient-masking audit</h2>\n<p>Checkpoint {where}; '
+             f'{saved.get("examples")} images, sweeps on the first '
+             f'{saved.get("sweep_examples")} with the '
+             f'{html.escape(str(saved.get("sweep_mode")))} gradient mode '
+             f'(audit.md, audit.json).</p>\n'
+             + _table(['result', 'check', 'numbers'], rows) + sweeps)
+  return warning, section
+
+
 def write_report(config: config_lib.ExperimentConfig,
                  model: Optional[keras.Model] = None,
                  tensorboard: bool = True) -> str:
@@ -275,10 +312,12 @@ def write_report(config: config_lib.ExperimentConfig,
   if model is not None:
     test_images, _ = data_lib.load_arrays(config.data, 'test')
     images = data_lib.to_float_image(test_images[:WINNER_IMAGES]).numpy()
-  body, drawn = _settings_section(config, saved), []
+  warning, audit_html = _audit_section(output_dir)
+  body, drawn = warning + _settings_section(config, saved), []
   for section, paths in (
       _robustness_section(output_dir, figures_dir, saved, info.class_names)
       if saved else ('', []),
+      (audit_html, []),
       _learning_section(output_dir, figures_dir),
       _model_section(output_dir, figures_dir, model, images),
       _certify_section(output_dir, figures_dir)):

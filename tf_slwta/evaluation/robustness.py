@@ -4,6 +4,22 @@ All scores use one decision rule, the argmax of the softmax averaged over
 `mc_samples` passes, for clean images, for adversarial images, and inside
 the attacks when they judge success. For deterministic models set
 mc_samples = eot_samples = 1.
+
+An image counts as robust if the decision is right on the worst image the
+attacks found in its eps ball, the clean image included: for a deterministic
+model, right on the clean image and on the attacked one. A stochastic model
+is scored so that luck does not count twice:
+  * every gradient attack runs once per gradient mode (EOT over samples,
+    the layers' expectation, straight-through; `attack_suite`);
+  * each candidate (the clean image and every mode's output) is judged by
+    `decision_repeats` decisions; the one judged worst for the model is then
+    scored by as many fresh decisions. The accuracy is the mean over those
+    repeats; its Monte Carlo standard error is their spread, and the image
+    standard error sqrt(p (1 - p) / N) says how far N images are from the
+    whole test set;
+  * the combined worst case picks among every attack's candidates the same
+    way and scores its pick with fresh decisions, so an image broken only by
+    the noise of one of many decisions is not counted as broken.
 """
 
 import csv
@@ -12,7 +28,6 @@ import io
 import json
 import os
 import sys
-import time
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -21,64 +36,21 @@ import tensorflow as tf
 from tf_slwta import attacks
 from tf_slwta import config as config_lib
 from tf_slwta import data as data_lib
+from tf_slwta.evaluation import attack_suite
+from tf_slwta.evaluation import progress as progress_lib
+from tf_slwta.evaluation import scoring
 
-COLUMNS = ('attack', 'settings', 'accuracy', 'success_rate', 'median_l2',
-           'max_linf', 'examples')
+COLUMNS = ('attack', 'settings', 'accuracy', 'mc_se', 'image_se',
+           'success_rate', 'median_l2', 'max_linf', 'examples')
 FILE_STEM = 'robustness'
 # Recorded in each report; a report scored another way is never reused.
-SCORING = 'robust = right on the clean and on the attacked image'
+SCORING = ('robust = right on the worst of the clean image and every attack '
+           'output (all gradient modes), scored by decision_repeats fresh '
+           'decisions')
 # Beside robustness.json: the examples the figures draw (see `Examples`).
 EXAMPLES_FILE = 'figures_data.npz'
 
-
-def attack_functions(logits_fn: attacks.eot.LogitsFn,
-                     cfg: config_lib.AttackConfig,
-                     seed: int = 0) -> Dict[str, attacks.combined.Attack]:
-  """The configured attacks as `name -> attack(images, labels)`.
-
-  Args:
-    logits_fn: images `[B, H, W, C]` in [0, 1] -> logits `[B, K]`.
-    cfg: attack settings; `cfg.attacks` picks and orders them.
-    seed: seed of PGD's random starts for this batch.
-
-  Returns:
-    An ordered dict over `cfg.attacks`.
-  """
-  common = dict(eot_samples=cfg.eot_samples)
-  pgd_common = dict(steps=cfg.pgd_steps, restarts=cfg.pgd_restarts,
-                    random_start=cfg.pgd_random_start,
-                    mc_samples=cfg.mc_samples, seed=seed, **common)
-  table = {
-      'fgsm': lambda x, y: attacks.fgsm(logits_fn, x, y, cfg.fgsm_eps,
-                                        **common),
-      'pgd_linf': lambda x, y: attacks.pgd(
-          logits_fn, x, y, cfg.pgd_eps, cfg.pgd_alpha, norm='inf',
-          **pgd_common),
-      'pgd_l2': lambda x, y: attacks.pgd(
-          logits_fn, x, y, cfg.pgd_l2_eps, cfg.pgd_l2_alpha, norm=2,
-          **pgd_common),
-      'cw': lambda x, y: attacks.carlini_wagner_l2(
-          logits_fn, x, y, c=cfg.cw_c, kappa=cfg.cw_kappa, steps=cfg.cw_steps,
-          binary_search_steps=cfg.cw_binary_search_steps,
-          learning_rate=cfg.cw_learning_rate, **common),
-  }
-  return {name: table[name] for name in cfg.attacks}
-
-
-def attack_settings(name: str, cfg: config_lib.AttackConfig) -> str:
-  """A short human-readable description of an attack's parameters."""
-  pgd = (f'alpha={cfg.pgd_alpha:g}, steps={cfg.pgd_steps}, '
-         f'restarts={cfg.pgd_restarts}')
-  return {
-      'natural': '-',
-      'fgsm': f'Linf eps={cfg.fgsm_eps:g}',
-      'pgd_linf': f'Linf eps={cfg.pgd_eps:g}, {pgd}',
-      'pgd_l2': (f'L2 eps={cfg.pgd_l2_eps:g}, alpha={cfg.pgd_l2_alpha:g}, '
-                 f'steps={cfg.pgd_steps}, restarts={cfg.pgd_restarts}'),
-      'cw': (f'c={cfg.cw_c:g}, kappa={cfg.cw_kappa:g}, '
-             f'steps={cfg.cw_steps}, searches={cfg.cw_binary_search_steps}'),
-      'combined': f'{cfg.combined} of {"+".join(cfg.attacks)}',
-  }[name]
+attack_settings = attack_suite.attack_settings
 
 
 @dataclasses.dataclass
@@ -194,19 +166,17 @@ def _append(old: Optional[np.ndarray], new: np.ndarray) -> np.ndarray:
   return new if old is None else np.concatenate([old, new])
 
 
-@dataclasses.dataclass
-class _Tally:
-  """Per-attack sums over batches."""
-  correct: int = 0
-  flipped: int = 0  # Clean-correct examples the attack made wrong.
-  l2: List[float] = dataclasses.field(default_factory=list)
-  max_linf: float = 0.0
-
-
 def evaluate_robustness(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
                         labels: np.ndarray, cfg: config_lib.AttackConfig, *,
                         batch_size: int = 500, verbose: bool = True,
-                        examples: Optional[Examples] = None
+                        examples: Optional[Examples] = None,
+                        transfer_logits_fn: Optional[
+                            attacks.eot.LogitsFn] = None,
+                        stochastic: Optional[bool] = None,
+                        extra_variants: Sequence[
+                            attack_suite.Variant] = (),
+                        rows_per_mode: bool = False,
+                        outcomes: Optional[Dict[str, np.ndarray]] = None
                         ) -> List[Dict[str, object]]:
   """Scores a model on clean images and under each configured attack.
 
@@ -217,90 +187,114 @@ def evaluate_robustness(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
     labels: int `[N]`.
     cfg: attack settings.
     batch_size: images per attack batch.
-    verbose: print one progress line per batch.
+    verbose: show a progress bar naming the running attack, with an ETA.
     examples: if given, filled in with what the figures draw (see
       `Examples`), from the outputs the evaluation computes anyway.
+    transfer_logits_fn: the source model of the 'transfer' attack.
+    stochastic: whether the model's passes differ; None finds out with two
+      passes on the first images. A deterministic model gets one decision
+      and the 'sample' gradient mode (unless cfg.gradient_modes says else).
+    extra_variants: more attacks (e.g. the audit's random noise), each a
+      row of its own after the configured ones and a candidate of the
+      combined worst case.
+    rows_per_mode: also a row per gradient attack and mode, named like
+      'pgd_linf/expected' (the worst of the clean image and that mode's
+      output), after the combined row.
+    outcomes: if given, filled with {row name: bool `[R, N]`, decision r on
+      the image the row scored is right}, for per-image comparisons.
 
   Returns:
-    One dict per row (natural, each attack, combined) with `COLUMNS`:
-    accuracy in [0, 1] (for attacks, the share right on both the clean and
-    the attacked image); success_rate = share of clean-correct examples the
-    attack turned wrong, in [0, 1]; median_l2 = median L2 norm of those
-    successful perturbations (None when there are none); max_linf = largest
-    L-inf perturbation; examples = N.
+    One dict per row (natural, each attack, the extra ones, combined, then
+    the per-mode rows) with `COLUMNS` (see `scoring.summarize`; examples = N) plus
+    'repeats' (decisions per image) and 'gradient_modes'.
   """
-  names = ['natural', *cfg.attacks, 'combined']
-  tallies = {name: _Tally() for name in names}
-  batches = data_lib.as_batches(images, labels, batch_size)
+  probe = data_lib.to_float_image(images[:8])
+  if stochastic is None:
+    stochastic = attack_suite.is_stochastic(logits_fn, probe)
+  modes = attack_suite.resolve_modes(cfg, stochastic)
+  repeats = cfg.decision_repeats if stochastic else 1
+  variants = attack_suite.attack_variants(
+      logits_fn, cfg, modes, transfer_logits_fn,
+      attack_suite.deterministic_modes(logits_fn, modes, probe)
+      if stochastic else modes,
+      num_classes=int(logits_fn(probe[:1]).shape[-1])) + list(extra_variants)
+  grouped = attack_suite.variants_by_attack(variants)
+  per_mode = [v.label for v in variants
+              if rows_per_mode and v.mode and len(grouped[v.name]) > 1]
+  names = ['natural', *grouped, 'combined', *per_mode]
+  settings = {v.name: v.settings for v in extra_variants}
+  scored = {name: scoring.Row() for name in names}
   total = -(-len(images) // batch_size)
-  start = time.perf_counter()
+  progress = progress_lib.WorkProgress(
+      total * len(variants), 'robustness', enabled=verbose, unit='run')
   record = examples.add if examples is not None else (lambda *_: None)
-  for index, (x, y) in enumerate(batches):
-    seed = cfg.seed * 1_000_003 + index
-    clean_probs, clean_ok = _decide(logits_fn, x, y, cfg.mc_samples)
-    _tally(tallies['natural'], x, x, clean_ok, clean_ok)
-    record('natural', x, y, clean_probs, clean_ok)
-    outputs, fooled, probs = {}, {}, {}
-    for name, attack in attack_functions(logits_fn, cfg, seed).items():
-      outputs[name] = attack(x, y)
-      probs[name], ok = _decide(logits_fn, outputs[name], y, cfg.mc_samples)
-      fooled[name] = ~ok
-      _tally(tallies[name], x, outputs[name], clean_ok, ok)
-      record(name, outputs[name], y, probs[name], clean_ok & ok)
+
+  def decide(images_, y_):
+    return scoring.decide_repeated(logits_fn, images_, y_, cfg.mc_samples,
+                                   repeats)
+
+  def score(name, pool, x_np, y_np, y):
+    """Scores the worst of `pool`, with fresh decisions if stochastic."""
+    chosen, ok, probs = pool.worst(y_np)
+    if stochastic:
+      ok, probs = decide(chosen, y_np)
+    scored[name].add(ok, x_np, chosen)
+    if name not in per_mode:
+      record(name, chosen, y, probs, ok.mean(axis=0) >= 0.5)
+
+  for index, (x, y) in enumerate(data_lib.as_batches(images, labels,
+                                                     batch_size)):
+    seed = tf.constant(cfg.seed * 1_000_003 + index, tf.int64)
+    x_np, y_np = x.numpy(), y.numpy()
+    clean_ok, clean_probs = decide(x, y_np)
+    scored['natural'].add(clean_ok, x_np, x_np)
+    record('natural', x, y, clean_probs, clean_ok.mean(axis=0) >= 0.5)
+    everything = scoring.Candidates([x_np], [clean_ok], [clean_probs])
+    for name, group in grouped.items():
+      pool = scoring.Candidates([x_np], [clean_ok], [clean_probs])
+      for variant in group:
+        progress.start(variant.label)
+        output = variant.run(x, y, seed).numpy()
+        progress.advance()
+        verdict = decide(output, y_np)
+        pool.add(output, *verdict)
+        everything.add(output, *verdict)
+        if variant.label in per_mode:
+          score(variant.label, scoring.Candidates([x_np, output],
+                                          [clean_ok, verdict[0]],
+                                          [clean_probs, verdict[1]]),
+                x_np, y_np, y)
+      score(name, pool, x_np, y_np, y)
     if cfg.combined == 'worst_case':
-      # Robust only if right on the clean image and under every attack, by
-      # the verdicts above (not re-drawn, which could contradict them).
-      combined_x, any_fooled = attacks.worst_case(x, outputs, fooled)
-      ok = clean_ok & ~any_fooled.numpy()
-      # The probabilities of the images worst_case picked, picked the same way.
-      combined_probs = attacks.worst_case(clean_probs, probs, fooled)[0].numpy()
+      score('combined', everything, x_np, y_np, y)
     else:
-      combined_x = attacks.sequential(
-          x, y, attack_functions(logits_fn, cfg, seed))
-      combined_probs, ok = _decide(logits_fn, combined_x, y, cfg.mc_samples)
-    _tally(tallies['combined'], x, combined_x, clean_ok, ok)
-    record('combined', combined_x, y, combined_probs, clean_ok & ok)
-    if verbose:
-      done = min((index + 1) * batch_size, len(images))
-      print(f'robustness: batch {index + 1}/{total} ({done} images, '
-            f'{time.perf_counter() - start:.0f} s)', flush=True)
-  rows = []
-  clean_correct = max(tallies['natural'].correct, 1)
+      chained = x
+      for group in grouped.values():  # Each attack from the last one's output.
+        chained = group[0].run(chained, y, seed)
+      chained = chained.numpy()
+      ok, probs = decide(chained, y_np)
+      score('combined', scoring.Candidates([chained], [ok], [probs]), x_np,
+            y_np, y)
+  progress.close()
+  natural = None
+  table = []
   for name in names:
-    tally = tallies[name]
-    rows.append({
-        'attack': name,
-        'settings': attack_settings(name, cfg),
-        'accuracy': tally.correct / len(images),
-        'success_rate': (None if name == 'natural'
-                         else tally.flipped / clean_correct),
-        'median_l2': float(np.median(tally.l2)) if tally.l2 else None,
-        'max_linf': tally.max_linf,
-        'examples': len(images),
-    })
-  return rows
+    row = scored[name]
+    if outcomes is not None:
+      outcomes[name] = np.concatenate(row.ok, axis=1)
+    numbers = scoring.summarize(np.concatenate(row.ok, axis=1),
+                        np.concatenate(row.l2), np.concatenate(row.linf),
+                        natural)
+    natural = numbers['accuracy'] if natural is None else natural
+    base = name.split('/')[0]
+    text = settings.get(base) or attack_settings(base, cfg)
+    if name == 'combined' and cfg.combined == 'worst_case':
+      text = f'worst case of {"+".join(grouped)}'
 
-
-def _decide(logits_fn, x, y, mc_samples):
-  """The decision rule (`attacks.predict`), keeping the probabilities.
-
-  Returns:
-    (mean probabilities float32 `[B, K]`, bool `[B]` argmax == label).
-  """
-  probs = attacks.mean_probabilities(logits_fn, x, mc_samples).numpy()
-  return probs, probs.argmax(axis=-1) == y.numpy()
-
-
-def _tally(tally: _Tally, x, adv, clean_ok: np.ndarray, ok: np.ndarray) -> None:
-  delta = (tf.convert_to_tensor(adv) - x).numpy().reshape(len(ok), -1)
-  flipped = clean_ok & ~ok
-  # Robust means right on the clean image and on the attacked one: an
-  # attack (or a fresh Monte Carlo draw) that happens to fix a wrong answer
-  # earns nothing.
-  tally.correct += int((clean_ok & ok).sum())
-  tally.flipped += int(flipped.sum())
-  tally.l2.extend(np.linalg.norm(delta[flipped], axis=1).tolist())
-  tally.max_linf = max(tally.max_linf, float(np.abs(delta).max(initial=0.0)))
+    table.append({'attack': name, 'settings': text,
+                  **numbers, 'examples': len(images), 'repeats': repeats,
+                  'gradient_modes': ','.join(modes)})
+  return table
 
 
 def _cell(column: str, value) -> str:
@@ -308,13 +302,17 @@ def _cell(column: str, value) -> str:
     return '-'
   if column in ('accuracy', 'success_rate'):
     return f'{100 * value:.2f}'
+  if column in ('mc_se', 'image_se'):
+    return f'{100 * value:.2f}'
   if column in ('median_l2', 'max_linf'):
     return f'{value:.4f}'
   return str(value)
 
 
 _HEADERS = {'attack': 'attack', 'settings': 'settings',
-            'accuracy': 'accuracy (%)', 'success_rate': 'attack success (%)',
+            'accuracy': 'accuracy (%)', 'mc_se': '± MC s.e.',
+            'image_se': '± image s.e.',
+            'success_rate': 'attack success (%)',
             'median_l2': 'median L2 (successful)', 'max_linf': 'max Linf',
             'examples': 'examples'}
 
@@ -322,7 +320,7 @@ _HEADERS = {'attack': 'attack', 'settings': 'settings',
 def table_cells(rows: Sequence[Dict[str, object]]):
   """(column headers, one list of formatted cells per row) of the table."""
   return ([_HEADERS[c] for c in COLUMNS],
-          [[_cell(c, row[c]) for c in COLUMNS] for row in rows])
+          [[_cell(c, row.get(c)) for c in COLUMNS] for row in rows])
 
 
 def markdown_table(rows: Sequence[Dict[str, object]]) -> str:
@@ -355,7 +353,7 @@ def write_report(rows: Sequence[Dict[str, object]], output_dir: str,
   with tf.io.gfile.GFile(paths['md'], 'w') as f:
     f.write(markdown_table(rows))
   buffer = io.StringIO()
-  writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+  writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction='ignore')
   writer.writeheader()
   writer.writerows(rows)
   with tf.io.gfile.GFile(paths['csv'], 'w') as f:
@@ -369,6 +367,22 @@ def write_report(rows: Sequence[Dict[str, object]], output_dir: str,
     # An older evaluation's examples would be drawn beside this table.
     tf.io.gfile.remove(os.path.join(output_dir, EXAMPLES_FILE))
   return paths
+
+
+def write_summaries(rows: Sequence[Dict[str, object]], summary_dir: str,
+                    step: int) -> None:
+  """Logs every row's accuracy to TensorBoard as `robustness/<attack>`.
+
+  Args:
+    rows: from `evaluate_robustness`.
+    summary_dir: the run's TensorBoard folder.
+    step: the step to log at (the evaluated checkpoint's).
+  """
+  writer = tf.summary.create_file_writer(summary_dir)
+  with writer.as_default(step=step):
+    for row in rows:
+      tf.summary.scalar(f'robustness/{row["attack"]}', row['accuracy'])
+  writer.close()
 
 
 def print_table(rows: Sequence[Dict[str, object]], stream=sys.stdout) -> None:

@@ -111,9 +111,7 @@ def sampling_for(model: keras.Model, mc_samples: int,
                      f'{", ".join(config_lib.EXPORT_SAMPLING)}.')
   # PNI draws one kernel noise per call, or scales activation noise by a
   # statistic of the whole batch; LWTA draws per element.
-  shared = any(isinstance(layer, (noise.ActivationNoise, noise.NoisyConv2D,
-                                  noise.NoisyDense)) and layer.noise_at_test
-               for layer in model._flatten_layers())  # pylint: disable=protected-access
+  shared = bool(noise.batch_shared_layers(model))
   per_element = any(not layer.deterministic
                     for layer in lwta.lwta_layers(model))
   if not (shared or per_element):

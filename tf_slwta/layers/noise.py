@@ -155,3 +155,19 @@ class NoisyDense(_NoisyKernelMixin, keras.layers.Dense):
   def call(self, inputs, training=None):
     return finish_linear(
         self, ops.matmul(inputs, self._noisy(self.kernel, training)))
+
+
+def batch_shared_layers(model: keras.Model) -> list:
+  """The model's layers whose test-time draw is shared by a whole batch.
+
+  A noisy kernel (`NoisyConv2D`, `NoisyDense`) draws one noise per call for
+  every example of the batch, and `ActivationNoise` scales its noise by a
+  statistic of the whole batch. Answers of one batch from such a model are
+  not independent draws: Monte Carlo votes must then be one example per call.
+
+  Returns:
+    [layer, ...] in graph order, only those with noise on at test time.
+  """
+  shared = (ActivationNoise, NoisyConv2D, NoisyDense)
+  return [layer for layer in model._flatten_layers()  # pylint: disable=protected-access
+          if isinstance(layer, shared) and layer.noise_at_test]

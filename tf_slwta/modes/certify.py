@@ -8,6 +8,7 @@ from tf_slwta import config as config_lib
 from tf_slwta import data as data_lib
 from tf_slwta import run_folder
 from tf_slwta.evaluation import certify
+from tf_slwta.layers import noise
 from tf_slwta.modes import common
 from tf_slwta.training import state
 
@@ -22,6 +23,8 @@ def run(config: config_lib.ExperimentConfig, folder: run_folder.RunFolder,
   strategy = strategy or common.make_strategy(config)
   with folder.locked():
     model = state.restore_model(config, strategy)
+    certify.check_independent_votes(noise.batch_shared_layers(model),
+                                    config.certify.batch_size)
     images, labels = data_lib.load_arrays(config.data, 'test')
     info = data_lib.dataset_info(config.data.dataset)
     result = certify.certify_dataset(

@@ -10,6 +10,7 @@ import tensorflow as tf
 from tf_slwta import config as config_lib
 from tf_slwta import data as data_lib
 from tf_slwta import run_folder
+from tf_slwta.evaluation import report
 from tf_slwta.evaluation import robustness
 from tf_slwta.layers import ibp
 from tf_slwta.modes import common
@@ -54,6 +55,28 @@ def evaluate_checkpoint(config: config_lib.ExperimentConfig,
                        test_arrays)
 
 
+def transfer_source(run_dir: str, strategy: tf.distribute.Strategy):
+  """The logits function of the model in `run_dir` (None for '').
+
+  The source of the transfer attack: built from the run's own config.json
+  and its latest checkpoint, called with training=False.
+
+  Raises:
+    FileNotFoundError: `run_dir` has no config.json or no checkpoint.
+  """
+  if not run_dir:
+    return None
+  saved = run_folder.RunFolder(run_dir).saved_settings()
+  if saved is None:
+    raise FileNotFoundError(
+        f'--transfer_from={run_dir} holds no config.json: name the folder of '
+        f'a trained run (its --output_dir).')
+  source_config = config_lib.ExperimentConfig.from_dict(
+      {**saved, 'output_dir': run_dir})
+  source = state.restore_model(source_config, strategy)
+  return lambda x: source(x, training=False)
+
+
 def attack_and_report(config: config_lib.ExperimentConfig,
                       strategy: tf.distribute.Strategy,
                       model: Optional[keras.Model], clean: Dict[str, float],
@@ -92,9 +115,14 @@ def attack_and_report(config: config_lib.ExperimentConfig,
       examples = robustness.Examples()  # For the figures.
       rows = robustness.evaluate_robustness(
           lambda x: model(x, training=False), images, labels, config.attack,
-          batch_size=config.data.eval_batch_size, examples=examples)
+          batch_size=config.data.eval_batch_size, examples=examples,
+          transfer_logits_fn=transfer_source(config.attack.transfer_from,
+                                             strategy))
       robustness.write_report(rows, config.output_dir, meta=meta,
                               examples=examples)
+      robustness.write_summaries(
+          rows, run_folder.RunFolder(config.output_dir).summary_dir,
+          step=report.checkpoint_step(config.output_dir))
   print(f'\nResults of {config.output_dir} ({config.data.dataset}, '
         f'{config.model.name}):')
   common.print_table({'test': clean})

@@ -5,6 +5,7 @@ import numpy as np
 from tf_slwta import config as config_lib
 from tf_slwta import data as data_lib
 from tf_slwta import run_folder
+from tf_slwta.evaluation import progress as progress_lib
 from tf_slwta.export import client as client_lib
 
 
@@ -31,13 +32,18 @@ def run(config: config_lib.ExperimentConfig,
     images = data_lib.to_float_image(images).numpy()
     source = f'{len(images)} {info.name} test images'
   probabilities, classes = [], []
+  progress = progress_lib.WorkProgress(len(images), 'predict', unit='image')
   try:
     for start in range(0, len(images), serve.batch_size):
-      outputs = client.predict(images[start:start + serve.batch_size])
+      chunk = images[start:start + serve.batch_size]
+      progress.start(f'{serve.protocol} requests to {serve.server}')
+      outputs = client.predict(chunk)
       probabilities.append(outputs['probabilities'])
       classes.append(outputs['classes'])
+      progress.advance(len(chunk))
   finally:
     client.close()
+    progress.close()
   probabilities = np.concatenate(probabilities)
   classes = np.concatenate(classes)
   print(f'\n{name} at {serve.server} ({serve.protocol}) on {source}:')

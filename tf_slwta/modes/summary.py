@@ -45,6 +45,12 @@ def line(config: config_lib.ExperimentConfig) -> str:
   elif config.mode == 'evaluate':
     text = (f'{_model(config)} on {_examples(d.eval_examples)} '
             f'{d.dataset} test images, {_attacks(config)}')
+  elif config.mode == 'audit':
+    u = config.audit
+    text = (f'{_model(config)} on {_examples(d.eval_examples)} '
+            f'{d.dataset} test images, {config.attack.aa_norm} eps '
+            f'{config.attack.aa_eps} x {",".join(f"{m:g}" for m in u.eps_multiples)}'
+            f', {_attacks(config)}')
   elif config.mode == 'certify':
     c = config.certify
     text = (f'{_model(config)} on {_examples(d.eval_examples)} '

@@ -1,0 +1,165 @@
+"""APGD and Square: known answers on a linear model, schedule, bounds."""
+
+import importlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from attack_fixtures import accuracy, logits_fn, sample_batch
+from tf_slwta import attacks
+
+# The package exports functions named like these modules.
+apgd_lib = importlib.import_module('tf_slwta.attacks.apgd')
+square_lib = importlib.import_module('tf_slwta.attacks.square')
+
+_SHAPE = (8, 8, 1)
+_CLASSES = 4
+
+
+def _linear_problem(seed=0, n=200):
+  """A linear classifier z = W x + b on 8x8 images near mid-grey.
+
+  Returns (logits_fn, x `[n, 8, 8, 1]`, y `[n]`, critical L-inf eps `[n]`,
+  critical L2 eps `[n]`): the smallest perturbation that changes the
+  decision, in closed form (the box [0, 1] does not bind: x is within
+  0.3 of 0.5 and every eps tested is under 0.2 per pixel).
+  """
+  rng = np.random.default_rng(seed)
+  dims = int(np.prod(_SHAPE))
+  w = rng.normal(size=(dims, _CLASSES)).astype(np.float32)
+  b = rng.normal(size=_CLASSES).astype(np.float32)
+  x = (0.5 + rng.uniform(-0.3, 0.3, size=(n, dims))).astype(np.float32)
+  z = x @ w + b
+  y = z.argmax(1)
+  linf, l2 = np.full(n, np.inf), np.full(n, np.inf)
+  for j in range(_CLASSES):
+    diff = w[:, y].T - w[:, j]  # [n, dims]: w_y - w_j
+    margin = z[np.arange(n), y] - z[:, j]
+    ok = j != y
+    linf[ok] = np.minimum(linf[ok], margin[ok] / np.abs(diff[ok]).sum(1))
+    l2[ok] = np.minimum(l2[ok], margin[ok] / np.linalg.norm(diff[ok], axis=1))
+  wt, bt = tf.constant(w), tf.constant(b)
+  fn = lambda images: tf.matmul(tf.reshape(images, [-1, dims]), wt) + bt
+  return fn, x.reshape((n,) + _SHAPE), y, linf, l2
+
+
+@pytest.fixture(scope='module')
+def linear():
+  return _linear_problem()
+
+
+def _check_against_closed_form(fooled, critical, eps, band):
+  """Examples whose critical eps is clearly under eps are fooled, clearly
+  over it are not; `band` is the relative margin left undecided."""
+  below = critical < eps * (1 - band)
+  above = critical > eps * (1 + 1e-3)
+  assert below.sum() >= 20 and above.sum() >= 20, (below.sum(), above.sum())
+  assert not fooled[above].any()  # Nothing beats the optimum.
+  return fooled[below].mean()
+
+
+@pytest.mark.parametrize('loss', ['ce', 'dlr'])
+@pytest.mark.parametrize('norm', ['inf', 2])
+def test_apgd_reaches_the_closed_form_optimum_of_a_linear_model(linear, loss,
+                                                                norm):
+  fn, x, y, linf, l2 = linear
+  critical = linf if norm == 'inf' else l2
+  eps = float(np.median(critical))
+  adv = attacks.apgd(fn, x, y, eps, norm=norm, steps=50, loss=loss)
+  fooled = attacks.predict(fn, adv).numpy() != y
+  # An untargeted loss can climb towards a class other than the nearest
+  # one (the cross-entropy weighs every wrong class); APGD-T cannot.
+  assert _check_against_closed_form(fooled, critical, eps, 0.02) >= 0.95
+
+
+@pytest.mark.parametrize('norm', ['inf', 2])
+def test_apgd_targeted_reaches_the_optimum_exactly(linear, norm):
+  fn, x, y, linf, l2 = linear
+  critical = linf if norm == 'inf' else l2
+  eps = float(np.median(critical))
+  adv = attacks.apgd_targeted(fn, x, y, eps, norm=norm, steps=30,
+                              target_classes=3)
+  fooled = attacks.predict(fn, adv).numpy() != y
+  assert _check_against_closed_form(fooled, critical, eps, 0.02) == 1.0
+
+
+@pytest.mark.parametrize('norm', ['inf', 2])
+def test_square_nearly_reaches_the_optimum_without_gradients(linear, norm):
+  fn, x, y, linf, l2 = linear
+  critical = linf if norm == 'inf' else l2
+  eps = float(np.median(critical))
+  adv = attacks.square(fn, x, y, eps, norm=norm, queries=1000, seed=3)
+  fooled = attacks.predict(fn, adv).numpy() != y
+  # A random search gets close, not exactly, to the optimum.
+  assert _check_against_closed_form(fooled, critical, eps, 0.3) >= 0.95
+
+
+@pytest.mark.parametrize('norm,eps', [('inf', 0.03), (2, 0.5)])
+def test_apgd_and_square_stay_in_the_ball_and_the_range(norm, eps):
+  fn = logits_fn()
+  x, y = sample_batch(64)
+  for adv in (attacks.apgd(fn, x, y, eps, norm=norm, steps=10, restarts=2),
+              attacks.apgd_targeted(fn, x, y, eps, norm=norm, steps=10,
+                                    target_classes=2),
+              attacks.square(fn, x, y, eps, norm=norm, queries=50)):
+    delta = (adv.numpy() - x).reshape(len(x), -1)
+    size = (np.abs(delta).max(1) if norm == 'inf'
+            else np.linalg.norm(delta, axis=1))
+    assert size.max() <= eps + 1e-5
+    assert adv.numpy().min() >= 0.0 and adv.numpy().max() <= 1.0
+
+
+def test_apgd_beats_or_matches_pgd_with_the_same_budget():
+  fn = logits_fn()
+  x, y = sample_batch(256)
+  eps = 0.02
+  ours = accuracy(fn, attacks.apgd(fn, x, y, eps, steps=40), y)
+  theirs = accuracy(fn, attacks.pgd(fn, x, y, eps, eps / 4, 40), y)
+  assert ours <= theirs + 0.01
+  assert ours < accuracy(fn, x, y) - 0.3
+
+
+def test_checkpoints_follow_the_paper():
+  # p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06).
+  marks = [at + 1 for at, _ in apgd_lib.checkpoints(100)]
+  p, expected = [0.0, 0.22], []
+  while p[-1] <= 1.0:
+    expected.append(round(p[-1] * 100))
+    p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+  assert marks == expected
+  # Windows: the iterations since the previous checkpoint.
+  windows = [w for _, w in apgd_lib.checkpoints(100)]
+  assert windows == [b - a for a, b in zip([0] + marks, marks)]
+
+
+def test_square_schedule_and_pattern():
+  assert square_lib.p_schedule(0, 10000, 0.8) == 0.8
+  assert square_lib.p_schedule(11, 10000, 0.8) == 0.4
+  assert square_lib.p_schedule(9000, 10000, 0.8) == pytest.approx(0.8 / 512)
+  # Rescaled to a smaller budget: the same fractions of the run.
+  assert square_lib.p_schedule(500, 1000, 0.8) == pytest.approx(0.8 / 128)
+  sizes = square_lib.window_sizes(1000, 0.8, (28, 28, 1), '2')
+  assert sizes[0] == 25 and np.all(sizes % 2 == 1) and sizes.min() >= 3
+  assert np.all(np.diff(sizes) <= 0)
+  pattern = square_lib.pseudo_gaussian(7)
+  np.testing.assert_allclose(np.sum(pattern ** 2), 1.0, rtol=1e-6)
+  assert pattern[:3].min() > 0 and pattern[3:].max() < 0
+
+
+def test_bad_arguments_are_refused():
+  fn = logits_fn()
+  x, y = sample_batch(8)
+  with pytest.raises(ValueError, match='loss'):
+    attacks.apgd(fn, x, y, 0.1, loss='hinge')
+  with pytest.raises(ValueError, match='rho'):
+    attacks.apgd(fn, x, y, 0.1, rho=1.5)
+  with pytest.raises(ValueError, match='target_classes'):
+    attacks.apgd_targeted(fn, x, y, 0.1, steps=2, target_classes=10)
+  with pytest.raises(ValueError, match='p_init'):
+    attacks.square(fn, x, y, 0.1, p_init=0.0)
+  two_classes = lambda images: fn(images)[:, :2]
+  with pytest.raises(ValueError, match='DLR loss needs at least 3'):
+    attacks.apgd(two_classes, x, y % 2, 0.1, steps=2, loss='dlr')
+  np.testing.assert_array_equal(attacks.apgd(fn, x, y, 0.0), x)
+  np.testing.assert_array_equal(attacks.square(fn, x, y, 0.0), x)

@@ -1,0 +1,131 @@
+"""How one image is scored: repeated decisions, the worst candidate, a row.
+
+A stochastic model answers differently on every pass, so a verdict is a
+set of `repeats` decisions (each the argmax of `mc_samples` passes); the
+attacker's candidates for an image (the clean image and each attack's
+output) are compared by those verdicts, and a row's accuracy is the mean
+over images and repeats, with the repeats' spread as its Monte Carlo
+standard error.
+"""
+
+import dataclasses
+from typing import Dict, List, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from tf_slwta import attacks
+from tf_slwta.attacks import common as attack_common
+from tf_slwta.evaluation import attack_suite
+
+
+def decide_repeated(logits_fn: attacks.eot.LogitsFn, x, y: np.ndarray,
+                    mc_samples: int, repeats: int):
+  """`repeats` fresh decisions on the same images.
+
+  Args:
+    logits_fn: images `[B, H, W, C]` -> logits `[B, K]`.
+    x: float32 images `[B, H, W, C]`.
+    y: int labels `[B]`.
+    mc_samples: passes per decision, >= 1.
+    repeats: decisions, >= 1.
+
+  Returns:
+    (bool `[repeats, B]`: decision r is right; float32 `[B, K]`: the mean
+    probabilities over every pass of every decision).
+  """
+  oks, total = [], 0.0
+  for _ in range(repeats):
+    probs = attacks.mean_probabilities(logits_fn, x, mc_samples).numpy()
+    oks.append(probs.argmax(axis=-1) == y)
+    total = total + probs
+  return np.stack(oks), (total / repeats).astype(np.float32)
+
+
+def _margin(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
+  """log p_y - max_{i != y} log p_i per example; lower is worse for the model."""
+  return attack_common.log_probability_margin(
+      tf.constant(probs), tf.constant(y, tf.int64)).numpy()
+
+
+@dataclasses.dataclass
+class Row:
+  """One table row's per-image outcomes, batch after batch."""
+  ok: List[np.ndarray] = dataclasses.field(default_factory=list)  # [R, b]
+  l2: List[np.ndarray] = dataclasses.field(default_factory=list)  # [b]
+  linf: List[np.ndarray] = dataclasses.field(default_factory=list)  # [b]
+
+  def add(self, ok: np.ndarray, x: np.ndarray, adv) -> None:
+    size = attack_suite.image_size(np.asarray(adv) - x)
+    self.ok.append(ok)
+    self.l2.append(size['l2'])
+    self.linf.append(size['linf'])
+
+
+def summarize(ok: np.ndarray, l2: np.ndarray, linf: np.ndarray,
+              natural_accuracy: Optional[float] = None) -> Dict[str, object]:
+  """A row's numbers from per-image, per-repeat outcomes.
+
+  Args:
+    ok: bool `[R, N]`, decision r on the image scored (for an attack, its
+      worst candidate) is right.
+    l2, linf: float `[N]`, the scored images' perturbation norms.
+    natural_accuracy: the clean row's accuracy in [0, 1]; None for the
+      clean row itself (no attack columns).
+
+  Returns:
+    {'accuracy': mean over images and repeats, 'mc_se': standard error of
+    that mean over the R repeats (0 for R = 1), 'image_se': sqrt(p (1 - p) /
+    N), 'success_rate': 1 - accuracy / natural accuracy (the share of
+    clean-right answers the attack turned wrong; None for the clean row),
+    'median_l2' of the perturbed images wrong in at least half the repeats
+    (None if none), 'max_linf'}.
+  """
+  repeats, n = ok.shape
+  per_repeat = ok.mean(axis=1)
+  accuracy = float(per_repeat.mean())
+  broken = (ok.mean(axis=0) < 0.5) & (l2 > 0)
+  return {
+      'accuracy': accuracy,
+      'mc_se': (float(per_repeat.std(ddof=1) / np.sqrt(repeats))
+                if repeats > 1 else 0.0),
+      'image_se': float(np.sqrt(accuracy * (1 - accuracy) / max(n, 1))),
+      'success_rate': (None if natural_accuracy is None else
+                       float(1 - accuracy / max(natural_accuracy, 1e-12))),
+      'median_l2': float(np.median(l2[broken])) if broken.any() else None,
+      'max_linf': float(linf.max(initial=0.0)),
+  }
+
+
+@dataclasses.dataclass
+class Candidates:
+  """Images an attacker may submit for one batch, with their verdicts.
+
+  Attributes:
+    images: [float32 `[B, H, W, C]`], the clean batch first.
+    ok: [bool `[R, B]`], each one's repeated decisions are right.
+    probs: [float32 `[B, K]`], each one's mean decision probabilities.
+  """
+  images: List[np.ndarray]
+  ok: List[np.ndarray]
+  probs: List[np.ndarray]
+
+  def add(self, images: np.ndarray, ok: np.ndarray, probs: np.ndarray):
+    self.images.append(images)
+    self.ok.append(ok)
+    self.probs.append(probs)
+
+  def worst(self, y: np.ndarray):
+    """Per image, the candidate judged worst for the model.
+
+    Fewest right decisions first, then the lowest margin log p_y -
+    max_{i != y} log p_i. Returns (images `[B, H, W, C]`, ok `[R, B]`,
+    probs `[B, K]`) of the picks.
+    """
+    right = np.stack([ok.mean(axis=0) for ok in self.ok])
+    margins = np.stack([_margin(p, y) for p in self.probs])
+    pick = np.lexsort((margins, right), axis=0)[0]
+    columns = np.arange(len(y))
+    ok = np.stack(self.ok)[pick, :, columns].T
+    return (np.stack(self.images)[pick, columns], ok,
+            np.stack(self.probs)[pick, columns])

@@ -1,0 +1,60 @@
+"""--mode=audit: the gradient-masking checklist on a run's latest checkpoint."""
+
+from typing import Optional
+
+import tensorflow as tf
+
+from tf_slwta import config as config_lib
+from tf_slwta import data as data_lib
+from tf_slwta import run_folder
+from tf_slwta.evaluation import audit
+from tf_slwta.evaluation import report
+from tf_slwta.evaluation import robustness
+from tf_slwta.modes import common
+from tf_slwta.modes import evaluate
+from tf_slwta.training import state
+
+
+def run(config: config_lib.ExperimentConfig, folder: run_folder.RunFolder,
+        strategy: Optional[tf.distribute.Strategy] = None) -> dict:
+  """Audits the latest checkpoint in `folder` (see `evaluation.audit`).
+
+  Writes audit.md and audit.json, and the audit's worst-case table as the
+  run's robustness table (robustness.md, .csv, .json), prints both, logs the
+  accuracies to TensorBoard and redraws report.html with every failed check
+  at its top.
+
+  Returns:
+    The audit result (`audit.run_audit`).
+  """
+  strategy = strategy or common.make_strategy(config)
+  with folder.locked():
+    model = state.restore_model(config, strategy)
+    images, labels = data_lib.load_arrays(config.data, 'test')
+    examples = robustness.Examples()
+    result = audit.run_audit(
+        lambda x: model(x, training=False), images, labels, config.attack,
+        config.audit, batch_size=config.data.eval_batch_size,
+        transfer_logits_fn=evaluate.transfer_source(
+            config.attack.transfer_from, strategy),
+        examples=examples)
+    meta = {'scoring': robustness.SCORING, 'output_dir': config.output_dir,
+            'dataset': config.data.dataset, 'model': config.model.name,
+            'checkpoint': state.latest_checkpoint(config.output_dir),
+            'eval_examples': config.data.eval_examples,
+            'attack_settings': config.to_dict()['attack'],
+            'audit_settings': config.to_dict()['audit'], 'audit': True}
+    robustness.write_report(result['rows'], config.output_dir, meta=meta,
+                            examples=examples)
+    paths = audit.write(result, config.output_dir, meta=meta)
+    robustness.write_summaries(result['rows'], folder.summary_dir,
+                               step=report.checkpoint_step(config.output_dir))
+    print(f'\nAudit of {config.output_dir} (also in {paths["md"]}, '
+          f'{paths["json"]}):\n')
+    print(audit.markdown(result))
+    if result['failed']:
+      print(f'WARNING: {len(result["failed"])} audit check(s) failed: '
+            f'{", ".join(result["failed"])}. See above; the table keeps the '
+            f'worst case found.')
+    common.write_html_report(config, model)
+  return result
