@@ -232,23 +232,21 @@ def run_audit(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
   stochastic = attack_suite.is_stochastic(
       logits_fn, data_lib.to_float_image(images[:8]))
   modes = attack_suite.resolve_modes(attack, stochastic)
-  deterministic = (attack_suite.deterministic_modes(
-      logits_fn, modes, data_lib.to_float_image(images[:8]))
-                   if stochastic else modes)
   names = tuple(attack.attacks)
   if transfer_logits_fn is not None and 'transfer' not in names:
     names += ('transfer',)
   table_cfg = dataclasses.replace(attack, attacks=names)
-  extra = attack_suite.single_step_variants(logits_fn, attack, modes,
-                                            deterministic) + [
-      attack_suite.random_noise_variant(logits_fn, attack,
-                                        audit.noise_draws)]
+  def extra(fn, modes_, deterministic_):
+    return attack_suite.single_step_variants(fn, attack, modes_,
+                                             deterministic_) + [
+        attack_suite.random_noise_variant(fn, attack, audit.noise_draws)]
+
   outcomes = {}
   rows = robustness.evaluate_robustness(
       logits_fn, images, labels, table_cfg, batch_size=batch_size,
       verbose=verbose, examples=examples,
       transfer_logits_fn=transfer_logits_fn, stochastic=stochastic,
-      extra_variants=extra, rows_per_mode=True, outcomes=outcomes)
+      extra_attacks=extra, rows_per_mode=True, outcomes=outcomes)
   sweep_mode = _strongest_mode(rows, modes)
   subset = slice(0, audit.sweep_examples)
   sweep = lambda cfg: robustness.evaluate_robustness(
