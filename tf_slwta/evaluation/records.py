@@ -27,6 +27,8 @@ import numpy as np
 import tensorflow as tf
 
 META_FILE = 'meta.json'
+# Under a run folder: one folder per evaluation (its batches and tables).
+EVALUATIONS_DIR = 'evaluations'
 
 
 def key(settings: Dict[str, Any]) -> str:

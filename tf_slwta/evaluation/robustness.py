@@ -17,8 +17,9 @@ is scored so that luck does not count twice:
     repeats; its Monte Carlo standard error is their spread, and the image
     standard error sqrt(p (1 - p) / N) says how far N images are from the
     whole test set;
-  * the combined worst case picks among every attack's candidates the same
-    way and scores its pick with fresh decisions, so an image broken only by
+  * the combined worst case picks, per image, among the clean image and
+    each attack's pick, judged by the fresh decisions that scored them, and
+    scores its pick with fresh decisions again, so an image broken only by
     the noise of one of many decisions is not counted as broken.
 """
 
@@ -193,8 +194,8 @@ class Shard:
   """Which batches this process evaluates: those with index % count == index.
 
   With `count` > 1 (several workers), every worker writes its batches to
-  the shared record and the chief (index 0) waits for the others, then
-  writes the table.
+  the shared record, then waits for the others' and assembles the table
+  (the chief, index 0, is the one that writes it).
   """
   index: int = 0
   count: int = 1
@@ -247,15 +248,19 @@ class _BatchEvaluator:
                   f'{name}/images': images[:keep]})
 
     def score(name, pool):
-      """Scores the worst of `pool`, with fresh decisions if stochastic."""
+      """Scores the worst of `pool`, with fresh decisions if stochastic;
+      returns (image, ok, probs) of the pick as scored."""
       chosen, ok, probs = pool.worst(y)
       if self.stochastic:
         ok, probs = self.decide(chosen, y)
       put(name, chosen, ok, probs)
+      return chosen, ok, probs
 
     clean_ok, clean_probs = self.decide(xt, y)
     put('natural', x, clean_ok, clean_probs)
-    everything = scoring.Candidates([x], [clean_ok], [clean_probs])
+    # The combined worst case chooses among each attack's pick, judged by
+    # the fresh decisions that scored it (unbiased by its own selection).
+    picks = scoring.Candidates([x], [clean_ok], [clean_probs])
     for name, group in self.grouped.items():
       pool = scoring.Candidates([x], [clean_ok], [clean_probs])
       for variant in group:
@@ -267,13 +272,12 @@ class _BatchEvaluator:
         progress.advance()
         verdict = self.decide(output, y)
         pool.add(output, *verdict)
-        everything.add(output, *verdict)
         if variant.label in self.per_mode:
           score(variant.label, scoring.Candidates(
               [x, output], [clean_ok, verdict[0]], [clean_probs, verdict[1]]))
-      score(name, pool)
+      picks.add(*score(name, pool))
     if self.cfg.combined == 'worst_case':
-      score('combined', everything)
+      score('combined', picks)
     else:
       chained = xt
       for group in self.grouped.values():  # Each from the last one's output.
@@ -299,7 +303,7 @@ def evaluate_robustness(logits_fn: Optional[attacks.eot.LogitsFn],
                         replicas: Sequence[Replica] = (),
                         record: Optional[records_lib.BatchRecords] = None,
                         shard: Shard = Shard(), wait_seconds: float = 3600.0
-                        ) -> Optional[List[Dict[str, object]]]:
+                        ) -> List[Dict[str, object]]:
   """Scores a model on clean images and under each configured attack.
 
   Batches are independent: each is evaluated whole by one model copy
@@ -345,8 +349,9 @@ def evaluate_robustness(logits_fn: Optional[attacks.eot.LogitsFn],
     One dict per row (natural, each attack, the extra ones, combined, then
     the per-mode rows) with `COLUMNS` (see `scoring.summarize`; examples =
     N) plus 'repeats' (decisions per image), 'gradient_modes' and
-    'seconds' (attack time summed over batches and devices); None on a
-    worker that is not the chief.
+    'seconds' (attack time summed over batches and devices). With several
+    workers, each returns the whole table once every worker's batches are
+    in the record.
   """
   replicas = list(replicas) or [Replica(logits_fn)]
   probe = data_lib.to_float_image(images[:8])
@@ -380,9 +385,7 @@ def evaluate_robustness(logits_fn: Optional[attacks.eot.LogitsFn],
 
   _spread(evaluators, todo, work)
   progress.close()
-  if shard.count > 1:
-    if shard.index != 0:
-      return None
+  if shard.count > 1:  # Every worker assembles the table (the chief writes).
     record.wait([i for i in range(count) if i not in done], wait_seconds)
   rows = {name: scoring.Row() for name in first.names}
   seconds: Dict[str, float] = {}
