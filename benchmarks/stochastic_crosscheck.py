@@ -61,6 +61,8 @@ _EPS = flags.DEFINE_float('eps', 0.0314, 'L-inf radius.')
 _STEPS = flags.DEFINE_integer('steps', 50, 'APGD / PGD iterations.')
 _EOT = flags.DEFINE_integer('eot', 10, 'Passes averaged by the EOT model.')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Fresh decisions per image.')
+_MC = flags.DEFINE_integer('mc_samples', 0, 'Passes per decision (0: the '
+                           'run\'s own --mc_samples); use the audit\'s.')
 _BATCH = flags.DEFINE_integer('batch_size', 100, 'Images per ART call.')
 _OUTCOMES = flags.DEFINE_string('audit_outcomes', '', 'The audit\'s '
                                 'audit_outcomes.npz, to combine per image.')
@@ -105,7 +107,7 @@ def main(argv):
   images, labels = data_lib.load_arrays(config.data, 'test')
   images, labels = images[:_EXAMPLES.value], labels[:_EXAMPLES.value]
   x = images.astype(np.float32) / 255.0
-  mc = config.attack.mc_samples
+  mc = _MC.value or config.attack.mc_samples
   logits_fn = lambda z: model(z, training=False)
   eps, steps, batch = _EPS.value, _STEPS.value, _BATCH.value
   shape = x.shape[1:]
