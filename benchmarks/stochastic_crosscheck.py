@@ -61,12 +61,14 @@ _EPS = flags.DEFINE_float('eps', 0.0314, 'L-inf radius.')
 _STEPS = flags.DEFINE_integer('steps', 50, 'APGD / PGD iterations.')
 _EOT = flags.DEFINE_integer('eot', 10, 'Passes averaged by the EOT model.')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Fresh decisions per image.')
+_MC = flags.DEFINE_integer('mc_samples', 0, 'Passes per decision (0: the '
+                           'run\'s own --mc_samples); use the audit\'s.')
 _BATCH = flags.DEFINE_integer('batch_size', 100, 'Images per ART call.')
 _OUTCOMES = flags.DEFINE_string('audit_outcomes', '', 'The audit\'s '
                                 'audit_outcomes.npz, to combine per image.')
 
 
-class _Wrapped(keras.Model):
+class Wrapped(keras.Model):
   """`model` seen through a surrogate mode, or averaged over passes (EOT).
 
   Output: log of the mean softmax over `passes` passes, a valid logit
@@ -74,7 +76,7 @@ class _Wrapped(keras.Model):
   """
 
   def __init__(self, model, mode='sample', passes=1):
-    super().__init__()
+    super().__init__(name=f'{mode}_x{passes}')
     self.inner, self.mode, self.passes = model, mode, passes
 
   def call(self, x):
@@ -105,12 +107,12 @@ def main(argv):
   images, labels = data_lib.load_arrays(config.data, 'test')
   images, labels = images[:_EXAMPLES.value], labels[:_EXAMPLES.value]
   x = images.astype(np.float32) / 255.0
-  mc = config.attack.mc_samples
+  mc = _MC.value or config.attack.mc_samples
   logits_fn = lambda z: model(z, training=False)
   eps, steps, batch = _EPS.value, _STEPS.value, _BATCH.value
   shape = x.shape[1:]
-  eot = _classifier(_Wrapped(model, 'sample', _EOT.value), shape)
-  expected = _classifier(_Wrapped(model, 'expected'), shape)
+  eot = _classifier(Wrapped(model, 'sample', _EOT.value), shape)
+  expected = _classifier(Wrapped(model, 'expected'), shape)
   apgd = lambda clf, loss: evasion.AutoProjectedGradientDescent(
       clf, norm=np.inf, eps=eps, eps_step=2 * eps, max_iter=steps,
       nb_random_init=1, batch_size=batch, loss_type=loss, verbose=False)
@@ -127,7 +129,7 @@ def main(argv):
   if _TRANSFER.value:
     _, source = _load(_TRANSFER.value)
     attacks[f'ART APGD-CE transferred from {_TRANSFER.value}'] = apgd(
-        _classifier(_Wrapped(source, 'expected'), shape), 'cross_entropy')
+        _classifier(Wrapped(source, 'expected'), shape), 'cross_entropy')
   decide = lambda z: scoring.decide_repeated(logits_fn, tf.constant(z),
                                                 labels, mc, _REPEATS.value)
   clean_ok, clean_probs = decide(x)

@@ -40,6 +40,7 @@ from tf_slwta import attacks
 from tf_slwta import config as config_lib
 from tf_slwta import data as data_lib
 from tf_slwta.evaluation import attack_suite
+from tf_slwta.evaluation import records
 from tf_slwta.evaluation import robustness
 
 AUDIT_FILE = 'audit'
@@ -205,8 +206,10 @@ def run_audit(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
               audit: config_lib.AuditConfig, *, batch_size: int = 500,
               transfer_logits_fn: Optional[attacks.eot.LogitsFn] = None,
               verbose: bool = True,
-              examples: Optional[robustness.Examples] = None
-              ) -> Dict[str, object]:
+              examples: Optional[robustness.Examples] = None,
+              replicas: Sequence[robustness.Replica] = (),
+              shard: robustness.Shard = robustness.Shard(),
+              folder: Optional[str] = None) -> Dict[str, object]:
   """Runs the whole checklist on one model.
 
   Args:
@@ -219,6 +222,11 @@ def run_audit(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
     transfer_logits_fn: source model of the transfer attack, if any.
     verbose: progress bars and one line per sweep point.
     examples: filled in for the figures, as `evaluate_robustness` does.
+    replicas, shard: how the batches spread over devices and workers (see
+      `robustness.evaluate_robustness`); logits_fn may then be None.
+    folder: where every part keeps its per-batch record (`batches`,
+      `eps-<eps>`, `steps-<n>`), so a killed audit resumes; None keeps none
+      (and needs a single worker).
 
   Returns:
     {'rows': the table (robustness rows, the combined worst case being the
@@ -229,46 +237,56 @@ def run_audit(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
     (names),
     'stochastic', 'sweep_mode' (the gradient mode the sweeps used)}.
   """
+  replicas = list(replicas) or [robustness.Replica(logits_fn)]
   stochastic = attack_suite.is_stochastic(
-      logits_fn, data_lib.to_float_image(images[:8]))
+      replicas[0].logits_fn, data_lib.to_float_image(images[:8]))
+  settings = {'attack': dataclasses.asdict(attack),
+              'audit': dataclasses.asdict(audit), 'examples': len(images),
+              'batch_size': batch_size}
+
+  def scale(part: str) -> dict:
+    record = None if folder is None else records.BatchRecords(
+        os.path.join(folder, part), {**settings, 'part': part})
+    return {'replicas': replicas, 'shard': shard, 'record': record}
+
   modes = attack_suite.resolve_modes(attack, stochastic)
-  deterministic = (attack_suite.deterministic_modes(
-      logits_fn, modes, data_lib.to_float_image(images[:8]))
-                   if stochastic else modes)
   names = tuple(attack.attacks)
   if transfer_logits_fn is not None and 'transfer' not in names:
     names += ('transfer',)
   table_cfg = dataclasses.replace(attack, attacks=names)
-  extra = attack_suite.single_step_variants(logits_fn, attack, modes,
-                                            deterministic) + [
-      attack_suite.random_noise_variant(logits_fn, attack,
-                                        audit.noise_draws)]
+
+  def extra(fn, modes_, deterministic_):
+    return attack_suite.single_step_variants(fn, attack, modes_,
+                                             deterministic_) + [
+        attack_suite.random_noise_variant(fn, attack, audit.noise_draws)]
+
   outcomes = {}
   rows = robustness.evaluate_robustness(
-      logits_fn, images, labels, table_cfg, batch_size=batch_size,
+      None, images, labels, table_cfg, batch_size=batch_size,
       verbose=verbose, examples=examples,
       transfer_logits_fn=transfer_logits_fn, stochastic=stochastic,
-      extra_variants=extra, rows_per_mode=True, outcomes=outcomes)
+      extra_attacks=extra, rows_per_mode=True, outcomes=outcomes,
+      **scale('batches'))
   sweep_mode = _strongest_mode(rows, modes)
   subset = slice(0, audit.sweep_examples)
-  sweep = lambda cfg: robustness.evaluate_robustness(
-      logits_fn, images[subset], labels[subset], cfg, batch_size=batch_size,
-      verbose=False, stochastic=stochastic)
+  sweep = lambda cfg, part: robustness.evaluate_robustness(
+      None, images[subset], labels[subset], cfg, batch_size=batch_size,
+      verbose=False, stochastic=stochastic, **scale(part))
   cap = 1.0 if attack.aa_norm == 'inf' else float('inf')
   eps_sweep = []
   for multiple in audit.eps_multiples:
     eps = min(attack.aa_eps * multiple, cap)
     row = _row(sweep(_sweep_config(attack, sweep_mode, aa_eps=eps,
-                                   apgd_steps=min(attack.apgd_steps, 50))),
-               'apgd_ce')
+                                   apgd_steps=min(attack.apgd_steps, 50)),
+                     f'eps-{eps:g}'), 'apgd_ce')
     eps_sweep.append(_point('eps', eps, row))
     if verbose:
       print(f'audit: eps sweep, eps={eps:g}: {_pct(row["accuracy"])}',
             flush=True)
   steps_sweep = []
   for steps in audit.sweep_steps:
-    row = _row(sweep(_sweep_config(attack, sweep_mode, apgd_steps=steps)),
-               'apgd_ce')
+    row = _row(sweep(_sweep_config(attack, sweep_mode, apgd_steps=steps),
+                     f'steps-{steps}'), 'apgd_ce')
     steps_sweep.append(_point('steps', steps, row))
     if verbose:
       print(f'audit: steps sweep, {steps} steps: {_pct(row["accuracy"])}',

@@ -34,6 +34,7 @@ from tf_slwta import data as data_lib
 from tf_slwta import run_folder
 from tf_slwta.evaluation import audit
 from tf_slwta.evaluation import figures
+from tf_slwta.evaluation import records
 from tf_slwta.evaluation import robustness
 
 REPORT_FILE = 'report.html'
@@ -289,6 +290,41 @@ def _audit_section(output_dir: str) -> Tuple[str, str]:
   return warning, section
 
 
+def _history_section(output_dir: str) -> str:
+  """Every evaluation kept under `evaluations/`, newest first, with links;
+  the tables above are the latest one's."""
+  root = os.path.join(output_dir, records.EVALUATIONS_DIR)
+  if not tf.io.gfile.isdir(root):
+    return ''
+  found = []
+  for name in tf.io.gfile.listdir(root):
+    name = name.rstrip('/')
+    saved = _read_json(os.path.join(root, name,
+                                    f'{robustness.FILE_STEM}.json'))
+    if not saved:
+      continue  # Unfinished: its batches wait to be resumed.
+    path = os.path.join(root, name, f'{robustness.FILE_STEM}.json')
+    rows = {r['attack']: r for r in saved.get('rows', [])}
+    worst = rows.get('combined', {}).get('accuracy')
+    found.append((tf.io.gfile.stat(path).mtime_nsec, name, saved, worst))
+  if not found:
+    return ''
+  lines = []
+  for _, name, saved, worst in sorted(found, reverse=True):
+    attack = saved.get('attack_settings', {})
+    link = html.escape(
+        f'{records.EVALUATIONS_DIR}/{name}/{robustness.FILE_STEM}.md')
+    lines.append(
+        f'<tr><td><a href="{link}">{html.escape(name)}</a></td>'
+        f'<td>{html.escape(str(saved.get("checkpoint")))}</td>'
+        f'<td>{html.escape(",".join(attack.get("attacks", [])))}</td>'
+        f'<td>{"-" if worst is None else f"{100 * worst:.2f}"}</td></tr>\n')
+  return ('<h2>Every evaluation of this run</h2>\n<p>Newest first; the '
+          'tables above are the newest one\'s.</p>\n<table>\n<tr><th>'
+          'evaluation</th><th>checkpoint</th><th>attacks</th><th>worst case '
+          '(%)</th></tr>\n' + ''.join(lines) + '</table>\n')
+
+
 def write_report(config: config_lib.ExperimentConfig,
                  model: Optional[keras.Model] = None,
                  tensorboard: bool = True) -> str:
@@ -318,6 +354,7 @@ def write_report(config: config_lib.ExperimentConfig,
       _robustness_section(output_dir, figures_dir, saved, info.class_names)
       if saved else ('', []),
       (audit_html, []),
+      (_history_section(output_dir), []),
       _learning_section(output_dir, figures_dir),
       _model_section(output_dir, figures_dir, model, images),
       _certify_section(output_dir, figures_dir)):

@@ -17,8 +17,9 @@ is scored so that luck does not count twice:
     repeats; its Monte Carlo standard error is their spread, and the image
     standard error sqrt(p (1 - p) / N) says how far N images are from the
     whole test set;
-  * the combined worst case picks among every attack's candidates the same
-    way and scores its pick with fresh decisions, so an image broken only by
+  * the combined worst case picks, per image, among the clean image and
+    each attack's pick, judged by the fresh decisions that scored them, and
+    scores its pick with fresh decisions again, so an image broken only by
     the noise of one of many decisions is not counted as broken.
 """
 
@@ -28,7 +29,9 @@ import io
 import json
 import os
 import sys
-from typing import Dict, List, Optional, Sequence
+import threading
+import time
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -38,6 +41,7 @@ from tf_slwta import config as config_lib
 from tf_slwta import data as data_lib
 from tf_slwta.evaluation import attack_suite
 from tf_slwta.evaluation import progress as progress_lib
+from tf_slwta.evaluation import records as records_lib
 from tf_slwta.evaluation import scoring
 
 COLUMNS = ('attack', 'settings', 'accuracy', 'mc_se', 'image_se',
@@ -166,23 +170,153 @@ def _append(old: Optional[np.ndarray], new: np.ndarray) -> np.ndarray:
   return new if old is None else np.concatenate([old, new])
 
 
-def evaluate_robustness(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
-                        labels: np.ndarray, cfg: config_lib.AttackConfig, *,
+@dataclasses.dataclass(frozen=True)
+class Replica:
+  """One copy of the model that evaluates batches.
+
+  Attributes:
+    logits_fn: images `[B, H, W, C]` in [0, 1] -> logits `[B, K]` of this
+      copy.
+    device: where its batches run (e.g. '/gpu:1'), or None for the default.
+    reseed: reseed(seed) resets every random stream of this copy to a state
+      made from `seed`; the evaluation calls it before each batch with a
+      seed made from the batch's index, so a batch draws the same
+      randomness on whichever copy, device or worker computes it. None when
+      the model has no such streams (or the caller does not care).
+  """
+  logits_fn: attacks.eot.LogitsFn
+  device: Optional[str] = None
+  reseed: Optional[Callable[[int], None]] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+  """Which batches this process evaluates: those with index % count == index.
+
+  With `count` > 1 (several workers), every worker writes its batches to
+  the shared record, then waits for the others' and assembles the table
+  (the chief, index 0, is the one that writes it).
+  """
+  index: int = 0
+  count: int = 1
+
+  def owns(self, batch: int) -> bool:
+    return batch % self.count == self.index
+
+
+class _BatchEvaluator:
+  """Runs every attack on one batch with one model copy; pure per batch."""
+
+  def __init__(self, replica: Replica, cfg: config_lib.AttackConfig,
+               stochastic: bool, probe, transfer_logits_fn, extra_attacks,
+               rows_per_mode: bool):
+    fn = replica.logits_fn
+    self.replica, self.cfg, self.stochastic = replica, cfg, stochastic
+    self.modes = attack_suite.resolve_modes(cfg, stochastic)
+    self.repeats = cfg.decision_repeats if stochastic else 1
+    deterministic = (attack_suite.deterministic_modes(fn, self.modes, probe)
+                     if stochastic else self.modes)
+    self.variants = attack_suite.attack_variants(
+        fn, cfg, self.modes, transfer_logits_fn, deterministic,
+        num_classes=int(fn(probe[:1]).shape[-1]))
+    if extra_attacks is not None:
+      self.variants += extra_attacks(fn, self.modes, deterministic)
+    self.grouped = attack_suite.variants_by_attack(self.variants)
+    self.per_mode = [v.label for v in self.variants if rows_per_mode and
+                     v.mode and len(self.grouped[v.name]) > 1]
+    self.names = ['natural', *self.grouped, 'combined', *self.per_mode]
+
+  def decide(self, images, y):
+    return scoring.decide_repeated(self.replica.logits_fn, images, y,
+                                   self.cfg.mc_samples, self.repeats)
+
+  def run(self, index: int, x: np.ndarray, y: np.ndarray, keep: int,
+          progress: progress_lib.WorkProgress) -> Dict[str, np.ndarray]:
+    """The batch's outcomes: per row `<name>/ok` bool `[R, b]`, `/l2`,
+    `/linf` float `[b]`, `/probs` float `[b, K]` and `/images` (its first
+    `keep` scored images); `seconds/<variant>` for each attack run."""
+    if self.replica.reseed is not None:
+      self.replica.reseed(self.cfg.seed * 1_000_003 + index)
+    seed = tf.constant(self.cfg.seed * 1_000_003 + index, tf.int64)
+    xt, yt = tf.constant(x), tf.constant(y, tf.int64)
+    out = {}
+
+    def put(name, images, ok, probs):
+      size = attack_suite.image_size(images - x)
+      out.update({f'{name}/ok': ok, f'{name}/l2': size['l2'],
+                  f'{name}/linf': size['linf'], f'{name}/probs': probs,
+                  f'{name}/images': images[:keep]})
+
+    def score(name, pool):
+      """Scores the worst of `pool`, with fresh decisions if stochastic;
+      returns (image, ok, probs) of the pick as scored."""
+      chosen, ok, probs = pool.worst(y)
+      if self.stochastic:
+        ok, probs = self.decide(chosen, y)
+      put(name, chosen, ok, probs)
+      return chosen, ok, probs
+
+    clean_ok, clean_probs = self.decide(xt, y)
+    put('natural', x, clean_ok, clean_probs)
+    # The combined worst case chooses among each attack's pick, judged by
+    # the fresh decisions that scored it (unbiased by its own selection).
+    picks = scoring.Candidates([x], [clean_ok], [clean_probs])
+    for name, group in self.grouped.items():
+      pool = scoring.Candidates([x], [clean_ok], [clean_probs])
+      for variant in group:
+        progress.start(variant.label)
+        start = time.perf_counter()
+        output = variant.run(xt, yt, seed).numpy()
+        out[f'seconds/{variant.label}'] = np.float64(
+            time.perf_counter() - start)
+        progress.advance()
+        verdict = self.decide(output, y)
+        pool.add(output, *verdict)
+        if variant.label in self.per_mode:
+          score(variant.label, scoring.Candidates(
+              [x, output], [clean_ok, verdict[0]], [clean_probs, verdict[1]]))
+      picks.add(*score(name, pool))
+    if self.cfg.combined == 'worst_case':
+      score('combined', picks)
+    else:
+      chained = xt
+      for group in self.grouped.values():  # Each from the last one's output.
+        chained = group[0].run(chained, yt, seed)
+      chained = chained.numpy()
+      ok, probs = self.decide(chained, y)
+      score('combined', scoring.Candidates([chained], [ok], [probs]))
+    return out
+
+
+def evaluate_robustness(logits_fn: Optional[attacks.eot.LogitsFn],
+                        images: np.ndarray, labels: np.ndarray,
+                        cfg: config_lib.AttackConfig, *,
                         batch_size: int = 500, verbose: bool = True,
                         examples: Optional[Examples] = None,
                         transfer_logits_fn: Optional[
                             attacks.eot.LogitsFn] = None,
                         stochastic: Optional[bool] = None,
-                        extra_variants: Sequence[
-                            attack_suite.Variant] = (),
+                        extra_attacks: Optional[Callable[
+                            ..., List[attack_suite.Variant]]] = None,
                         rows_per_mode: bool = False,
-                        outcomes: Optional[Dict[str, np.ndarray]] = None
+                        outcomes: Optional[Dict[str, np.ndarray]] = None,
+                        replicas: Sequence[Replica] = (),
+                        record: Optional[records_lib.BatchRecords] = None,
+                        shard: Shard = Shard(), wait_seconds: float = 3600.0
                         ) -> List[Dict[str, object]]:
   """Scores a model on clean images and under each configured attack.
 
+  Batches are independent: each is evaluated whole by one model copy
+  (`replicas`, e.g. one per GPU, running at the same time), the batches can
+  be shared out among workers (`shard`), and each finished batch can be
+  kept (`record`) so a killed evaluation resumes. With every replica's
+  `reseed` given, the table does not depend on any of that: a batch draws
+  the same randomness wherever it runs.
+
   Args:
     logits_fn: images `[B, H, W, C]` in [0, 1] -> logits `[B, K]`; pass one
-      callable (attacks are compiled per callable).
+      callable (attacks are compiled per callable). None when `replicas`
+      are given.
     images: uint8 `[N, H, W, C]` test images.
     labels: int `[N]`.
     cfg: attack settings.
@@ -194,106 +328,137 @@ def evaluate_robustness(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
     stochastic: whether the model's passes differ; None finds out with two
       passes on the first images. A deterministic model gets one decision
       and the 'sample' gradient mode (unless cfg.gradient_modes says else).
-    extra_variants: more attacks (e.g. the audit's random noise), each a
-      row of its own after the configured ones and a candidate of the
-      combined worst case.
+    extra_attacks: extra_attacks(logits_fn, modes, deterministic_modes) ->
+      more `attack_suite.Variant`s (e.g. the audit's random noise), called
+      once per replica; each a row of its own after the configured ones and
+      a candidate of the combined worst case.
     rows_per_mode: also a row per gradient attack and mode, named like
       'pgd_linf/expected' (the worst of the clean image and that mode's
       output), after the combined row.
     outcomes: if given, filled with {row name: bool `[R, N]`, decision r on
       the image the row scored is right}, for per-image comparisons.
+    replicas: the model copies that evaluate batches in parallel (default:
+      one, `logits_fn`).
+    record: where finished batches are kept; those already there are not
+      computed again.
+    shard: this worker's share of the batches.
+    wait_seconds: how long the chief of several workers waits for a new
+      batch of the others before giving up (TimeoutError).
 
   Returns:
     One dict per row (natural, each attack, the extra ones, combined, then
-    the per-mode rows) with `COLUMNS` (see `scoring.summarize`; examples = N) plus
-    'repeats' (decisions per image) and 'gradient_modes'.
+    the per-mode rows) with `COLUMNS` (see `scoring.summarize`; examples =
+    N) plus 'repeats' (decisions per image), 'gradient_modes' and
+    'seconds' (attack time summed over batches and devices). With several
+    workers, each returns the whole table once every worker's batches are
+    in the record.
   """
+  replicas = list(replicas) or [Replica(logits_fn)]
   probe = data_lib.to_float_image(images[:8])
   if stochastic is None:
-    stochastic = attack_suite.is_stochastic(logits_fn, probe)
-  modes = attack_suite.resolve_modes(cfg, stochastic)
-  repeats = cfg.decision_repeats if stochastic else 1
-  variants = attack_suite.attack_variants(
-      logits_fn, cfg, modes, transfer_logits_fn,
-      attack_suite.deterministic_modes(logits_fn, modes, probe)
-      if stochastic else modes,
-      num_classes=int(logits_fn(probe[:1]).shape[-1])) + list(extra_variants)
-  grouped = attack_suite.variants_by_attack(variants)
-  per_mode = [v.label for v in variants
-              if rows_per_mode and v.mode and len(grouped[v.name]) > 1]
-  names = ['natural', *grouped, 'combined', *per_mode]
-  settings = {v.name: v.settings for v in extra_variants}
-  scored = {name: scoring.Row() for name in names}
-  total = -(-len(images) // batch_size)
+    stochastic = attack_suite.is_stochastic(replicas[0].logits_fn, probe)
+  if shard.count > 1 and record is None:
+    raise ValueError('Sharing an evaluation among workers needs a record '
+                     'folder the chief can read their batches from.')
+  evaluators = [_BatchEvaluator(r, cfg, stochastic, probe, transfer_logits_fn,
+                                extra_attacks, rows_per_mode)
+                for r in replicas]
+  first = evaluators[0]
+  count = -(-len(images) // batch_size)
+  todo = [i for i in range(count)
+          if shard.owns(i) and not (record is not None and record.has(i))]
   progress = progress_lib.WorkProgress(
-      total * len(variants), 'robustness', enabled=verbose, unit='run')
-  record = examples.add if examples is not None else (lambda *_: None)
+      len(todo) * len(first.variants), 'robustness', enabled=verbose,
+      unit='run')
+  keep = examples.keep if examples is not None else 0
+  done: Dict[int, Dict[str, np.ndarray]] = {}
 
-  def decide(images_, y_):
-    return scoring.decide_repeated(logits_fn, images_, y_, cfg.mc_samples,
-                                   repeats)
+  def work(evaluator: _BatchEvaluator, index: int) -> None:
+    start = index * batch_size
+    x = images[start:start + batch_size].astype(np.float32) / 255.0
+    y = np.asarray(labels[start:start + batch_size]).astype(np.int64)
+    with tf.device(evaluator.replica.device):
+      arrays = evaluator.run(index, x, y, max(keep - start, 0), progress)
+    if record is not None:
+      record.save(index, arrays)
+    done[index] = arrays
 
-  def score(name, pool, x_np, y_np, y):
-    """Scores the worst of `pool`, with fresh decisions if stochastic."""
-    chosen, ok, probs = pool.worst(y_np)
-    if stochastic:
-      ok, probs = decide(chosen, y_np)
-    scored[name].add(ok, x_np, chosen)
-    if name not in per_mode:
-      record(name, chosen, y, probs, ok.mean(axis=0) >= 0.5)
-
-  for index, (x, y) in enumerate(data_lib.as_batches(images, labels,
-                                                     batch_size)):
-    seed = tf.constant(cfg.seed * 1_000_003 + index, tf.int64)
-    x_np, y_np = x.numpy(), y.numpy()
-    clean_ok, clean_probs = decide(x, y_np)
-    scored['natural'].add(clean_ok, x_np, x_np)
-    record('natural', x, y, clean_probs, clean_ok.mean(axis=0) >= 0.5)
-    everything = scoring.Candidates([x_np], [clean_ok], [clean_probs])
-    for name, group in grouped.items():
-      pool = scoring.Candidates([x_np], [clean_ok], [clean_probs])
-      for variant in group:
-        progress.start(variant.label)
-        output = variant.run(x, y, seed).numpy()
-        progress.advance()
-        verdict = decide(output, y_np)
-        pool.add(output, *verdict)
-        everything.add(output, *verdict)
-        if variant.label in per_mode:
-          score(variant.label, scoring.Candidates([x_np, output],
-                                          [clean_ok, verdict[0]],
-                                          [clean_probs, verdict[1]]),
-                x_np, y_np, y)
-      score(name, pool, x_np, y_np, y)
-    if cfg.combined == 'worst_case':
-      score('combined', everything, x_np, y_np, y)
-    else:
-      chained = x
-      for group in grouped.values():  # Each attack from the last one's output.
-        chained = group[0].run(chained, y, seed)
-      chained = chained.numpy()
-      ok, probs = decide(chained, y_np)
-      score('combined', scoring.Candidates([chained], [ok], [probs]), x_np,
-            y_np, y)
+  _spread(evaluators, todo, work)
   progress.close()
+  if shard.count > 1:  # Every worker assembles the table (the chief writes).
+    record.wait([i for i in range(count) if i not in done], wait_seconds)
+  rows = {name: scoring.Row() for name in first.names}
+  seconds: Dict[str, float] = {}
+  for index in range(count):
+    arrays = done.get(index) or record.load(index)
+    start = index * batch_size
+    y = labels[start:start + batch_size]
+    for name in first.names:
+      ok = arrays[f'{name}/ok']
+      rows[name].add(ok, arrays[f'{name}/l2'], arrays[f'{name}/linf'])
+      if examples is not None and name not in first.per_mode:
+        examples.add(name, arrays[f'{name}/images'], y,
+                     arrays[f'{name}/probs'], ok.mean(axis=0) >= 0.5)
+    for k, v in arrays.items():
+      if k.startswith('seconds/'):
+        attack = k.split('/')[1]
+        seconds[attack] = seconds.get(attack, 0.0) + float(v)
+  return _table(first, rows, seconds, cfg, len(images), outcomes)
+
+
+def _spread(evaluators, todo, work) -> None:
+  """Runs work(evaluator, index) for every index, one thread per evaluator
+  taking the next index as it frees up (one evaluator: in this thread)."""
+  if len(evaluators) == 1:
+    for index in todo:
+      work(evaluators[0], index)
+    return
+  queue = list(reversed(todo))
+  lock = threading.Lock()
+  errors = []
+
+  def loop(evaluator):
+    while True:
+      with lock:
+        if not queue or errors:
+          return
+        index = queue.pop()
+      try:
+        work(evaluator, index)
+      except Exception as e:  # pylint: disable=broad-except
+        errors.append(e)
+        return
+
+  threads = [threading.Thread(target=loop, args=(e,)) for e in evaluators]
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join()
+  if errors:
+    raise errors[0]
+
+
+def _table(evaluator, rows, seconds, cfg, examples, outcomes):
   natural = None
   table = []
-  for name in names:
-    row = scored[name]
+  settings = {v.name: v.settings for v in evaluator.variants if v.settings}
+  for name in evaluator.names:
+    ok = np.concatenate(rows[name].ok, axis=1)
     if outcomes is not None:
-      outcomes[name] = np.concatenate(row.ok, axis=1)
-    numbers = scoring.summarize(np.concatenate(row.ok, axis=1),
-                        np.concatenate(row.l2), np.concatenate(row.linf),
-                        natural)
+      outcomes[name] = ok
+    numbers = scoring.summarize(ok, np.concatenate(rows[name].l2),
+                                np.concatenate(rows[name].linf), natural)
     natural = numbers['accuracy'] if natural is None else natural
     base = name.split('/')[0]
     text = settings.get(base) or attack_settings(base, cfg)
     if name == 'combined' and cfg.combined == 'worst_case':
-      text = f'worst case of {"+".join(grouped)}'
-
-    table.append({'attack': name, 'settings': text,
-                  **numbers, 'examples': len(images), 'repeats': repeats,
-                  'gradient_modes': ','.join(modes)})
+      text = f'worst case of {"+".join(evaluator.grouped)}'
+    spent = sum(t for label, t in seconds.items()
+                if label == name or label.startswith(name + '/'))
+    table.append({'attack': name, 'settings': text, **numbers,
+                  'examples': examples, 'repeats': evaluator.repeats,
+                  'gradient_modes': ','.join(evaluator.modes),
+                  'seconds': spent})
   return table
 
 

@@ -16,7 +16,6 @@ import tensorflow as tf
 
 from tf_slwta import attacks
 from tf_slwta.attacks import common as attack_common
-from tf_slwta.evaluation import attack_suite
 
 
 def decide_repeated(logits_fn: attacks.eot.LogitsFn, x, y: np.ndarray,
@@ -55,11 +54,11 @@ class Row:
   l2: List[np.ndarray] = dataclasses.field(default_factory=list)  # [b]
   linf: List[np.ndarray] = dataclasses.field(default_factory=list)  # [b]
 
-  def add(self, ok: np.ndarray, x: np.ndarray, adv) -> None:
-    size = attack_suite.image_size(np.asarray(adv) - x)
+  def add(self, ok: np.ndarray, l2: np.ndarray, linf: np.ndarray) -> None:
+    """Appends a batch: ok bool `[R, b]`, perturbation norms `[b]`."""
     self.ok.append(ok)
-    self.l2.append(size['l2'])
-    self.linf.append(size['linf'])
+    self.l2.append(l2)
+    self.linf.append(linf)
 
 
 def summarize(ok: np.ndarray, l2: np.ndarray, linf: np.ndarray,

@@ -12,6 +12,7 @@ from tf_slwta.evaluation import report
 from tf_slwta.evaluation import robustness
 from tf_slwta.modes import common
 from tf_slwta.modes import evaluate
+from tf_slwta.training import distribute
 from tf_slwta.training import state
 
 
@@ -28,25 +29,29 @@ def run(config: config_lib.ExperimentConfig, folder: run_folder.RunFolder,
     The audit result (`audit.run_audit`).
   """
   strategy = strategy or common.make_strategy(config)
-  with folder.locked():
+  with common.chief_lock(folder, strategy):
     model = state.restore_model(config, strategy)
     images, labels = data_lib.load_arrays(config.data, 'test')
     examples = robustness.Examples()
-    result = audit.run_audit(
-        lambda x: model(x, training=False), images, labels, config.attack,
-        config.audit, batch_size=config.data.eval_batch_size,
-        transfer_logits_fn=evaluate.transfer_source(
-            config.attack.transfer_from, strategy),
-        examples=examples)
     meta = {'scoring': robustness.SCORING, 'output_dir': config.output_dir,
             'dataset': config.data.dataset, 'model': config.model.name,
             'checkpoint': state.latest_checkpoint(config.output_dir),
             'eval_examples': config.data.eval_examples,
             'attack_settings': config.to_dict()['attack'],
             'audit_settings': config.to_dict()['audit'], 'audit': True}
-    robustness.write_report(result['rows'], config.output_dir, meta=meta,
-                            examples=examples)
-    paths = audit.write(result, config.output_dir, meta=meta)
+    where = evaluate.evaluation_folder(config, 'audit', meta)
+    result = audit.run_audit(
+        None, images, labels, config.attack, config.audit,
+        batch_size=config.data.eval_batch_size,
+        transfer_logits_fn=evaluate.transfer_source(
+            config.attack.transfer_from, strategy),
+        examples=examples, folder=where, **evaluate.scale_out(config, strategy))
+    if not distribute.is_chief(strategy):
+      return result
+    for folder_ in (where, config.output_dir):  # History, and the latest.
+      robustness.write_report(result['rows'], folder_, meta=meta,
+                              examples=examples)
+      paths = audit.write(result, folder_, meta=meta)
     robustness.write_summaries(result['rows'], folder.summary_dir,
                                step=report.checkpoint_step(config.output_dir))
     print(f'\nAudit of {config.output_dir} (also in {paths["md"]}, '

@@ -1,5 +1,6 @@
 """What several modes share: running one, the strategy, the perturbation."""
 
+import contextlib
 import errno
 import sys
 from typing import Callable, Dict, Optional
@@ -72,6 +73,18 @@ def run_mode(run: Callable, config: config_lib.ExperimentConfig,
     print(f'error: {message}', file=sys.stderr)
     return 1
   return 0
+
+
+def chief_lock(folder: run_folder.RunFolder,
+               strategy: tf.distribute.Strategy):
+  """The folder's lock for the chief; nothing for other workers.
+
+  Every worker of a multi-worker run works in the same folder; the chief
+  alone writes its records, so it alone holds the lock.
+  """
+  if distribute.is_chief(strategy):
+    return folder.locked()
+  return contextlib.nullcontext()
 
 
 def make_strategy(config: config_lib.ExperimentConfig

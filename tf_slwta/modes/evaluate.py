@@ -10,6 +10,8 @@ import tensorflow as tf
 from tf_slwta import config as config_lib
 from tf_slwta import data as data_lib
 from tf_slwta import run_folder
+from tf_slwta.evaluation import distributed
+from tf_slwta.evaluation import records
 from tf_slwta.evaluation import report
 from tf_slwta.evaluation import robustness
 from tf_slwta.layers import ibp
@@ -77,6 +79,32 @@ def transfer_source(run_dir: str, strategy: tf.distribute.Strategy):
   return lambda x: source(x, training=False)
 
 
+def evaluation_folder(config: config_lib.ExperimentConfig, kind: str,
+                      meta: dict) -> str:
+  """`<output_dir>/evaluations/<kind>-step<checkpoint step>-<settings key>`:
+  where one evaluation keeps its batches and tables (its history entry)."""
+  return os.path.join(config.output_dir, records.EVALUATIONS_DIR,
+                      f'{kind}-step{report.checkpoint_step(config.output_dir)}'
+                      f'-{records.key(meta)}')
+
+
+def scale_out(config: config_lib.ExperimentConfig,
+              strategy: tf.distribute.Strategy) -> dict:
+  """How an evaluation spreads over the strategy: one model copy per local
+  device (each restored from the run's latest checkpoint, with its
+  reseeder) and this worker's share of the batches.
+
+  Returns:
+    {'replicas', 'shard'}: keyword arguments of
+    `robustness.evaluate_robustness` and `audit.run_audit`.
+  """
+  build = lambda device: state.restore_model(
+      config, tf.distribute.OneDeviceStrategy(device))
+  return {'replicas': distributed.replicas(
+              build, distributed.local_devices(strategy)),
+          'shard': distributed.shard(strategy)}
+
+
 def attack_and_report(config: config_lib.ExperimentConfig,
                       strategy: tf.distribute.Strategy,
                       model: Optional[keras.Model], clean: Dict[str, float],
@@ -84,7 +112,8 @@ def attack_and_report(config: config_lib.ExperimentConfig,
                       ) -> Optional[List[dict]]:
   """Attacks `model` if asked, prints the results, writes report.html.
 
-  Only the chief works; other workers return None.
+  Every worker attacks its share of the batches (`scale_out`); only the
+  chief assembles and reports them, other workers return None.
 
   Args:
     config: the run's settings.
@@ -98,8 +127,7 @@ def attack_and_report(config: config_lib.ExperimentConfig,
   Returns:
     The robustness rows, or None when no attack ran.
   """
-  if not distribute.is_chief(strategy):
-    return None
+  chief = distribute.is_chief(strategy)
   rows = None
   if attack:
     meta = {'scoring': robustness.SCORING,
@@ -109,20 +137,27 @@ def attack_and_report(config: config_lib.ExperimentConfig,
             'eval_examples': config.data.eval_examples,
             'attack_settings': config.to_dict()['attack']}
     rows = robustness.load_report(config.output_dir, meta) if (
-        reuse_robustness) else None
+        reuse_robustness and chief) else None
     if rows is None:
       images, labels = data_lib.load_arrays(config.data, 'test')
       examples = robustness.Examples()  # For the figures.
+      folder = evaluation_folder(config, 'robustness', meta)
       rows = robustness.evaluate_robustness(
-          lambda x: model(x, training=False), images, labels, config.attack,
+          None, images, labels, config.attack,
           batch_size=config.data.eval_batch_size, examples=examples,
           transfer_logits_fn=transfer_source(config.attack.transfer_from,
-                                             strategy))
-      robustness.write_report(rows, config.output_dir, meta=meta,
-                              examples=examples)
+                                             strategy),
+          record=records.BatchRecords(os.path.join(folder, 'batches'), meta),
+          **scale_out(config, strategy))
+      if not chief:  # Its share is in the record; the chief reports.
+        return None
+      for where in (folder, config.output_dir):  # History, and the latest.
+        robustness.write_report(rows, where, meta=meta, examples=examples)
       robustness.write_summaries(
           rows, run_folder.RunFolder(config.output_dir).summary_dir,
           step=report.checkpoint_step(config.output_dir))
+  if not chief:
+    return None
   print(f'\nResults of {config.output_dir} ({config.data.dataset}, '
         f'{config.model.name}):')
   common.print_table({'test': clean})
@@ -154,7 +189,7 @@ def run(config: config_lib.ExperimentConfig, folder: run_folder.RunFolder,
     None).
   """
   strategy = strategy or common.make_strategy(config)
-  with folder.locked():
+  with common.chief_lock(folder, strategy):
     model = state.restore_model(config, strategy)
     clean = clean_metrics(config, strategy, model)
     rows = attack_and_report(config, strategy, model, clean,

@@ -1,6 +1,5 @@
 """--mode=train: train (or resume) a run, then score and report it."""
 
-import contextlib
 from typing import Optional
 
 import tensorflow as tf
@@ -34,7 +33,7 @@ def run(config: config_lib.ExperimentConfig, folder: run_folder.RunFolder,
   """
   strategy = strategy or common.make_strategy(config)
   chief = distribute.is_chief(strategy)
-  with folder.locked() if chief else contextlib.nullcontext():
+  with common.chief_lock(folder, strategy):
     record = loop.train(config, strategy,
                         perturb=common.perturbation(config, strategy))
     clean = {'accuracy': record['test/accuracy'], 'loss': record['test/loss'],

@@ -20,6 +20,7 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
   Returns:
     The strategy. Its `num_replicas_in_sync` divides the global batch.
   """
+  split = _split_cpu()
   if name == 'auto' and tf_config.tf_config_workers() > 1:
     name = 'multi_worker'
   if name == 'multi_worker':  # Must come before anything starts the runtime.
@@ -28,12 +29,30 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
       raise ValueError(f'--strategy=multi_worker: {problem}')
     return tf.distribute.MultiWorkerMirroredStrategy()
   if name in ('auto', 'mirrored'):
+    cpus = tf.config.list_logical_devices('CPU')
+    if split and not tf.config.list_logical_devices('GPU'):
+      return tf.distribute.MirroredStrategy([d.name for d in cpus])
     return tf.distribute.MirroredStrategy()
   if name == 'one_device':
     gpus = tf.config.list_logical_devices('GPU')
     return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else '/cpu:0')
   raise ValueError(f'Unknown strategy {name!r}; choose auto, mirrored, '
                    f'multi_worker or one_device.')
+
+
+def _split_cpu() -> bool:
+  """With TF_SLWTA_LOGICAL_CPUS=n (n >= 2), splits the CPU into n logical
+  devices, so the multi-device code paths (and their speed) can be tried on
+  a machine without GPUs; 'auto' and 'mirrored' then use all of them.
+  Returns whether it did."""
+  count = int(os.environ.get('TF_SLWTA_LOGICAL_CPUS', '0') or 0)
+  if count < 2:
+    return False
+  cpus = tf.config.list_physical_devices('CPU')
+  if len(tf.config.get_logical_device_configuration(cpus[0]) or []) < 2:
+    tf.config.set_logical_device_configuration(
+        cpus[0], [tf.config.LogicalDeviceConfiguration()] * count)
+  return True
 
 
 def task_id(strategy: tf.distribute.Strategy) -> int:
