@@ -1,5 +1,6 @@
 """A run folder is the record: opened by mode, damaged files, locks, full disk."""
 
+import dataclasses
 import gzip
 import json
 import os
@@ -312,3 +313,18 @@ def test_refusals_come_before_tensorflow_loads(tmp_path):
   assert not [l for l in result.stderr.splitlines()
               if l.startswith('import time:') and '| tensorflow' in l]
   assert not (tmp_path / 'x').exists()
+
+
+def test_a_remote_run_folder_goes_through_tensorflow_file_systems():
+  folder = run_folder.RunFolder('ram://runs/remote')  # As gs:// would.
+  config = tiny(folder.path)
+  folder.write_config(config)
+  assert config_lib.ExperimentConfig.from_dict(folder.saved_settings()) == config
+  folder.append_metrics({'epoch': 1, 'train/loss': 1.0})
+  folder.append_metrics({'epoch': 2, 'train/loss': 0.5})
+  assert [r['epoch'] for r in folder.read_metrics()] == [1, 2]
+  with folder.locked():  # No lock there, and no error.
+    folder.check_usable()
+  merged, _ = folder.settings_for(
+      dataclasses.replace(config, mode='evaluate'), {})
+  assert merged.model == config.model

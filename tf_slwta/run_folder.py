@@ -15,8 +15,10 @@ command line that the mode uses, refusing those that really conflict with
 the run. Files are replaced atomically (temporary file, then rename), so a
 kill or a full disk leaves the previous version whole.
 
-Plain Python only (no TensorFlow), so the command line can open a run and
-refuse a conflict before TensorFlow loads.
+Plain Python for local folders (no TensorFlow), so the command line can
+open a run and refuse a conflict before TensorFlow loads. A remote folder
+(gs://..., as a multi-worker run may share) goes through TensorFlow's file
+system instead; such a folder has no lock, and a rename there is a copy.
 """
 
 import contextlib
@@ -66,6 +68,48 @@ class RunMismatch(RunFolderError):
 RunInUse = folder_lock.RunInUse
 
 
+def is_remote(path: str) -> bool:
+  """Whether `path` is a URL of a file system TensorFlow reaches (gs://...)."""
+  return '://' in path
+
+
+def _gfile():
+  # Only for remote paths: importing TensorFlow takes seconds, which a local
+  # run folder never pays before its flags are checked.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return tf.io.gfile
+
+
+def exists(path: str) -> bool:
+  """`os.path.exists`, for local and remote paths."""
+  return _gfile().exists(path) if is_remote(path) else os.path.exists(path)
+
+
+def _isdir(path: str) -> bool:
+  return _gfile().isdir(path) if is_remote(path) else os.path.isdir(path)
+
+
+def _listdir(path: str) -> List[str]:
+  if is_remote(path):
+    return [n.rstrip('/') for n in _gfile().listdir(path)]
+  return os.listdir(path)
+
+
+def _makedirs(path: str) -> None:
+  if is_remote(path):
+    _gfile().makedirs(path)
+  else:
+    os.makedirs(path, exist_ok=True)
+
+
+def _read_text(path: str) -> str:
+  if is_remote(path):
+    with _gfile().GFile(path) as f:
+      return f.read()
+  with open(path, encoding='utf-8', errors='replace') as f:
+    return f.read()
+
+
 def checkpoint_dir(output_dir: str) -> str:
   """Where a run's checkpoints live."""
   return os.path.join(output_dir, CHECKPOINTS_DIR)
@@ -89,6 +133,12 @@ def atomic_write(path: str, text: str) -> None:
   Raises:
     OSError: the folder cannot be written (full disk, permissions).
   """
+  if is_remote(path):
+    temporary = f'{path}.tmp'
+    with _gfile().GFile(temporary, 'w') as f:
+      f.write(text)
+    _gfile().rename(temporary, path, overwrite=True)
+    return
   directory = os.path.dirname(path) or '.'
   fd, temporary = tempfile.mkstemp(
       prefix=f'.{os.path.basename(path)}.', suffix='.tmp', dir=directory)
@@ -114,6 +164,8 @@ def probe_writable(path: str, flag: str) -> None:
   Raises:
     RunFolderError: naming `flag` and the fix.
   """
+  if is_remote(path):
+    return  # Found out on the first write.
   existing = path
   while existing and not os.path.exists(existing):
     existing = os.path.dirname(existing)
@@ -142,10 +194,9 @@ def read_json(path: str, what: str) -> Optional[Any]:
     RunFolderError: the file is empty or not valid JSON; the message names
       it, says what it records (`what`) and how to go on.
   """
-  if not os.path.exists(path):
+  if not exists(path):
     return None
-  with open(path, encoding='utf-8') as f:
-    text = f.read()
+  text = _read_text(path)
   try:
     if not text.strip():
       raise ValueError('it is empty')
@@ -189,7 +240,7 @@ class RunFolder:
     Raises:
       RunFolderError: naming --output_dir and the fix.
     """
-    if os.path.exists(self.path) and not os.path.isdir(self.path):
+    if exists(self.path) and not _isdir(self.path):
       raise RunFolderError(
           f'--output_dir={self.path} is a file, not a folder; pass a folder '
           f'(it is made if missing).')
@@ -199,8 +250,8 @@ class RunFolder:
   def has_checkpoint(self) -> bool:
     """Whether checkpoints/ holds any checkpoint index file."""
     folder = self.checkpoint_dir
-    return os.path.isdir(folder) and any(
-        n.endswith('.index') for n in os.listdir(folder))
+    return _isdir(folder) and any(
+        n.endswith('.index') for n in _listdir(folder))
 
   def saved_settings(self) -> Optional[Dict[str, Any]]:
     """The run's config.json as a dict, or None when there is none.
@@ -212,7 +263,7 @@ class RunFolder:
 
   def write_config(self, config: config_lib.ExperimentConfig) -> None:
     """Writes config.json atomically (creating the folder)."""
-    os.makedirs(self.path, exist_ok=True)
+    _makedirs(self.path)
     atomic_write(self.file(CONFIG_FILE), json.dumps(
         config.to_dict(), indent=2, sort_keys=True, allow_nan=False) + '\n')
 
@@ -319,21 +370,20 @@ class RunFolder:
 
   def _metrics(self) -> Tuple[List[Dict[str, Any]], List[str]]:
     path = self.file(METRICS_FILE)
-    if not os.path.exists(path):
+    if not exists(path):
       return [], []
     records, damaged = [], []
-    with open(path, encoding='utf-8', errors='replace') as f:
-      for line in f.read().splitlines():
-        if not line.strip():
-          continue
-        try:
-          record = json.loads(line)
-        except ValueError:
-          record = None
-        if isinstance(record, dict) and 'epoch' in record:
-          records.append(record)
-        else:
-          damaged.append(line)
+    for line in _read_text(path).splitlines():
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except ValueError:
+        record = None
+      if isinstance(record, dict) and 'epoch' in record:
+        records.append(record)
+      else:
+        damaged.append(line)
     return records, damaged
 
   def repair_metrics(self) -> Optional[str]:
@@ -345,7 +395,7 @@ class RunFolder:
     if not damaged:
       return None
     path = self.file(METRICS_FILE)
-    os.replace(path, path + DAMAGED_SUFFIX)
+    atomic_write(path + DAMAGED_SUFFIX, _read_text(path))
     self._write_metrics(records)
     return (f'note: {path} had {len(damaged)} damaged line(s); kept the '
             f'{len(records)} intact one(s) and moved the file to '
@@ -378,6 +428,8 @@ class RunFolder:
     Raises:
       RunInUse: another live process holds it; the message names it.
     """
+    if is_remote(self.path):  # No flock on remote file systems.
+      return contextlib.nullcontext()
     return folder_lock.locked(self.path, announce)
 
 

@@ -99,7 +99,7 @@ def with_default_flagfile(argv: List[str], flagfile: str) -> List[str]:
   if (_argv_value(argv[1:], 'mode') or 'train') != 'train':
     return list(argv)
   output_dir = _argv_value(argv[1:], 'output_dir') or definitions.OUTPUT_DIR
-  if os.path.isfile(os.path.join(output_dir, run_folder.CONFIG_FILE)):
+  if run_folder.exists(os.path.join(output_dir, run_folder.CONFIG_FILE)):
     return list(argv)
   return [argv[0], f'--flagfile={flagfile}'] + list(argv[1:])
 

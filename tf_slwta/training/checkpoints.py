@@ -17,7 +17,6 @@ config.json that does not belong to the checkpoints beside it is caught.
 import json
 import os
 import re
-import shutil
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -65,11 +64,12 @@ def damage(path: str) -> Optional[str]:
 def _move_aside(directory: str, path: str) -> str:
   """Moves the files of checkpoint `path` into `<directory>/damaged/`."""
   target = os.path.join(directory, DAMAGED_DIR)
-  os.makedirs(target, exist_ok=True)
+  tf.io.gfile.makedirs(target)
   stem = os.path.basename(path)
-  for name in os.listdir(directory):
+  for name in tf.io.gfile.listdir(directory):
     if name == f'{stem}.index' or name.startswith(f'{stem}.data-'):
-      shutil.move(os.path.join(directory, name), os.path.join(target, name))
+      tf.io.gfile.rename(os.path.join(directory, name),
+                         os.path.join(target, name), overwrite=True)
   return target
 
 
@@ -125,7 +125,8 @@ def _write_state(directory: str, chosen: str, intact: List[str]) -> None:
   lines += [f'all_model_checkpoint_paths: "{os.path.basename(p)}"'
             for p in intact]
   lines += [f'all_model_checkpoint_timestamps: '
-            f'{os.path.getmtime(p + ".index")}' for p in intact]
+            f'{tf.io.gfile.stat(p + ".index").mtime_nsec / 1e9}'
+            for p in intact]
   lines.append(f'last_preserved_timestamp: {time.time()}')
   run_folder.atomic_write(os.path.join(directory, 'checkpoint'),
                           '\n'.join(lines) + '\n')
