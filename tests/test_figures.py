@@ -222,25 +222,15 @@ def parse_html(path):
   return parser
 
 
-def image_tags(summary_dir):
-  """Tags of the image summaries under `summary_dir`, read as TensorBoard does."""
+def summary_tags(summary_dir, plugin='images'):
+  """Tags of one plugin's summaries under `summary_dir`, read as TensorBoard
+  does ('images' or 'scalars')."""
   tags = set()
   for path in glob.glob(os.path.join(summary_dir, 'events.*')):
     events = event_accumulator.EventAccumulator(path)
     events.Reload()
     tags |= {tag for tag in events.Tags()['tensors'] if events.SummaryMetadata(
-        tag).plugin_data.plugin_name == 'images'}
-  return tags
-
-
-def scalar_tags(summary_dir):
-  """Tags of the scalar summaries under `summary_dir`."""
-  tags = set()
-  for path in glob.glob(os.path.join(summary_dir, 'events.*')):
-    events = event_accumulator.EventAccumulator(path)
-    events.Reload()
-    tags |= {tag for tag in events.Tags()['tensors'] if events.SummaryMetadata(
-        tag).plugin_data.plugin_name == 'scalars'}
+        tag).plugin_data.plugin_name == plugin}
   return tags
 
 
@@ -271,7 +261,7 @@ def test_train_evaluate_certify_and_grid_write_one_report(tmp_path, capsys):
   assert sorted(page.images) == sorted(f'figures/{n}' for n in expected)
   text = open(os.path.join(run, 'report.html')).read()
   assert 'pgd_linf' in text and 'Linf eps=0.05' in text  # The table.
-  assert {f'figures/{n[:-4]}' for n in expected} <= image_tags(
+  assert {f'figures/{n[:-4]}' for n in expected} <= summary_tags(
       os.path.join(run, 'summaries'))
 
   # Certification adds its figure to the same page, keeping the others.
@@ -307,7 +297,8 @@ def test_train_evaluate_certify_and_grid_write_one_report(tmp_path, capsys):
       'natural', 'apgd_ce', 'square', 'single_step']
   text = open(os.path.join(run, 'report.html')).read()
   assert 'Gradient-masking audit' in text
-  assert 'robustness/combined' in scalar_tags(os.path.join(run, 'summaries'))
+  assert 'robustness/combined' in summary_tags(os.path.join(run, 'summaries'),
+                                              'scalars')
 
   # A grid page links each row's report.
   rows = [r for r in robustness.load_report(run, {}) if '/' not in r['attack']]
