@@ -33,9 +33,11 @@ import tensorflow as tf
 from tf_slwta import config as config_lib
 from tf_slwta import data as data_lib
 from tf_slwta import models
+from tf_slwta.layers import layout
 from tf_slwta.layers import noise
 from tf_slwta.training import distribute
 from tf_slwta.training import losses
+from tf_slwta.training import variational
 
 PerturbFn = Callable[[keras.Model, tf.Tensor, tf.Tensor], tf.Tensor]
 Arrays = Tuple[np.ndarray, np.ndarray]
@@ -164,8 +166,11 @@ class TrainingState:
     optimizer: its optimizer; `optimizer.iterations` is the global step.
     totals: float64 `[4]` running sums of the current epoch (`_TOTALS`).
     kl_totals: float64 `[3]` the epoch's KL sums (`_KL_TOTALS`).
-    checkpoint: `tf.train.Checkpoint` over the four.
+    checkpoint: `tf.train.Checkpoint` over the four (and the two below).
     manager: the `tf.train.CheckpointManager` of the run.
+    ibp_optimizer: the IBP variational parameters' own optimizer, or None
+      (training/variational.py).
+    variational: the variables `ibp_optimizer` owns.
   """
   model: keras.Model
   optimizer: keras.optimizers.Optimizer
@@ -173,6 +178,8 @@ class TrainingState:
   kl_totals: tf.Variable
   checkpoint: tf.train.Checkpoint
   manager: tf.train.CheckpointManager
+  ibp_optimizer: Optional[keras.optimizers.Optimizer] = None
+  variational: Tuple[tf.Variable, ...] = ()
 
   @property
   def global_step(self) -> int:
@@ -198,19 +205,29 @@ def build_training_state(config: config_lib.ExperimentConfig,
   with strategy.scope():
     model = models.build_model(config.model, info)
     optimizer = make_optimizer(config.train, steps_per_epoch)
-    optimizer.build(model.trainable_variables)
+    weights, ibp_vars = variational.split_variables(model)
+    optimizer.build(weights)
+    ibp_optimizer = variational.make_ibp_optimizer(
+        learning_rate_schedule(dataclasses.replace(
+            config.train, learning_rate=config.train.ibp_learning_rate),
+                               steps_per_epoch), ibp_vars)
+  extra = layout.checkpoint_objects(model)
+  if ibp_optimizer is not None:
+    extra['ibp_optimizer'] = ibp_optimizer
   totals = tf.Variable(tf.zeros([len(_TOTALS)], tf.float64), trainable=False,
                        name='epoch_totals')
   kl_totals = tf.Variable(tf.zeros([len(_KL_TOTALS)], tf.float64),
                           trainable=False, name='epoch_kl')
   checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer,
-                                   epoch_totals=totals, epoch_kl=kl_totals)
+                                   epoch_totals=totals, epoch_kl=kl_totals,
+                                   **extra)
   manager = tf.train.CheckpointManager(
       checkpoint, distribute.worker_path(checkpoint_dir(config.output_dir),
                                          strategy),
       max_to_keep=config.train.keep_checkpoints, checkpoint_name='ckpt')
   latest = tf.train.latest_checkpoint(checkpoint_dir(config.output_dir))
   if latest:
+    layout.check_checkpoint(latest, model)
     # Checkpoints from before the KL was recorded have no epoch_kl; such a
     # run counts the KL of its current epoch from the resumed step on.
     saved = {name for name, _ in tf.train.list_variables(latest)}
@@ -222,7 +239,7 @@ def build_training_state(config: config_lib.ExperimentConfig,
     logging.info('Restored %s (step %d).', latest,
                  int(tf.convert_to_tensor(optimizer.iterations.value)))
   return TrainingState(model, optimizer, totals, kl_totals, checkpoint,
-                       manager)
+                       manager, ibp_optimizer, tuple(ibp_vars))
 
 
 def check_run_identity(config: config_lib.ExperimentConfig) -> None:
@@ -250,13 +267,15 @@ def check_run_identity(config: config_lib.ExperimentConfig) -> None:
 def make_train_step(state: TrainingState, strategy: tf.distribute.Strategy, *,
                     global_batch_size: int, label_smoothing: float,
                     perturb: PerturbFn, clean_loss_weight: float = 0.0,
-                    num_train_examples: int = 1, kl_anneal_steps: int = 0):
+                    num_train_examples: int = 1, kl_anneal_steps: int = 0,
+                    lwta_kl_weight: float = 1.0, ibp_kl_weight: float = 1.0):
   """Builds the compiled training step.
 
   With `clean_loss_weight` w > 0 the objective is
   w * loss(clean batch) + (1 - w) * loss(perturbed batch). KL terms of
-  stochastic layers are divided by `num_train_examples` and annealed over
-  `kl_anneal_steps` (see `losses.replica_loss`).
+  stochastic layers are weighted as `losses.kl_weights` says (winner KL by
+  `lwta_kl_weight`, global KL by `ibp_kl_weight / num_train_examples`) and
+  annealed over `kl_anneal_steps`.
 
   Returns:
     `train_step(iterator) -> (objective, stats)`: runs one optimizer step
@@ -271,13 +290,17 @@ def make_train_step(state: TrainingState, strategy: tf.distribute.Strategy, *,
   def objective(images, labels):
     """(logits, replica loss, `[2]` unscaled KL and KL term)."""
     logits = model(images, training=True)
-    scale = losses.kl_scale(optimizer.iterations, num_train_examples,
-                            kl_anneal_steps)
+    winner_weight, global_weight = losses.kl_weights(
+        optimizer.iterations, num_train_examples,
+        lwta_kl_weight=lwta_kl_weight, ibp_kl_weight=ibp_kl_weight,
+        anneal_steps=kl_anneal_steps)
     loss = losses.replica_loss(
         model, labels, logits, global_batch_size=global_batch_size,
-        label_smoothing=label_smoothing, kl_scale=scale)
-    kl = tf.add_n(model.losses) if model.losses else tf.constant(0.0)
-    return logits, loss, tf.stack([kl, scale * kl])
+        label_smoothing=label_smoothing, winner_kl_weight=winner_weight,
+        global_kl_weight=global_weight)
+    winner, global_ = losses.kl_terms(model)
+    return logits, loss, tf.stack(
+        [winner + global_, winner_weight * winner + global_weight * global_])
 
   def step_fn(images, labels):
     perturbed = tf.stop_gradient(perturb(model, images, labels))
@@ -288,7 +311,8 @@ def make_train_step(state: TrainingState, strategy: tf.distribute.Strategy, *,
         loss = clean_loss_weight * clean_loss + (1 - clean_loss_weight) * loss
         kl = clean_loss_weight * clean_kl + (1 - clean_loss_weight) * kl
     grads = tape.gradient(loss, model.trainable_variables)
-    optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    variational.apply_gradients(optimizer, state.ibp_optimizer, grads,
+                                model.trainable_variables, state.variational)
     correct = tf.reduce_sum(tf.cast(
         tf.equal(tf.argmax(logits, axis=-1), labels), tf.float32))
     examples = tf.cast(tf.shape(labels)[0], tf.float32)
@@ -462,7 +486,9 @@ def train(config: config_lib.ExperimentConfig, strategy: tf.distribute.Strategy,
       label_smoothing=train_cfg.label_smoothing, perturb=perturb,
       clean_loss_weight=train_cfg.clean_loss_weight,
       num_train_examples=len(train_images),
-      kl_anneal_steps=int(train_cfg.kl_anneal_epochs * steps_per_epoch))
+      kl_anneal_steps=int(train_cfg.kl_anneal_epochs * steps_per_epoch),
+      lwta_kl_weight=train_cfg.lwta_kl_weight,
+      ibp_kl_weight=train_cfg.ibp_kl_weight)
   # A perturbation may report its own numbers (e.g. the mixture's branch
   # shares) through a `summaries() -> {name: value}` method.
   perturb_summaries = getattr(perturb, 'summaries', dict)
@@ -584,6 +610,7 @@ def restore_model(config: config_lib.ExperimentConfig,
   with strategy.scope():
     model = models.build_model(config.model,
                                data_lib.dataset_info(config.data.dataset))
+    layout.check_checkpoint(latest, model)
     tf.train.Checkpoint(model=model).restore(latest).expect_partial()
   logging.info('Restored model weights from %s.', latest)
   return model
