@@ -53,7 +53,9 @@ def _step_fn(model, batch):
     with tf.GradientTape() as tape:
       logits = model(images, training=True)
       loss = losses.replica_loss(model, labels, logits,
-                                 global_batch_size=batch, kl_scale=1 / 60000)
+                                 global_batch_size=batch,
+                                 winner_kl_weight=1e-3,
+                                 global_kl_weight=1 / 60000)
     grads = tape.gradient(loss, model.trainable_variables)
     optimizer.apply_gradients(zip(grads, model.trainable_variables))
     return loss

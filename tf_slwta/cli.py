@@ -27,7 +27,8 @@ _SECTIONS = {
               'seed_cnn_filters', 'seed_cnn_units', 'pni', 'pni_alpha_init',
               'pni_channelwise', 'pni_at_test', 'lwta_competitors',
               'lwta_temperature', 'lwta_test_temperature',
-              'lwta_deterministic', 'ibp', 'ibp_threshold'),
+              'lwta_deterministic', 'ibp', 'ibp_threshold',
+              'seed_cnn_batch_norm'),
     'attack': ('attacks', 'combined', 'fgsm_eps', 'pgd_eps', 'pgd_alpha',
                'pgd_steps', 'pgd_l2_eps', 'pgd_l2_alpha', 'pgd_restarts',
                'pgd_random_start', 'cw_c', 'cw_kappa', 'cw_steps',
@@ -38,7 +39,8 @@ _SECTIONS = {
               'lr_decay_epochs', 'lr_decay_ratio', 'label_smoothing', 'seed',
               'strategy', 'checkpoint_every_steps', 'keep_checkpoints',
               'log_every_steps', 'mixture', 'noise_sigma',
-              'clean_loss_weight'),
+              'clean_loss_weight', 'lwta_kl_weight', 'ibp_kl_weight',
+              'ibp_learning_rate', 'mixture_gradient'),
     'certify': ('certify_sigma', 'certify_n0', 'certify_n', 'certify_alpha',
                 'certify_batch_size', 'certify_radii'),
     'export': ('export_dir', 'export_name', 'export_version',
@@ -173,6 +175,18 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_float('kl_anneal_epochs', d_train.kl_anneal_epochs,
                      'Epochs over which the KL weight grows from 0 to 1.',
                      flag_values=fv)
+  flags.DEFINE_float('lwta_kl_weight', d_train.lwta_kl_weight,
+                     'Weight of the LWTA winners\' per-example KL in the '
+                     'objective (1: the ELBO).', flag_values=fv)
+  flags.DEFINE_float('ibp_kl_weight', d_train.ibp_kl_weight,
+                     'Weight of the IBP KL / training-set size in the '
+                     'objective (1: the ELBO).', flag_values=fv)
+  flags.DEFINE_float('ibp_learning_rate', d_train.ibp_learning_rate,
+                     'Peak learning rate of the IBP parameters\' own Adam '
+                     '(no weight decay).', flag_values=fv)
+  flags.DEFINE_enum('seed_cnn_batch_norm', 'auto', ['auto', 'true', 'false'],
+                    'BatchNorm after seed_cnn\'s hidden linear maps (auto: '
+                    'with --activation=lwta only).', flag_values=fv)
 
   # Defenses.
   flags.DEFINE_enum('pni', d_model.pni, config_lib.PNI_MODES,
@@ -198,6 +212,12 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_float('clean_loss_weight', d_train.clean_loss_weight,
                      'w of w * CE(clean) + (1 - w) * CE(perturbed).',
                      flag_values=fv)
+  flags.DEFINE_enum('mixture_gradient', d_train.mixture_gradient,
+                    config_lib.MIXTURE_GRADIENTS,
+                    'How the mixture\'s attacks differentiate stochastic '
+                    'layers: sample (as served), expected or '
+                    'straight_through (adaptive surrogates).',
+                    flag_values=fv)
   d_certify = config_lib.CertifyConfig()
   flags.DEFINE_float('certify_sigma', d_certify.sigma,
                      'Randomized smoothing noise std (--mode=certify).',
@@ -365,10 +385,12 @@ def _data_config(v) -> config_lib.DataConfig:
 
 
 def _model_config(v) -> config_lib.ModelConfig:
-  special = ('model', 'seed_cnn_filters')
+  special = ('model', 'seed_cnn_filters', 'seed_cnn_batch_norm')
   return config_lib.ModelConfig(
       name=v['model'],
       seed_cnn_filters=_int_list('seed_cnn_filters', v['seed_cnn_filters']),
+      seed_cnn_batch_norm={'auto': None, 'true': True, 'false': False}[
+          v['seed_cnn_batch_norm']],
       **{name: v[name] for name in _SECTIONS['model'] if name not in special})
 
 
@@ -517,7 +539,8 @@ def _perturbation(config: config_lib.ExperimentConfig, strategy):
   if not config.train.mixture:
     return loop.identity_perturbation
   return mixture.AttackMixture(config.train.mixture, config.attack,
-                               config.train.noise_sigma, strategy)
+                               config.train.noise_sigma, strategy,
+                               gradient=config.train.mixture_gradient)
 
 
 def _run_one(config: config_lib.ExperimentConfig, strategy,

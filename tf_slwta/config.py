@@ -18,6 +18,8 @@ LR_SCHEDULES = ('constant', 'cosine', 'step')
 MODES = ('train', 'evaluate', 'certify', 'grid', 'export', 'predict')
 PNI_MODES = ('none', 'activation', 'weight', 'both')
 MIXTURE_BRANCHES = ('noise', 'fgsm', 'pgd', 'cw', 'clean')
+# How the mixture's attacks differentiate stochastic layers (layers/surrogate.py).
+MIXTURE_GRADIENTS = ('sample', 'expected', 'straight_through')
 # The seed draws k uniformly from 0..7: 0 noise, 1 FGSM, 2 PGD, 3 CW, 4-7 clean.
 SEED_MIXTURE = (('noise', 1.0), ('fgsm', 1.0), ('pgd', 1.0), ('cw', 1.0),
                 ('clean', 4.0))
@@ -109,6 +111,9 @@ class ModelConfig:
     ibp: Indian Buffet Process priors on seed_cnn's hidden layers, or on
       every residual 3x3 convolution of wide_resnet.
     ibp_threshold: test-time utilities at or under it prune their block.
+    seed_cnn_batch_norm: BatchNorm after seed_cnn's hidden linear maps;
+      None: on with LWTA (which diverges without it at the quickstart's
+      learning rate), off with ReLU (the seed's network).
   """
   name: str = 'seed_cnn'
   activation: str = 'relu'
@@ -126,6 +131,7 @@ class ModelConfig:
   lwta_deterministic: bool = False
   ibp: bool = False
   ibp_threshold: float = 0.01
+  seed_cnn_batch_norm: Optional[bool] = None
 
   def __post_init__(self):
     _check_choice('model', self.name, MODELS)
@@ -197,6 +203,18 @@ class TrainConfig:
     noise_sigma: std of the mixture's Gaussian-noise branch, >= 0.
     clean_loss_weight: w in w * CE(clean) + (1 - w) * CE(perturbed), in
       [0, 1); 0 trains on the perturbed batch only.
+    lwta_kl_weight: weight >= 0 of the per-example winner KL of the LWTA
+      layers in the objective (1: the ELBO's own weight; see
+      training/losses.py).
+    ibp_kl_weight: weight >= 0 of the global IBP KL divided by the number
+      of training examples (1: the ELBO's own weight).
+    ibp_learning_rate: peak learning rate > 0 of the IBP variational
+      parameters' own Adam optimizer (no weight decay; same schedule shape
+      as the weights').
+    mixture_gradient: how the mixture's attacks differentiate stochastic
+      layers, one of `MIXTURE_GRADIENTS` ('sample': the model as served,
+      at the LWTA test temperature; 'expected' or 'straight_through': the
+      adaptive surrogates of layers/surrogate.py).
   """
   epochs: int = 30
   kl_anneal_epochs: float = 0.0
@@ -217,9 +235,19 @@ class TrainConfig:
   mixture: Tuple[Tuple[str, float], ...] = ()
   noise_sigma: float = 0.1
   clean_loss_weight: float = 0.0
+  lwta_kl_weight: float = 1e-3
+  ibp_kl_weight: float = 1.0
+  ibp_learning_rate: float = 0.01
+  mixture_gradient: str = 'expected'
 
   def __post_init__(self):
     _check_at_least('epochs', self.epochs, 1)
+    _check_at_least('lwta_kl_weight', self.lwta_kl_weight, 0)
+    _check_at_least('ibp_kl_weight', self.ibp_kl_weight, 0)
+    if not self.ibp_learning_rate > 0:
+      raise ValueError(f'ibp_learning_rate must be > 0, got '
+                       f'{self.ibp_learning_rate}.')
+    _check_choice('mixture_gradient', self.mixture_gradient, MIXTURE_GRADIENTS)
     _check_at_least('kl_anneal_epochs', self.kl_anneal_epochs, 0)
     if not self.learning_rate > 0:
       raise ValueError(f'learning_rate must be > 0, got {self.learning_rate}.')
@@ -517,11 +545,13 @@ RUN_IDENTITY_FIELDS = {
     'data': ('dataset', 'train_examples', 'batch_size', 'augment'),
     'model': ('name', 'activation', 'depth', 'widen_factor',
               'seed_cnn_filters', 'seed_cnn_units', 'pni', 'pni_alpha_init',
-              'pni_channelwise', 'lwta_competitors', 'ibp'),
+              'pni_channelwise', 'lwta_competitors', 'ibp',
+              'seed_cnn_batch_norm'),
     'train': ('seed', 'learning_rate', 'momentum', 'nesterov', 'weight_decay',
               'lr_schedule', 'lr_warmup_epochs', 'lr_decay_epochs',
               'lr_decay_ratio', 'label_smoothing', 'mixture', 'noise_sigma',
-              'clean_loss_weight', 'kl_anneal_epochs'),
+              'clean_loss_weight', 'kl_anneal_epochs', 'lwta_kl_weight',
+              'ibp_kl_weight', 'ibp_learning_rate', 'mixture_gradient'),
 }
 
 

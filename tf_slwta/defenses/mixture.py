@@ -14,6 +14,12 @@ clean, i.e. weights noise:1, fgsm:1, pgd:1, cw:1, clean:4
 (`config.SEED_MIXTURE`).
 Madry-style training is `pgd:1`. Attacks see the model in inference mode
 (`training=False`) and are recomputed on the current weights every step.
+For stochastic layers their gradient comes from `gradient` (a
+`surrogate` mode, `--mixture_gradient`): in 'sample' mode an LWTA model is
+attacked at its test temperature 0.01, whose input gradient is the 0/1
+winner mask with rare spikes, so the attack is close to random; 'expected'
+(the default) and 'straight_through' differentiate the winners'
+expectation (BENCHMARKS.md, "Adversarial training of LWTA models").
 """
 
 from typing import Dict, Sequence, Tuple
@@ -24,6 +30,7 @@ import tensorflow as tf
 
 from tf_slwta import attacks
 from tf_slwta import config as config_lib
+from tf_slwta.layers import surrogate
 
 BRANCHES = config_lib.MIXTURE_BRANCHES
 
@@ -41,11 +48,13 @@ class AttackMixture:
     attack: attack settings shared with evaluation.
     noise_sigma: std of the Gaussian-noise branch, in [0, 1] pixel units.
     strategy: the training strategy (the counters are made in its scope).
+    gradient: how the attacks differentiate stochastic layers, one of
+      `surrogate.MODES` (`config.MIXTURE_GRADIENTS`).
   """
 
   def __init__(self, mixture: Sequence[Tuple[str, float]],
                attack: config_lib.AttackConfig, noise_sigma: float,
-               strategy: tf.distribute.Strategy):
+               strategy: tf.distribute.Strategy, gradient: str = 'expected'):
     if not mixture:
       raise ValueError('An AttackMixture needs at least one branch.')
     self.active = [name for name, _ in mixture]
@@ -53,6 +62,10 @@ class AttackMixture:
     self.log_weights = tf.constant(np.log(weights / weights.sum()))[None, :]
     self.attack = attack
     self.noise_sigma = float(noise_sigma)
+    if gradient not in surrogate.MODES:
+      raise ValueError(f'gradient={gradient!r} is not one of '
+                       f'{", ".join(surrogate.MODES)}.')
+    self.gradient = gradient
     with strategy.scope():
       self.counts = tf.Variable(
           tf.zeros([len(BRANCHES)], tf.int64), trainable=False,
@@ -61,7 +74,8 @@ class AttackMixture:
 
   def _branch(self, name: str, model: keras.Model, images, labels):
     cfg = self.attack
-    logits_fn = lambda x: model(x, training=False)
+    logits_fn = surrogate.surrogate_logits_fn(
+        lambda x: model(x, training=False), self.gradient)
     if name == 'noise':
       noise = tf.random.normal(tf.shape(images), stddev=self.noise_sigma)
       return tf.clip_by_value(images + noise, 0.0, 1.0)
