@@ -53,15 +53,8 @@ def main(argv):
   served = lambda v: model(v, training=False)
 
   def at_training_temperature(v):
-    layers = lwta.lwta_layers(model)
-    saved = [l.test_temperature for l in layers]
-    for l in layers:
-      l.test_temperature = l.temperature
-    try:
+    with lwta.sampling_at_training_temperature():
       return model(v, training=False)
-    finally:
-      for l, t in zip(layers, saved):
-        l.test_temperature = t
 
   paths = {
       'sample (test temperature 0.01)': served,

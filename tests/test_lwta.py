@@ -461,3 +461,15 @@ def test_ibp_parameters_have_their_own_optimizer_and_no_weight_decay():
   old = before[[id(v) for v in model.trainable_variables].index(id(t))]
   moved = old - t.numpy()
   assert np.all((moved > 0.005) & (moved <= 0.0101)), moved
+
+
+def test_attacks_can_sample_at_the_training_temperature():
+  layer = lwta.LWTA(seed=8)
+  x = tf.random.stateless_normal([64, 32], seed=[4, 5])
+  ratio = lambda out: np.abs(out) / (np.abs(x.numpy()) + 1e-6)
+  hard = ratio(layer(x, training=False).numpy())
+  with lwta.sampling_at_training_temperature():
+    soft = ratio(layer(x, training=False).numpy())
+  saturated = lambda r: np.mean((r < 0.02) | (r > 0.98))
+  assert saturated(hard) > 0.95 and saturated(soft) < 0.8
+  assert saturated(ratio(layer(x, training=False).numpy())) > 0.95  # Reset.

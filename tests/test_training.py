@@ -243,7 +243,8 @@ def test_kl_of_a_stochastic_model_is_recorded(tmp_path):
       output_dir=cfg.output_dir, data=cfg.data,
       model=config_lib.ModelConfig(seed_cnn_filters=(8, 16), seed_cnn_units=32,
                                    activation='lwta', ibp=True),
-      train=dataclasses.replace(cfg.train, lwta_kl_weight=1 / 512))
+      train=dataclasses.replace(cfg.train, lwta_kl_weight=1 / 512,
+                                ibp_kl_weight=1.0))
   record = loop.train(cfg, ONE_DEVICE())
   assert record['train/kl'] > 0
   # The global KL weighted by 1 / (training examples) in the objective, the

@@ -215,7 +215,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_enum('mixture_gradient', d_train.mixture_gradient,
                     config_lib.MIXTURE_GRADIENTS,
                     'How the mixture\'s attacks differentiate stochastic '
-                    'layers: sample (as served), expected or '
+                    'layers: training_temperature (LWTA sampled at its '
+                    'training temperature), sample (as served), expected or '
                     'straight_through (adaptive surrogates).',
                     flag_values=fv)
   d_certify = config_lib.CertifyConfig()

@@ -19,7 +19,8 @@ MODES = ('train', 'evaluate', 'certify', 'grid', 'export', 'predict')
 PNI_MODES = ('none', 'activation', 'weight', 'both')
 MIXTURE_BRANCHES = ('noise', 'fgsm', 'pgd', 'cw', 'clean')
 # How the mixture's attacks differentiate stochastic layers (layers/surrogate.py).
-MIXTURE_GRADIENTS = ('sample', 'expected', 'straight_through')
+MIXTURE_GRADIENTS = ('sample', 'expected', 'straight_through',
+                     'training_temperature')
 # The seed draws k uniformly from 0..7: 0 noise, 1 FGSM, 2 PGD, 3 CW, 4-7 clean.
 SEED_MIXTURE = (('noise', 1.0), ('fgsm', 1.0), ('pgd', 1.0), ('cw', 1.0),
                 ('clean', 4.0))
@@ -207,14 +208,21 @@ class TrainConfig:
       layers in the objective (1: the ELBO's own weight; see
       training/losses.py).
     ibp_kl_weight: weight >= 0 of the global IBP KL divided by the number
-      of training examples (1: the ELBO's own weight).
+      of training examples (1: the ELBO's own weight). Default 30, by
+      measurement (BENCHMARKS.md, "IBP: what it takes to prune"): at 1 no
+      utility moves far from its start in a CPU-sized run, at 100 the
+      utilities fall together and accuracy drops.
     ibp_learning_rate: peak learning rate > 0 of the IBP variational
       parameters' own Adam optimizer (no weight decay; same schedule shape
-      as the weights').
+      as the weights'). Default 0.1: a utility logit must travel from
+      ~4.5 to under -4.6 to be pruned, in a few hundred steps here (the
+      reference: 0.01 over ~30,000).
     mixture_gradient: how the mixture's attacks differentiate stochastic
       layers, one of `MIXTURE_GRADIENTS` ('sample': the model as served,
       at the LWTA test temperature; 'expected' or 'straight_through': the
-      adaptive surrogates of layers/surrogate.py).
+      adaptive surrogates of layers/surrogate.py; 'training_temperature':
+      LWTA sampling at its training temperature, the default, measured the
+      most informative in BENCHMARKS.md).
   """
   epochs: int = 30
   kl_anneal_epochs: float = 0.0
@@ -236,9 +244,9 @@ class TrainConfig:
   noise_sigma: float = 0.1
   clean_loss_weight: float = 0.0
   lwta_kl_weight: float = 1e-3
-  ibp_kl_weight: float = 1.0
-  ibp_learning_rate: float = 0.01
-  mixture_gradient: str = 'expected'
+  ibp_kl_weight: float = 30.0
+  ibp_learning_rate: float = 0.1
+  mixture_gradient: str = 'training_temperature'
 
   def __post_init__(self):
     _check_at_least('epochs', self.epochs, 1)

@@ -14,12 +14,13 @@ clean, i.e. weights noise:1, fgsm:1, pgd:1, cw:1, clean:4
 (`config.SEED_MIXTURE`).
 Madry-style training is `pgd:1`. Attacks see the model in inference mode
 (`training=False`) and are recomputed on the current weights every step.
-For stochastic layers their gradient comes from `gradient` (a
-`surrogate` mode, `--mixture_gradient`): in 'sample' mode an LWTA model is
-attacked at its test temperature 0.01, whose input gradient is the 0/1
-winner mask with rare spikes, so the attack is close to random; 'expected'
-(the default) and 'straight_through' differentiate the winners'
-expectation (BENCHMARKS.md, "Adversarial training of LWTA models").
+For stochastic layers their gradient comes from `gradient`
+(`--mixture_gradient`): in 'sample' mode an LWTA model is attacked at its
+test temperature 0.01, whose input gradient is the 0/1 winner mask with
+rare spikes; 'training_temperature' (the default) samples the winners at
+their training temperature, the most informative path measured
+(BENCHMARKS.md, "Adversarial training of LWTA models"); 'expected' and
+'straight_through' are the `surrogate` modes.
 """
 
 from typing import Dict, Sequence, Tuple
@@ -30,6 +31,7 @@ import tensorflow as tf
 
 from tf_slwta import attacks
 from tf_slwta import config as config_lib
+from tf_slwta.layers import lwta
 from tf_slwta.layers import surrogate
 
 BRANCHES = config_lib.MIXTURE_BRANCHES
@@ -49,12 +51,13 @@ class AttackMixture:
     noise_sigma: std of the Gaussian-noise branch, in [0, 1] pixel units.
     strategy: the training strategy (the counters are made in its scope).
     gradient: how the attacks differentiate stochastic layers, one of
-      `surrogate.MODES` (`config.MIXTURE_GRADIENTS`).
+      `config.MIXTURE_GRADIENTS`.
   """
 
   def __init__(self, mixture: Sequence[Tuple[str, float]],
                attack: config_lib.AttackConfig, noise_sigma: float,
-               strategy: tf.distribute.Strategy, gradient: str = 'expected'):
+               strategy: tf.distribute.Strategy,
+               gradient: str = 'training_temperature'):
     if not mixture:
       raise ValueError('An AttackMixture needs at least one branch.')
     self.active = [name for name, _ in mixture]
@@ -62,9 +65,9 @@ class AttackMixture:
     self.log_weights = tf.constant(np.log(weights / weights.sum()))[None, :]
     self.attack = attack
     self.noise_sigma = float(noise_sigma)
-    if gradient not in surrogate.MODES:
+    if gradient not in config_lib.MIXTURE_GRADIENTS:
       raise ValueError(f'gradient={gradient!r} is not one of '
-                       f'{", ".join(surrogate.MODES)}.')
+                       f'{", ".join(config_lib.MIXTURE_GRADIENTS)}.')
     self.gradient = gradient
     with strategy.scope():
       self.counts = tf.Variable(
@@ -74,8 +77,15 @@ class AttackMixture:
 
   def _branch(self, name: str, model: keras.Model, images, labels):
     cfg = self.attack
-    logits_fn = surrogate.surrogate_logits_fn(
-        lambda x: model(x, training=False), self.gradient)
+    logits_fn = lambda x: model(x, training=False)
+    if self.gradient == 'training_temperature':
+      served = logits_fn
+
+      def logits_fn(x):
+        with lwta.sampling_at_training_temperature():
+          return served(x)
+    else:
+      logits_fn = surrogate.surrogate_logits_fn(logits_fn, self.gradient)
     if name == 'noise':
       noise = tf.random.normal(tf.shape(images), stddev=self.noise_sigma)
       return tf.clip_by_value(images + noise, 0.0, 1.0)

@@ -37,6 +37,10 @@ training loss weights it by `--lwta_kl_weight` (training/losses.py says
 exactly how it enters the objective).
 """
 
+import contextlib
+import threading
+from typing import Iterator
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -51,6 +55,29 @@ LAYOUT_VERSION = 2
 LAYOUT_CHECKPOINT_KEY = 'channel_layout'
 
 _TINY = 1e-7
+
+_state = threading.local()
+
+
+@contextlib.contextmanager
+def sampling_at_training_temperature() -> Iterator[None]:
+  """Within the block, LWTA layers called with training=False sample at
+  their training temperature instead of the test one.
+
+  For the attacks of adversarial training (`defenses/mixture.py`,
+  `--mixture_gradient=training_temperature`): at the test temperature 0.01
+  a pass's input gradient is the 0/1 winner mask with rare spikes; at the
+  training temperature it is informative (BENCHMARKS.md, "Adversarial
+  training of LWTA models"). BatchNorm and the KL stay in inference mode.
+  Like `surrogate.gradient_surrogate`, it is read when a layer's call is
+  traced.
+  """
+  previous = getattr(_state, 'training_temperature', False)
+  _state.training_temperature = True
+  try:
+    yield
+  finally:
+    _state.training_temperature = previous
 
 
 def categorical_kl_from_uniform(logits: tf.Tensor, axis: int = -1) -> tf.Tensor:
@@ -273,7 +300,8 @@ class LWTA(keras.layers.Layer):
 
   def _sample(self, x, training, with_kl):
     """(sampled outputs `[..., C]`, per-example KL `[B]` or None)."""
-    temperature = self.temperature if training else self.test_temperature
+    temperature = self.temperature if training or getattr(
+        _state, 'training_temperature', False) else self.test_temperature
     noise = None
     half = self.competitors == 2
     if not self.deterministic:
