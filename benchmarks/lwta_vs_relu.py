@@ -75,7 +75,8 @@ BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 # The ablation: (row name, flag overrides of the ablation flagfile).
 ABLATION = (
-    ('LWTA (base: U=2, T=0.67, lwta_kl_weight=1e-3, no IBP)', {}),
+    ('LWTA (base: U=2, T=0.67, lwta_kl_weight=1e-3, expected-winner attack, '
+     'no IBP)', {}),
     ('temperature 0.3', {'lwta_temperature': 0.3}),
     ('temperature 1.5', {'lwta_temperature': 1.5}),
     ('U=4', {'lwta_competitors': 4}),
@@ -83,8 +84,13 @@ ABLATION = (
     ('lwta_kl_weight=1e-2', {'lwta_kl_weight': 1e-2}),
     ('lwta_kl_weight=1 (the ELBO)', {'lwta_kl_weight': 1.0}),
     ('lwta_kl_weight=1/N (the references)', {'lwta_kl_weight': 'one_over_n'}),
-    ('+ IBP', {'ibp': True}),
+    ('+ IBP (Adam 0.01, KL weight 1)', {'ibp': True}),
     ('ReLU twin', {'activation': 'relu'}),
+    ('lwta_kl_weight=1e-4 (the default)', {'lwta_kl_weight': 1e-4}),
+    ('+ IBP at its defaults (Adam 0.1, KL weight 30)',
+     {'ibp': True, 'ibp_learning_rate': 0.1, 'ibp_kl_weight': 30.0}),
+    ('the defaults: T=0.67, lwta_kl_weight=1e-4, training-temperature attack',
+     {'lwta_kl_weight': 1e-4, 'mixture_gradient': 'training_temperature'}),
 )
 
 
@@ -256,9 +262,12 @@ def main(argv):
   flagfile = _RECIPE.value if _PART.value == 'recipe' else _ABLATION.value
   base = cli.parse_flagfiles([flagfile])
   n_train = base.data.train_examples or 60000
+  stem = os.path.splitext(os.path.basename(flagfile))[0]
   if _PART.value == 'recipe':
     variants = (('LWTA' + (' + IBP' if base.model.ibp else ''), {}),
                 ('ReLU twin', {'activation': 'relu', 'ibp': False}))
+    if base.model.ibp:
+      variants += (('LWTA without IBP', {'ibp': False}),)
   else:
     variants = ABLATION
   images, labels = data_lib.load_arrays(
@@ -267,7 +276,7 @@ def main(argv):
   for index, (name, changes) in enumerate(variants):
     changes = {k: (1.0 / n_train if v == 'one_over_n' else v)
                for k, v in changes.items()}
-    folder = os.path.join(_RUNS.value, _PART.value, f'{index}')
+    folder = os.path.join(_RUNS.value, stem, f'{index}')
     config = _with(base, folder, **changes)
     print(f'\n=== {name}: {folder} ===', flush=True)
     run = train_run(config)
@@ -287,19 +296,21 @@ def main(argv):
     print(json.dumps(result), flush=True)
     rows.append((name, changes, run, result))
   command = ('python benchmarks/lwta_vs_relu.py' +
-             ('' if _PART.value == 'recipe' else ' --part=ablation'))
+             (f' --recipe={flagfile}' if _PART.value == 'recipe'
+              else ' --part=ablation'))
   title = (f'Command: `{command}` (flagfile {flagfile}: '
            f'{base.model.name}'
            f'{f"-{base.model.depth}-{base.model.widen_factor}" if base.model.name == "wide_resnet" else ""}, '
            f'{n_train} training images, {base.train.epochs} epochs, '
            f'mixture {",".join(f"{b}:{w:g}" for b, w in base.train.mixture) or "clean"}'
-           f' at eps {base.attack.pgd_eps:g}; runs in {_RUNS.value}/{_PART.value}/).')
+           f' at eps {base.attack.pgd_eps:g}; runs in {_RUNS.value}/{stem}/).')
   text = _table(rows, title, base)
   print(text)
   if _WRITE.value:
-    _write('lwta_vs_relu' if _PART.value == 'recipe' else 'lwta_ablation',
-           'Stochastic LWTA against its ReLU twin' if _PART.value == 'recipe'
-           else 'Stochastic LWTA: ablation', text)
+    _write(f'lwta_vs_relu_{stem}' if _PART.value == 'recipe'
+           else 'lwta_ablation',
+           f'Stochastic LWTA against its ReLU twin ({stem})'
+           if _PART.value == 'recipe' else 'Stochastic LWTA: ablation', text)
 
 
 if __name__ == '__main__':
