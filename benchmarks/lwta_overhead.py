@@ -1,8 +1,12 @@
 """Training-step cost of stochastic LWTA against its ReLU twin.
 
 Each pair of models has the same layers and shapes; only the activation
-differs (and, in the IBP rows, the kernels' utility masks). Steps are timed
-in interleaved rounds within one process (the median round is reported), so
+differs (and, in the IBP rows, the blocks' utility masks). The seed CNN with
+LWTA has a BatchNorm before each activation (models/seed_cnn.py says why):
+its ReLU twin here has them too, and the seed's own BatchNorm-free ReLU CNN
+is shown beside it. Every training step includes the KL terms, weighted as
+the defaults weight them (TrainConfig, N = 60,000). Steps are timed in
+interleaved rounds within one process (the median round is reported), so
 the ratios are measured side by side.
 
     python benchmarks/lwta_overhead.py            # writes BENCHMARKS.md
@@ -26,6 +30,7 @@ from tf_slwta import config as config_lib
 from tf_slwta import data as data_lib
 from tf_slwta import models
 from tf_slwta.training import losses
+from tf_slwta.training import variational
 
 _ROUNDS = flags.DEFINE_integer('rounds', 5, 'Interleaved timing rounds.')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Training steps per round.')
@@ -37,25 +42,40 @@ BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 START, END = '<!-- lwta:start -->', '<!-- lwta:end -->'
 
 PAIRS = {
-    'seed_cnn': config_lib.ModelConfig(),
+    'seed_cnn': config_lib.ModelConfig(seed_cnn_batch_norm=True),
     'wide_resnet 16-1': config_lib.ModelConfig(name='wide_resnet', depth=16),
 }
+# (row label, model changes); the first row is the ReLU twin.
+VARIANTS = (('relu', {}), ('lwta', {'activation': 'lwta'}),
+            ('lwta+ibp', {'activation': 'lwta', 'ibp': True}))
+SEED_RELU = ('relu, no BatchNorm (the seed\'s CNN)',
+             {'seed_cnn_batch_norm': False})
 
 
 def _step_fn(model, batch):
+  train = config_lib.TrainConfig()
   optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
-  optimizer.build(model.trainable_variables)
+  weights, ibp_vars = variational.split_variables(model)
+  optimizer.build(weights)
+  ibp_optimizer = variational.make_ibp_optimizer(train.ibp_learning_rate,
+                                                 ibp_vars)
   images = tf.random.uniform((batch, 28, 28, 1), seed=1)
   labels = tf.random.uniform((batch,), 0, 10, tf.int64, seed=2)
+  winner_weight, global_weight = losses.kl_weights(
+      tf.constant(0), 60000, lwta_kl_weight=train.lwta_kl_weight,
+      ibp_kl_weight=train.ibp_kl_weight)
 
   @tf.function
   def step():
     with tf.GradientTape() as tape:
       logits = model(images, training=True)
       loss = losses.replica_loss(model, labels, logits,
-                                 global_batch_size=batch, kl_scale=1 / 60000)
+                                 global_batch_size=batch,
+                                 winner_kl_weight=winner_weight,
+                                 global_kl_weight=global_weight)
     grads = tape.gradient(loss, model.trainable_variables)
-    optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    variational.apply_gradients(optimizer, ibp_optimizer, grads,
+                                model.trainable_variables, ibp_vars)
     return loss
 
   return step
@@ -69,8 +89,8 @@ def main(argv):
   info = data_lib.dataset_info('fashion_mnist')
   variants = {}
   for name, base in PAIRS.items():
-    for label, changes in (('relu', {}), ('lwta', {'activation': 'lwta'}),
-                           ('lwta+ibp', {'activation': 'lwta', 'ibp': True})):
+    rows = VARIANTS + ((SEED_RELU,) if name == 'seed_cnn' else ())
+    for label, changes in rows:
       cfg = config_lib.ModelConfig(**{**base.__dict__, **changes})
       step = _step_fn(models.build_model(cfg, info), _BATCH.value)
       step()  # Trace and warm up.
@@ -90,7 +110,9 @@ def main(argv):
            '|---|---|---|---|']
   for name in PAIRS:
     relu = np.median(times[(name, 'relu')])
-    for label in ('relu', 'lwta', 'lwta+ibp'):
+    labels = [label for label, _ in VARIANTS] + (
+        [SEED_RELU[0]] if name == 'seed_cnn' else [])
+    for label in labels:
       ms = np.median(times[(name, label)])
       lines.append(f'| {name} | {label} | {1000 * ms:.1f} | {ms / relu:.2f} |')
   text = '\n'.join(lines)

@@ -17,6 +17,7 @@ from tf_slwta import data as data_lib
 from tf_slwta import run_folder
 from tf_slwta.defenses import mixture as mixture_lib
 from tf_slwta.evaluation import certify
+from tf_slwta.layers import lwta
 from tf_slwta.layers import noise
 from tf_slwta.modes import certify as certify_mode
 from tf_slwta.modes import common
@@ -104,6 +105,23 @@ def test_perturbing_branches_move_the_batch():
     assert not np.allclose(out, images.numpy()), branch
     if branch in ('fgsm', 'pgd'):
       assert np.abs(out - images.numpy()).max() <= 0.1 + 1e-5
+
+
+@pytest.mark.parametrize('gradient', config_lib.MIXTURE_GRADIENTS)
+def test_lwta_models_are_attacked_through_each_gradient_path(gradient):
+  model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(),
+                            keras.layers.Dense(16), lwta.LWTA(seed=1),
+                            keras.layers.Dense(10)])
+  images = tf.random.uniform([8, 28, 28, 1], 0.2, 0.8, seed=3)
+  labels = tf.argmax(model(images, training=False), axis=-1)
+  attack = config_lib.AttackConfig(pgd_eps=0.1, pgd_alpha=0.05, pgd_steps=2)
+  mixture = mixture_lib.AttackMixture((('pgd', 1.0),), attack, 0.1,
+                                      ONE_DEVICE(), gradient=gradient)
+  out = tf.function(lambda x, y: mixture(model, x, y))(images, labels).numpy()
+  assert 0 < np.abs(out - images.numpy()).max() <= 0.1 + 1e-5
+  with pytest.raises(ValueError, match='gradient'):
+    mixture_lib.AttackMixture((('pgd', 1.0),), attack, 0.1, ONE_DEVICE(),
+                              gradient='mean')
 
 
 def test_clean_loss_weight_mixes_the_two_losses(tmp_path):

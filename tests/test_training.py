@@ -245,12 +245,15 @@ def test_kl_is_recorded_and_checkpoints_without_it_resume(tmp_path, capsys):
 def test_kl_of_a_stochastic_model_is_recorded(tmp_path):
   cfg = small_config(tmp_path, epochs=1)
   cfg = config_lib.ExperimentConfig(
-      output_dir=cfg.output_dir, data=cfg.data, train=cfg.train,
+      output_dir=cfg.output_dir, data=cfg.data,
       model=config_lib.ModelConfig(seed_cnn_filters=(8, 16), seed_cnn_units=32,
-                                   activation='lwta', ibp=True))
+                                   activation='lwta', ibp=True),
+      train=dataclasses.replace(cfg.train, lwta_kl_weight=1 / 512,
+                                ibp_kl_weight=1.0))
   record = loop.train(cfg, ONE_DEVICE())
   assert record['train/kl'] > 0
-  # Weighted by 1 / (training examples) in the objective, with no annealing.
+  # The global KL weighted by 1 / (training examples) in the objective, the
+  # winner KL here too, with no annealing.
   assert record['train/kl_term'] == pytest.approx(record['train/kl'] / 512,
                                                   rel=1e-4)
   # Replicas report the KL of the same model, not a sum over them. Replicas
@@ -267,4 +270,6 @@ def test_kl_of_a_stochastic_model_is_recorded(tmp_path):
                        ['/cpu:0', '/cpu:1'],
                        cross_device_ops=tf.distribute.ReductionToOneDevice()))
   assert one['train/kl'] > 0
-  assert two['train/kl'] == pytest.approx(one['train/kl'], rel=1e-3)
+  # (BatchNorm's per-replica statistics move the two runs apart by ~0.1%;
+  # a sum over replicas would double it.)
+  assert two['train/kl'] == pytest.approx(one['train/kl'], rel=1e-2)

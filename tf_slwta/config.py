@@ -19,6 +19,9 @@ LR_SCHEDULES = ('constant', 'cosine', 'step')
 MODES = ('train', 'evaluate', 'audit', 'certify', 'grid', 'export', 'predict')
 PNI_MODES = ('none', 'activation', 'weight', 'both')
 MIXTURE_BRANCHES = ('noise', 'fgsm', 'pgd', 'cw', 'clean')
+# How the mixture's attacks differentiate stochastic layers (layers/surrogate.py).
+MIXTURE_GRADIENTS = ('sample', 'expected', 'straight_through',
+                     'training_temperature')
 # The seed draws k uniformly from 0..7: 0 noise, 1 FGSM, 2 PGD, 3 CW, 4-7 clean.
 SEED_MIXTURE = (('noise', 1.0), ('fgsm', 1.0), ('pgd', 1.0), ('cw', 1.0),
                 ('clean', 4.0))
@@ -155,6 +158,9 @@ class ModelConfig:
     ibp: Indian Buffet Process priors on seed_cnn's hidden layers, or on
       every residual 3x3 convolution of wide_resnet.
     ibp_threshold: test-time utilities at or under it prune their block.
+    seed_cnn_batch_norm: BatchNorm after seed_cnn's hidden linear maps;
+      None: on with LWTA (which diverges without it at the quickstart's
+      learning rate), off with ReLU (the seed's network).
   """
   name: str = 'seed_cnn'
   activation: str = 'relu'
@@ -172,6 +178,7 @@ class ModelConfig:
   lwta_deterministic: bool = False
   ibp: bool = False
   ibp_threshold: float = 0.01
+  seed_cnn_batch_norm: Optional[bool] = None
 
   def __post_init__(self):
     _check_choice('model', self.name, MODELS)
@@ -248,6 +255,28 @@ class TrainConfig:
     noise_sigma: std of the mixture's Gaussian-noise branch, >= 0.
     clean_loss_weight: w in w * CE(clean) + (1 - w) * CE(perturbed), in
       [0, 1); 0 trains on the perturbed batch only.
+    lwta_kl_weight: weight >= 0 of the per-example winner KL of the LWTA
+      layers in the objective (1: the ELBO's own weight; see
+      training/losses.py). Default 1e-4, by measurement (BENCHMARKS.md,
+      the LWTA ablation): 1 leaves a network at 46% clean accuracy, 1e-2
+      and 1e-3 cost 11 and 6 points against 0, 1/N (1.7e-4 there) costs
+      nothing and scored best under attack.
+    ibp_kl_weight: weight >= 0 of the global IBP KL divided by the number
+      of training examples (1: the ELBO's own weight). Default 30, by
+      measurement (BENCHMARKS.md, "IBP: what it takes to prune"): at 1 no
+      utility moves far from its start in a CPU-sized run, at 100 the
+      utilities fall together and accuracy drops.
+    ibp_learning_rate: peak learning rate > 0 of the IBP variational
+      parameters' own Adam optimizer (no weight decay; same schedule shape
+      as the weights'). Default 0.1: a utility logit must travel from
+      ~4.5 to under -4.6 to be pruned, in a few hundred steps here (the
+      reference: 0.01 over ~30,000).
+    mixture_gradient: how the mixture's attacks differentiate stochastic
+      layers, one of `MIXTURE_GRADIENTS` ('sample': the model as served,
+      at the LWTA test temperature; 'expected' or 'straight_through': the
+      adaptive surrogates of layers/surrogate.py; 'training_temperature':
+      LWTA sampling at its training temperature, the default, measured the
+      most informative in BENCHMARKS.md).
   """
   epochs: int = 30
   kl_anneal_epochs: float = 0.0
@@ -268,11 +297,21 @@ class TrainConfig:
   mixture: Tuple[Tuple[str, float], ...] = ()
   noise_sigma: float = 0.1
   clean_loss_weight: float = 0.0
+  lwta_kl_weight: float = 1e-4
+  ibp_kl_weight: float = 30.0
+  ibp_learning_rate: float = 0.1
+  mixture_gradient: str = 'training_temperature'
 
   def __post_init__(self):
     _check_finite(self)
     _check_at_least('epochs', self.epochs, 1)
     _check_at_most('epochs', self.epochs, MAX_STEPS)
+    _check_at_least('lwta_kl_weight', self.lwta_kl_weight, 0)
+    _check_at_least('ibp_kl_weight', self.ibp_kl_weight, 0)
+    if not self.ibp_learning_rate > 0:
+      raise ValueError(f'ibp_learning_rate must be > 0, got '
+                       f'{self.ibp_learning_rate}.')
+    _check_choice('mixture_gradient', self.mixture_gradient, MIXTURE_GRADIENTS)
     _check_at_least('kl_anneal_epochs', self.kl_anneal_epochs, 0)
     if not self.learning_rate > 0:
       raise ValueError(f'learning_rate must be > 0, got {self.learning_rate}.')
@@ -711,11 +750,13 @@ RUN_IDENTITY_FIELDS = {
     'data': ('dataset', 'train_examples', 'batch_size', 'augment'),
     'model': ('name', 'activation', 'depth', 'widen_factor',
               'seed_cnn_filters', 'seed_cnn_units', 'pni', 'pni_alpha_init',
-              'pni_channelwise', 'lwta_competitors', 'ibp'),
+              'pni_channelwise', 'lwta_competitors', 'ibp',
+              'seed_cnn_batch_norm'),
     'train': ('seed', 'learning_rate', 'momentum', 'nesterov', 'weight_decay',
               'lr_schedule', 'lr_warmup_epochs', 'lr_decay_epochs',
               'lr_decay_ratio', 'label_smoothing', 'mixture', 'noise_sigma',
-              'clean_loss_weight', 'kl_anneal_epochs'),
+              'clean_loss_weight', 'kl_anneal_epochs', 'lwta_kl_weight',
+              'ibp_kl_weight', 'ibp_learning_rate', 'mixture_gradient'),
 }
 
 

@@ -75,10 +75,12 @@ def _data_config(v) -> config_lib.DataConfig:
 
 
 def _model_config(v) -> config_lib.ModelConfig:
-  special = ('model', 'seed_cnn_filters')
+  special = ('model', 'seed_cnn_filters', 'seed_cnn_batch_norm')
   return config_lib.ModelConfig(
       name=v['model'],
       seed_cnn_filters=_int_list('seed_cnn_filters', v['seed_cnn_filters']),
+      seed_cnn_batch_norm={'auto': None, 'true': True, 'false': False}[
+          v['seed_cnn_batch_norm']],
       **{name: v[name] for name in definitions.SECTIONS['model'] if name not in special})
 
 

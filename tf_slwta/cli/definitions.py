@@ -17,7 +17,8 @@ SECTIONS = {
               'seed_cnn_filters', 'seed_cnn_units', 'pni', 'pni_alpha_init',
               'pni_channelwise', 'pni_at_test', 'lwta_competitors',
               'lwta_temperature', 'lwta_test_temperature',
-              'lwta_deterministic', 'ibp', 'ibp_threshold'),
+              'lwta_deterministic', 'ibp', 'ibp_threshold',
+              'seed_cnn_batch_norm'),
     'attack': ('attacks', 'combined', 'fgsm_eps', 'pgd_eps', 'pgd_alpha',
                'pgd_steps', 'pgd_l2_eps', 'pgd_l2_alpha', 'pgd_restarts',
                'pgd_random_start', 'cw_c', 'cw_kappa', 'cw_steps',
@@ -31,7 +32,8 @@ SECTIONS = {
               'lr_decay_epochs', 'lr_decay_ratio', 'label_smoothing', 'seed',
               'strategy', 'checkpoint_every_steps', 'keep_checkpoints',
               'log_every_steps', 'mixture', 'noise_sigma',
-              'clean_loss_weight'),
+              'clean_loss_weight', 'lwta_kl_weight', 'ibp_kl_weight',
+              'ibp_learning_rate', 'mixture_gradient'),
     'audit': ('audit_sweep_examples', 'audit_eps_multiples', 'audit_steps',
               'audit_noise_draws', 'audit_tolerance', 'audit_zero_accuracy'),
     'certify': ('certify_sigma', 'certify_n0', 'certify_n', 'certify_alpha',
@@ -171,6 +173,18 @@ def define(fv: flags.FlagValues) -> None:
   flags.DEFINE_float('kl_anneal_epochs', d_train.kl_anneal_epochs,
                      'Epochs over which the KL weight grows from 0 to 1.',
                      flag_values=fv)
+  flags.DEFINE_float('lwta_kl_weight', d_train.lwta_kl_weight,
+                     'Weight of the LWTA winners\' per-example KL in the '
+                     'objective (1: the ELBO).', flag_values=fv)
+  flags.DEFINE_float('ibp_kl_weight', d_train.ibp_kl_weight,
+                     'Weight of the IBP KL / training-set size in the '
+                     'objective (1: the ELBO).', flag_values=fv)
+  flags.DEFINE_float('ibp_learning_rate', d_train.ibp_learning_rate,
+                     'Peak learning rate of the IBP parameters\' own Adam '
+                     '(no weight decay).', flag_values=fv)
+  flags.DEFINE_enum('seed_cnn_batch_norm', 'auto', ['auto', 'true', 'false'],
+                    'BatchNorm after seed_cnn\'s hidden linear maps (auto: '
+                    'with --activation=lwta only).', flag_values=fv)
 
   # Defenses.
   flags.DEFINE_enum('pni', d_model.pni, config_lib.PNI_MODES,
@@ -196,6 +210,13 @@ def define(fv: flags.FlagValues) -> None:
   flags.DEFINE_float('clean_loss_weight', d_train.clean_loss_weight,
                      'w of w * CE(clean) + (1 - w) * CE(perturbed).',
                      flag_values=fv)
+  flags.DEFINE_enum('mixture_gradient', d_train.mixture_gradient,
+                    config_lib.MIXTURE_GRADIENTS,
+                    'How the mixture\'s attacks differentiate stochastic '
+                    'layers: training_temperature (LWTA sampled at its '
+                    'training temperature), sample (as served), expected or '
+                    'straight_through (adaptive surrogates).',
+                    flag_values=fv)
   d_audit = config_lib.AuditConfig()
   flags.DEFINE_integer('audit_sweep_examples', d_audit.sweep_examples,
                        'Images of the audit\'s eps and steps sweeps.',

@@ -20,6 +20,14 @@ Every draw (branch, noise, PGD start) takes its seed from the mixture's own
 the branch counts (`checkpoint_items`), so a resumed run draws what an
 uninterrupted one would have. All replicas take the same branch in a step;
 each draws its own noise and PGD start.
+
+For stochastic layers their gradient comes from `gradient`
+(`--mixture_gradient`): in 'sample' mode an LWTA model is attacked at its
+test temperature 0.01, whose input gradient is the 0/1 winner mask with
+rare spikes; 'training_temperature' (the default) samples the winners at
+their training temperature, the most informative path measured
+(BENCHMARKS.md, "Adversarial training of LWTA models"); 'expected' and
+'straight_through' are the `surrogate` modes.
 """
 
 from typing import Dict, Sequence, Tuple
@@ -30,7 +38,9 @@ import tensorflow as tf
 
 from tf_slwta import attacks
 from tf_slwta import config as config_lib
+from tf_slwta.layers import lwta
 from tf_slwta.layers import randomness
+from tf_slwta.layers import surrogate
 
 BRANCHES = config_lib.MIXTURE_BRANCHES
 
@@ -49,11 +59,14 @@ class AttackMixture:
     noise_sigma: std of the Gaussian-noise branch, in [0, 1] pixel units.
     strategy: the training strategy (the counters are made in its scope).
     seed: seed of the mixture's random stream.
+    gradient: how the attacks differentiate stochastic layers, one of
+      `config.MIXTURE_GRADIENTS`.
   """
 
   def __init__(self, mixture: Sequence[Tuple[str, float]],
                attack: config_lib.AttackConfig, noise_sigma: float,
-               strategy: tf.distribute.Strategy, seed: int = 0):
+               strategy: tf.distribute.Strategy, seed: int = 0,
+               gradient: str = 'training_temperature'):
     if not mixture:
       raise ValueError('An AttackMixture needs at least one branch.')
     self.active = [name for name, _ in mixture]
@@ -61,6 +74,10 @@ class AttackMixture:
     self.log_weights = tf.constant(np.log(weights / weights.sum()))[None, :]
     self.attack = attack
     self.noise_sigma = float(noise_sigma)
+    if gradient not in config_lib.MIXTURE_GRADIENTS:
+      raise ValueError(f'gradient={gradient!r} is not one of '
+                       f'{", ".join(config_lib.MIXTURE_GRADIENTS)}.')
+    self.gradient = gradient
     with strategy.scope():
       self.seed_generator = keras.random.SeedGenerator(seed)
       # float64: a checkpoint restores a SUM-on-read variable as its value
@@ -73,6 +90,14 @@ class AttackMixture:
   def _branch(self, name: str, model: keras.Model, images, labels):
     cfg = self.attack
     logits_fn = lambda x: model(x, training=False)
+    if self.gradient == 'training_temperature':
+      served = logits_fn
+
+      def logits_fn(x):
+        with lwta.sampling_at_training_temperature():
+          return served(x)
+    else:
+      logits_fn = surrogate.surrogate_logits_fn(logits_fn, self.gradient)
     if name == 'noise':
       noise = tf.random.stateless_normal(
           tf.shape(images), randomness.next_seed(self.seed_generator),

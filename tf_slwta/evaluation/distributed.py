@@ -18,27 +18,19 @@ import keras
 import tensorflow as tf
 
 from tf_slwta.evaluation import robustness
-
-
-def seed_generators(model: keras.Model) -> list:
-  """Every `keras.random.SeedGenerator` of the model's layers, in a fixed
-  order (layer order, then creation order)."""
-  found = []
-  for layer in model._flatten_layers(include_self=False):  # pylint: disable=protected-access
-    found.extend(getattr(layer, '_seed_generators', ()))
-  return found
+from tf_slwta.layers import randomness
 
 
 def reseeder(model: keras.Model) -> Callable[[int], None]:
-  """reseed(seed): sets each seed generator of `model` to a state made from
-  `seed` and its place in the model (distinct streams, same every time)."""
-  generators = seed_generators(model)
+  """reseed(seed): sets each seed generator state of `model`
+  (`randomness.seed_states`) to a state made from `seed` and the
+  generator's key (distinct streams, the same every time)."""
+  states = randomness.seed_states(model)
 
   def reseed(seed: int) -> None:
-    for index, generator in enumerate(generators):
-      digest = hashlib.sha256(f'{seed}/{index}'.encode()).digest()
+    for key, state in states.items():
+      digest = hashlib.sha256(f'{seed}/{key}'.encode()).digest()
       start = int.from_bytes(digest[:4], 'little') % (2**31 - 1)
-      state = generator.state
       state.assign(tf.constant([start, 0], dtype=state.dtype))
 
   return reseed

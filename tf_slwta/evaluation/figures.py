@@ -279,7 +279,7 @@ def winner_shares(model: keras.Model,
     inputs = [inputs]
   shares = {}
   for layer, x in zip(layers, inputs):
-    blocks = tf.reshape(x, [-1, layer.competitors])
+    blocks = tf.reshape(layer.blocks(x), [-1, layer.competitors])
     won = tf.argmax(layer.winners(blocks, training=False), axis=-1)
     counts = np.bincount(won.numpy(), minlength=layer.competitors)
     shares[layer.name] = counts / counts.sum()
@@ -320,7 +320,7 @@ def lwta_winner_shares(path: str, shares: Mapping[str, np.ndarray]) -> str:
 def utilities(model: keras.Model) -> Dict[str, np.ndarray]:
   """{IBP layer name: float `[M]`, its utilities sigmoid(t), flattened}.
 
-  M is the layer's blocks (convolutions) or (input, block) pairs (dense).
+  M is the layer's number of blocks.
   """
   return {l.name: tf.sigmoid(l.utility_logits).numpy().ravel()
           for l in ibp_lib.ibp_layers(model)}
@@ -333,7 +333,7 @@ def ibp_utilities(path: str, values: Mapping[str, np.ndarray],
   Args:
     path: PNG file to write.
     values: from `utilities` (non-empty): per layer the utilities of its
-      blocks (convolutions) or (input, block) pairs (dense layers).
+      blocks.
     threshold: utilities at or under it are pruned at test time.
 
   Returns:

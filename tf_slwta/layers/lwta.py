@@ -1,49 +1,249 @@
 """Stochastic Local Winner-Takes-All activations (Panousis et al., 2019, 2021).
 
-The C channels of a response are split into K = C / U blocks of U consecutive
-channels (`[..., K, U]`). In each block, at every position, the units
-compete: a winner is drawn from a relaxed one-hot categorical distribution
-(Gumbel-softmax, `tfp.distributions.RelaxedOneHotCategorical`) whose logits
-are the block's own responses, and the output is response x relaxed one-hot,
-so the winner keeps its raw value and the losers are (nearly) silenced.
-Sampling stays on at test time, with a lower temperature (0.01 by default):
-the randomness is part of the defense. Adaptive attacks can ask for the
-winner's expectation instead (`surrogate.gradient_surrogate`).
+Channel layout. The C channels of a response `[..., C]` form K = C / U
+blocks of U competitors: competitor u of block k is channel `u * K + k`
+(for U = 2, channel k competes with channel k + C/2). A reshape to
+`[..., U, K]` is free in channels-last memory, and for U = 2 the two
+competitors are the two contiguous halves of the channel axis, which on a
+CPU is about twice as fast as pairing channels 2k and 2k + 1 on an innermost
+size-2 axis. IBP block utilities (`ibp.IBPMask`) use the same layout. The
+references pair consecutive channels; checkpoints made with that layout
+(before `LAYOUT_VERSION` 2) are refused by `check_checkpoint_layout`, since
+their weights would load but mean something else.
 
-Each call in training adds, with `add_loss`, the KL divergence of the winner
-distribution q = softmax(responses) from the uniform prior 1/U, summed over
-blocks and positions and averaged over the batch. The training loss divides
-it by the number of training examples (the ELBO, see training/losses.py).
+The competition. In each block, at every position, a winner is drawn from a
+relaxed one-hot categorical distribution (Gumbel-softmax, temperature T)
+whose logits are the block's own responses h, and the output is
+h * relaxed one-hot: the winner keeps its raw value, the losers are (nearly)
+silenced. Sampling stays on at test time, at a lower temperature (0.01 by
+default): the randomness is part of the defense.
+
+Two paths compute it, equal in distribution (tests/test_lwta.py):
+  * U = 2, the common case: the Gumbel-softmax over a pair is
+    s = sigmoid((h_a - h_b + L) / T) with L ~ Logistic(0, 1) (the difference
+    of two Gumbels), outputs (h_a * s, h_b * (1 - s)); one fused op with a
+    hand-written gradient, and the winner KL computed in the same op;
+  * any U: Gumbel noise and a softmax over the competitor axis of
+    `[..., U, K]`, differentiated by TensorFlow.
+At test time the layer honours `surrogate.current()` ('expected': each unit
+times its winning probability, softmax of its block; 'straight_through':
+sampled forward, the expectation's gradient backward).
+
+The winner KL. Each training call adds, with `add_loss`, the KL divergence
+of the winner posterior q = softmax(h) (per block and position) from the
+uniform prior 1/U, summed over the example's blocks and positions and
+averaged over the batch: a per-example (local) term of the ELBO. The
+training loss weights it by `--lwta_kl_weight` (training/losses.py says
+exactly how it enters the objective).
 """
 
+import contextlib
+import threading
+from typing import Iterator
+
 import keras
+import numpy as np
 import tensorflow as tf
-import tensorflow_probability as tfp
 
 from tf_slwta.layers import randomness
 from tf_slwta.layers import surrogate
 
+# 1: competitors were consecutive channels (the references' layout).
+# 2: competitor u of block k is channel u * K + k (this module).
+LAYOUT_VERSION = 2
+# Name of the checkpoint entry that records LAYOUT_VERSION.
+LAYOUT_CHECKPOINT_KEY = 'channel_layout'
 
-def categorical_kl_from_uniform(logits: tf.Tensor) -> tf.Tensor:
-  """KL(softmax(logits) || uniform) over the last axis, closed form.
+_TINY = 1e-7
+
+_state = threading.local()
+
+
+@contextlib.contextmanager
+def sampling_at_training_temperature() -> Iterator[None]:
+  """Within the block, LWTA layers called with training=False sample at
+  their training temperature instead of the test one.
+
+  For the attacks of adversarial training (`defenses/mixture.py`,
+  `--mixture_gradient=training_temperature`): at the test temperature 0.01
+  a pass's input gradient is the 0/1 winner mask with rare spikes; at the
+  training temperature it is informative (BENCHMARKS.md, "Adversarial
+  training of LWTA models"). BatchNorm and the KL stay in inference mode.
+  Like `surrogate.gradient_surrogate`, it is read when a layer's call is
+  traced.
+  """
+  previous = getattr(_state, 'training_temperature', False)
+  _state.training_temperature = True
+  try:
+    yield
+  finally:
+    _state.training_temperature = previous
+
+
+def categorical_kl_from_uniform(logits: tf.Tensor, axis: int = -1) -> tf.Tensor:
+  """KL(softmax(logits) || uniform) over `axis`, closed form.
 
   Args:
-    logits: float `[..., U]`.
+    logits: float `[..., U, ...]`.
+    axis: the competitor axis.
 
   Returns:
-    float `[...]`, >= 0: sum_u q_u log q_u + log U.
+    float, `logits` without `axis`, >= 0: sum_u q_u log q_u + log U.
   """
-  log_q = tf.nn.log_softmax(logits, axis=-1)
-  units = tf.cast(tf.shape(logits)[-1], logits.dtype)
-  return tf.reduce_sum(tf.exp(log_q) * log_q, axis=-1) + tf.math.log(units)
+  log_q = tf.nn.log_softmax(logits, axis=axis)
+  units = tf.cast(tf.shape(logits)[axis], logits.dtype)
+  return tf.reduce_sum(tf.exp(log_q) * log_q, axis=axis) + tf.math.log(units)
+
+
+def logistic_noise(shape, seed, dtype=tf.float32) -> tf.Tensor:
+  """Logistic(0, 1) draws, log(u / (1 - u)), from a stateless seed.
+
+  One log instead of log(u) - log1p(-u): a quarter faster on a CPU, and u
+  is kept in [1e-7, 1 - 1e-7], where the two agree to float32 precision.
+  """
+  u = tf.random.stateless_uniform(shape, seed, minval=_TINY,
+                                  maxval=1.0 - _TINY, dtype=dtype)
+  return tf.math.log(u / (1.0 - u))
+
+
+def gumbel_noise(shape, seed, dtype=tf.float32) -> tf.Tensor:
+  """Gumbel(0, 1) draws, -log(-log(u)), from a stateless seed."""
+  u = tf.random.stateless_uniform(shape, seed, minval=_TINY,
+                                  maxval=1.0 - _TINY, dtype=dtype)
+  return -tf.math.log(-tf.math.log(u))
+
+
+def _per_example_sum(values: tf.Tensor) -> tf.Tensor:
+  """`[B, ...]` -> `[B]`, the sum over everything but the batch axis."""
+  return tf.reduce_sum(tf.reshape(values, [tf.shape(values)[0], -1]), axis=-1)
+
+
+def pair_lwta(x: tf.Tensor, noise, temperature: float, with_kl: bool):
+  """The U = 2 fast path: one fused op with its own gradient.
+
+  Channel k competes with channel k + C/2. With d = h_a - h_b,
+    s = sigmoid((d + noise) / T)   (noise None: s = [d >= 0], hard winners)
+    outputs (h_a * s, h_b * (1 - s)),
+    winner KL per element = log 2 - softplus(d) + sigmoid(d) * d
+  (= KL(Bernoulli(sigmoid(d)) || Bernoulli(1/2))).
+
+  Args:
+    x: float `[B, ..., C]`, C even.
+    noise: float `[B, ..., C/2]` Logistic(0, 1) draws, or None for hard
+      argmax winners (their gradient is the 0/1 mask).
+    temperature: T > 0 (unused when noise is None).
+    with_kl: also return the winner KL summed per example.
+
+  Returns:
+    (outputs `[B, ..., C]`, KL `[B]` >= 0 or None).
+  """
+  inv_t = 1.0 / temperature
+
+  def forward(x):
+    a, b = tf.split(x, 2, axis=-1)
+    d = a - b
+    if noise is None:
+      s = tf.cast(d >= 0, x.dtype)
+    else:
+      s = tf.sigmoid((d + noise) * inv_t)
+    return a, b, d, s, tf.concat([a * s, b - b * s], axis=-1)
+
+  if not with_kl:
+    @tf.custom_gradient
+    def op(x):
+      a, b, _, s, out = forward(x)
+
+      def grad(g):
+        ga, gb = tf.split(g, 2, axis=-1)
+        if noise is None:
+          return tf.concat([ga * s, gb - gb * s], axis=-1)
+        r = (ga * a - gb * b) * (s - s * s) * inv_t
+        return tf.concat([ga * s + r, gb - gb * s - r], axis=-1)
+
+      return out, grad
+
+    return op(x), None
+
+  @tf.custom_gradient
+  def op_kl(x):
+    a, b, d, s, out = forward(x)
+    q = tf.sigmoid(d)
+    kl = _per_example_sum(np.log(2.0) - tf.nn.softplus(d) + q * d)
+
+    def grad(g, g_kl):
+      ga, gb = tf.split(g, 2, axis=-1)
+      r = 0.0
+      if g_kl is not None:  # d KL / d d = d q (1 - q).
+        g_kl = tf.reshape(g_kl, [-1] + [1] * (len(x.shape) - 1))
+        r = g_kl * d * (q - q * q)
+      if noise is not None:
+        r += (ga * a - gb * b) * (s - s * s) * inv_t
+      return tf.concat([ga * s + r, gb - gb * s - r], axis=-1)
+
+    return (out, kl), grad
+
+  return op_kl(x)
+
+
+def general_lwta(x: tf.Tensor, competitors: int, noise, temperature: float,
+                 with_kl: bool):
+  """The path for any U: Gumbel-softmax over the competitor axis.
+
+  Args:
+    x: float `[B, ..., C]`, C = U * K; competitor u of block k is channel
+      u * K + k.
+    competitors: U >= 2.
+    noise: float Gumbel(0, 1) draws `[B, ..., U, K]`, or None for hard
+      argmax winners.
+    temperature: T > 0 (unused when noise is None).
+    with_kl: also return the winner KL summed per example.
+
+  Returns:
+    (outputs `[B, ..., C]`, KL `[B]` >= 0 or None).
+  """
+  shape = tf.shape(x)
+  blocks = to_blocks(x, competitors)
+  if noise is None:
+    rank = len(blocks.shape)
+    winners = tf.one_hot(tf.argmax(blocks, axis=-2), competitors,
+                         axis=rank - 2, dtype=x.dtype)
+  else:
+    winners = tf.nn.softmax((blocks + noise) / temperature, axis=-2)
+  out = tf.reshape(blocks * winners, shape)
+  kl = None
+  if with_kl:
+    kl = _per_example_sum(categorical_kl_from_uniform(blocks, axis=-2))
+  return out, kl
+
+
+def to_blocks(x: tf.Tensor, competitors: int) -> tf.Tensor:
+  """`[..., C]` -> `[..., U, K]` (free in memory): [u, k] is channel u*K + k."""
+  channels = x.shape[-1]
+  return tf.reshape(x, tf.concat(
+      [tf.shape(x)[:-1], [competitors, channels // competitors]], 0))
+
+
+def expected_output(x: tf.Tensor, competitors: int) -> tf.Tensor:
+  """Each unit times its probability of winning (softmax of its block).
+
+  The Gumbel-softmax argmax is Categorical(softmax(h)) at any temperature,
+  so this is the expectation of the hard-winner output. `[..., C]` in and
+  out.
+  """
+  if competitors == 2:
+    a, b = tf.split(x, 2, axis=-1)
+    q = tf.sigmoid(a - b)
+    return tf.concat([a * q, b * (1.0 - q)], axis=-1)
+  blocks = to_blocks(x, competitors)
+  return tf.reshape(blocks * tf.nn.softmax(blocks, axis=-2), tf.shape(x))
 
 
 @keras.saving.register_keras_serializable(package='tf_slwta')
 class LWTA(keras.layers.Layer):
-  """Stochastic LWTA activation: `[..., C]` -> `[..., C]`, C divisible by U.
+  """Stochastic LWTA activation: `[B, ..., C]` -> `[B, ..., C]`, C % U == 0.
 
   Args:
-    competitors: units U per block, >= 2.
+    competitors: units U per block, >= 2 (U = 2 takes the fused fast path).
     temperature: Gumbel-softmax temperature in training, > 0 (0.67).
     test_temperature: temperature at test time, > 0 (0.01); sampling stays on.
     deterministic: no sampling; the block's largest response wins (hard
@@ -78,37 +278,58 @@ class LWTA(keras.layers.Layer):
           f'competitors={self.competitors}; use a channel count that is a '
           f'multiple of {self.competitors}.')
 
+  def blocks(self, x: tf.Tensor) -> tf.Tensor:
+    """`[..., C]` -> `[..., K, U]`: each block's competitors on the last axis."""
+    rank = len(x.shape)
+    perm = list(range(rank - 1)) + [rank, rank - 1]
+    return tf.transpose(to_blocks(x, self.competitors), perm)
+
   def winners(self, blocks: tf.Tensor, training) -> tf.Tensor:
-    """Relaxed one-hot winners `[..., K, U]` of responses `[..., K, U]`."""
+    """Relaxed one-hot winners `[..., U]` of responses `[..., U]` (any layout).
+
+    For inspection (figures, tests), not the layer's own hot path.
+    """
     if self.deterministic:
       return tf.one_hot(tf.argmax(blocks, axis=-1), self.competitors,
                         dtype=blocks.dtype)
     temperature = self.temperature if training else self.test_temperature
-    seed = randomness.next_seed(self.seed_generator)
-    return tfp.distributions.RelaxedOneHotCategorical(
-        temperature, logits=blocks).sample(seed=seed)
+    noise = gumbel_noise(tf.shape(blocks),
+                         randomness.next_seed(self.seed_generator),
+                         blocks.dtype)
+    return tf.nn.softmax((blocks + noise) / temperature, axis=-1)
+
+  def _sample(self, x, training, with_kl):
+    """(sampled outputs `[..., C]`, per-example KL `[B]` or None)."""
+    temperature = self.temperature if training or getattr(
+        _state, 'training_temperature', False) else self.test_temperature
+    noise = None
+    half = self.competitors == 2
+    if not self.deterministic:
+      seed = randomness.next_seed(self.seed_generator)
+      shape = tf.shape(x)
+      if half:
+        noise = logistic_noise(tf.concat([shape[:-1], [x.shape[-1] // 2]], 0),
+                               seed, x.dtype)
+      else:
+        noise = gumbel_noise(tf.shape(to_blocks(x, self.competitors)), seed,
+                             x.dtype)
+    if half:
+      return pair_lwta(x, noise, temperature, with_kl)
+    return general_lwta(x, self.competitors, noise, temperature, with_kl)
 
   def call(self, inputs, training=None):
-    shape = tf.shape(inputs)
-    channels = inputs.shape[-1]
-    blocks = tf.reshape(inputs, tf.concat(
-        [shape[:-1], [channels // self.competitors, self.competitors]], 0))
-    mode = 'sample' if training else surrogate.current()
-    if mode == 'sample':
-      outputs = blocks * self.winners(blocks, training)
-    else:
-      # The winner's expectation: each unit times its probability of
-      # winning, softmax of the block (the Gumbel-softmax argmax is
-      # Categorical(softmax(blocks)) at any temperature).
-      expected = blocks * tf.nn.softmax(blocks, axis=-1)
-      outputs = expected if mode == 'expected' else surrogate.straight_through(
-          blocks * self.winners(blocks, training), expected)
-    outputs = tf.reshape(outputs, shape)
     if training:
-      kl = categorical_kl_from_uniform(blocks)
-      per_example = tf.reduce_sum(tf.reshape(kl, [shape[0], -1]), axis=-1)
-      self.add_loss(tf.reduce_mean(per_example))
-    return outputs
+      outputs, kl = self._sample(inputs, True, with_kl=True)
+      self.add_loss(tf.reduce_mean(kl))
+      return outputs
+    mode = surrogate.current()
+    if mode == 'sample':
+      return self._sample(inputs, False, with_kl=False)[0]
+    expected = expected_output(inputs, self.competitors)
+    if mode == 'expected':
+      return expected
+    return surrogate.straight_through(
+        self._sample(inputs, False, with_kl=False)[0], expected)
 
   def compute_output_shape(self, input_shape):
     return input_shape
@@ -123,4 +344,3 @@ class LWTA(keras.layers.Layer):
 def lwta_layers(model: keras.Model) -> list:
   """The model's `LWTA` layers, in graph order."""
   return [l for l in model._flatten_layers() if isinstance(l, LWTA)]  # pylint: disable=protected-access
-

@@ -39,7 +39,8 @@ def build_model(model: config_lib.ModelConfig, info: data_lib.DatasetInfo,
         pni_alpha_init=model.pni_alpha_init,
         pni_channelwise=model.pni_channelwise, pni_at_test=model.pni_at_test,
         activation_options=options, ibp=model.ibp,
-        ibp_threshold=model.ibp_threshold)
+        ibp_threshold=model.ibp_threshold,
+        batch_norm=model.seed_cnn_batch_norm)
   if inserts:
     raise ValueError(f'Model {model.name} has no insertion points; only '
                      f'seed_cnn takes inserts.')

@@ -22,12 +22,22 @@ def seed_cnn(image_shape: Tuple[int, int, int], num_classes: int, *,
              pni_channelwise: bool = False, pni_at_test: bool = True,
              activation_options: Optional[Mapping[str, object]] = None,
              ibp: bool = False, ibp_threshold: float = 0.01,
+             batch_norm: Optional[bool] = None,
              ) -> keras.Model:
   """Builds the seed CNN.
 
-  Layout: normalize, conv3x3(filters[0]) + act, maxpool2, [after_pool1],
-  conv3x3(filters[1]) + act, maxpool2, [after_pool2], flatten,
-  [after_flatten], dense(units) + act, dense(num_classes).
+  Layout: normalize, conv3x3(filters[0]) [+ BN] [+ IBP] + act, maxpool2,
+  [after_pool1], conv3x3(filters[1]) [+ BN] [+ IBP] + act, maxpool2,
+  [after_pool2], flatten, [after_flatten], dense(units) [+ BN] [+ IBP]
+  + act, dense(num_classes).
+
+  Why BatchNorm with LWTA (measured, BENCHMARKS.md "Why LWTA diverged"):
+  without normalization the seed CNN at SGD 0.05 overshoots in its first
+  steps with either activation (cross-entropy 2.3 -> 27); ReLU recovers
+  because units die, but an LWTA block always passes one response, of
+  either sign, so the overshoot grows geometrically into NaN (with hard
+  winners and without the KL too). With a BatchNorm before each competition
+  the same settings train smoothly up to a learning rate of 0.2.
 
   Args:
     image_shape: (H, W, C) of the float32 input in [0, 1].
@@ -45,15 +55,20 @@ def seed_cnn(image_shape: Tuple[int, int, int], num_classes: int, *,
     pni_alpha_init, pni_channelwise, pni_at_test: the PNI layers' settings.
     activation_options: keyword arguments of the activation layers (the
       LWTA settings).
-    ibp: give conv1, conv2 and dense Indian Buffet Process priors over
-      blocks of `activation_options['competitors']` (default 2) units.
+    ibp: an `ibp.IBPMask` (blocks of `activation_options['competitors']`,
+      default 2) on the outputs of conv1, conv2 and dense, after their
+      BatchNorm or bias: a pruned block outputs exact zeros.
     ibp_threshold: test-time pruning threshold of the IBP utilities.
+    batch_norm: BatchNorm (and no bias) after the three hidden linear maps;
+      None: on for LWTA, off for ReLU (the seed's network).
 
   Returns:
     Functional `keras.Model` named 'seed_cnn': `[B, H, W, C]` -> logits
     `[B, num_classes]`.
   """
   inserts = dict(inserts or {})
+  if batch_norm is None:
+    batch_norm = activation == 'lwta'
   pni_args = dict(alpha_init=pni_alpha_init, channelwise=pni_channelwise,
                   noise_at_test=pni_at_test)
   if pni in ('activation', 'both'):
@@ -63,21 +78,11 @@ def seed_cnn(image_shape: Tuple[int, int, int], num_classes: int, *,
       inserts[point] = lambda p: noise.ActivationNoise(name=f'pni_{p}',
                                                        **pni_args)
   noisy = pni in ('weight', 'both')
-  if noisy and ibp:
-    raise ValueError('PNI weight noise and IBP priors cannot share layers; '
-                     'use --pni=activation with --ibp.')
   options = dict(activation_options or {})
-  ibp_args = dict(competitors=options.get('competitors', 2),
-                  threshold=ibp_threshold)
   conv = (lambda *a, **k: noise.NoisyConv2D(*a, **k, **pni_args)) if noisy \
       else keras.layers.Conv2D
   dense = (lambda *a, **k: noise.NoisyDense(*a, **k, **pni_args)) if noisy \
       else keras.layers.Dense
-  hidden_conv = (lambda f, k, **kw: ibp_lib.IBPConv2D(f, k, **kw, **ibp_args)
-                 ) if ibp else conv
-  hidden_dense = (lambda u, **kw: ibp_lib.IBPDense(u, **kw, **ibp_args)
-                  ) if ibp else dense
-  act = lambda layer_name: make_activation(activation, layer_name, **options)
   unknown = set(inserts) - set(INSERTION_POINTS)
   if unknown:
     raise ValueError(f'Unknown seed_cnn insertion points {sorted(unknown)}; '
@@ -86,17 +91,27 @@ def seed_cnn(image_shape: Tuple[int, int, int], num_classes: int, *,
   def insert(x, point):
     return inserts[point](point)(x) if point in inserts else x
 
+  def finish(x, name):
+    """[BN] [IBP] activation after the linear map `name`."""
+    if batch_norm:
+      x = keras.layers.BatchNormalization(name=f'{name}_bn')(x)
+    if ibp:
+      x = ibp_lib.IBPMask(competitors=options.get('competitors', 2),
+                          threshold=ibp_threshold, name=f'{name}_ibp')(x)
+    return make_activation(activation, f'{name}_act', **options)(x)
+
   inputs = keras.Input(image_shape, name='images')
   x = normalization(mean, std)(inputs)
   for i, f in enumerate(filters, start=1):
-    x = hidden_conv(f, 3, padding='same', kernel_initializer='he_normal',
-                    name=f'conv{i}')(x)
-    x = act(f'conv{i}_act')(x)
+    x = conv(f, 3, padding='same', kernel_initializer='he_normal',
+             use_bias=not batch_norm, name=f'conv{i}')(x)
+    x = finish(x, f'conv{i}')
     x = keras.layers.MaxPooling2D(2, name=f'pool{i}')(x)
     x = insert(x, f'after_pool{i}')
   x = keras.layers.Flatten(name='flatten')(x)
   x = insert(x, 'after_flatten')
-  x = hidden_dense(units, kernel_initializer='he_normal', name='dense')(x)
-  x = act('dense_act')(x)
+  x = dense(units, kernel_initializer='he_normal', use_bias=not batch_norm,
+            name='dense')(x)
+  x = finish(x, 'dense')
   logits = dense(num_classes, name='logits')(x)
   return keras.Model(inputs, logits, name='seed_cnn')

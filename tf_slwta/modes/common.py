@@ -103,7 +103,8 @@ def perturbation(config: config_lib.ExperimentConfig,
     return steps.identity_perturbation
   return mixture.AttackMixture(config.train.mixture, config.attack,
                                config.train.noise_sigma, strategy,
-                               seed=config.train.seed)
+                               seed=config.train.seed,
+                               gradient=config.train.mixture_gradient)
 
 
 def write_html_report(config: config_lib.ExperimentConfig, model=None) -> None:

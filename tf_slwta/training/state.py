@@ -6,7 +6,7 @@ totals of the epoch, at the end of each epoch and optionally every N steps.
 """
 
 import dataclasses
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from absl import logging
 import keras
@@ -16,10 +16,12 @@ from tf_slwta import config as config_lib
 from tf_slwta import data as data_lib
 from tf_slwta import models
 from tf_slwta import run_folder
+from tf_slwta.layers import layout
 from tf_slwta.layers import randomness
 from tf_slwta.training import checkpoints
 from tf_slwta.training import distribute
 from tf_slwta.training import optimizer as optimizer_lib
+from tf_slwta.training import variational
 
 # Running sums of the epoch kept in the checkpoint: objective summed over
 # steps, steps, correct predictions, examples.
@@ -39,8 +41,11 @@ class TrainingState:
     optimizer: its optimizer; `optimizer.iterations` is the global step.
     totals: float64 `[4]` running sums of the current epoch (`TOTALS`).
     kl_totals: float64 `[3]` the epoch's KL sums (`KL_TOTALS`).
-    checkpoint: `tf.train.Checkpoint` over the four.
+    checkpoint: `tf.train.Checkpoint` over the four (and the two below).
     manager: the `tf.train.CheckpointManager` of the run.
+    ibp_optimizer: the IBP variational parameters' own optimizer, or None
+      (training/variational.py).
+    variational: the variables `ibp_optimizer` owns.
   """
   model: keras.Model
   optimizer: keras.optimizers.Optimizer
@@ -48,6 +53,8 @@ class TrainingState:
   kl_totals: tf.Variable
   checkpoint: tf.train.Checkpoint
   manager: tf.train.CheckpointManager
+  ibp_optimizer: Optional[keras.optimizers.Optimizer] = None
+  variational: Tuple[tf.Variable, ...] = ()
 
   @property
   def global_step(self) -> int:
@@ -115,7 +122,15 @@ def build_training_state(config: config_lib.ExperimentConfig,
   with strategy.scope():
     model = models.build_model(config.model, info)
     optimizer = optimizer_lib.make_optimizer(config.train, steps_per_epoch)
-    optimizer.build(model.trainable_variables)
+    weights, ibp_vars = variational.split_variables(model)
+    optimizer.build(weights)
+    ibp_optimizer = variational.make_ibp_optimizer(
+        optimizer_lib.learning_rate_schedule(dataclasses.replace(
+            config.train, learning_rate=config.train.ibp_learning_rate),
+                                             steps_per_epoch), ibp_vars)
+  extra = {**layout.checkpoint_objects(model), **(extra or {})}
+  if ibp_optimizer is not None:
+    extra['ibp_optimizer'] = ibp_optimizer
   totals = tf.Variable(tf.zeros([len(TOTALS)], tf.float64), trainable=False,
                        name='epoch_totals')
   kl_totals = tf.Variable(tf.zeros([len(KL_TOTALS)], tf.float64),
@@ -135,6 +150,7 @@ def build_training_state(config: config_lib.ExperimentConfig,
       directory, announce=_say if chief else logging.info, repair=chief)
   if latest:
     checkpoints.check_settings(latest, config)
+    layout.check_checkpoint(latest, model)
     with strategy.scope():
       _restorable(items, latest).restore(
           latest).assert_existing_objects_matched().expect_partial()
@@ -150,7 +166,7 @@ def build_training_state(config: config_lib.ExperimentConfig,
       max_to_keep=config.train.keep_checkpoints,
       checkpoint_name=checkpoints.PREFIX)
   return TrainingState(model, optimizer, totals, kl_totals, checkpoint,
-                       manager)
+                       manager, ibp_optimizer, tuple(ibp_vars))
 
 
 def _say(message: str) -> None:
@@ -177,6 +193,7 @@ def restore_model(config: config_lib.ExperimentConfig,
   with strategy.scope():
     model = models.build_model(config.model,
                                data_lib.dataset_info(config.data.dataset))
+    layout.check_checkpoint(latest, model)
     tf.train.Checkpoint(model=model).restore(latest).expect_partial()
   logging.info('Restored model weights from %s.', latest)
   return model

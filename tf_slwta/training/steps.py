@@ -20,6 +20,7 @@ import tensorflow as tf
 from tf_slwta import data as data_lib
 from tf_slwta.training import losses
 from tf_slwta.training import state as state_lib
+from tf_slwta.training import variational
 
 PerturbFn = Callable[[keras.Model, tf.Tensor, tf.Tensor], tf.Tensor]
 
@@ -44,13 +45,15 @@ def make_train_step(state: state_lib.TrainingState,
                     strategy: tf.distribute.Strategy, *,
                     global_batch_size: int, label_smoothing: float,
                     perturb: PerturbFn, clean_loss_weight: float = 0.0,
-                    num_train_examples: int = 1, kl_anneal_steps: int = 0):
+                    num_train_examples: int = 1, kl_anneal_steps: int = 0,
+                    lwta_kl_weight: float = 1.0, ibp_kl_weight: float = 1.0):
   """Builds the compiled training step.
 
   With `clean_loss_weight` w > 0 the objective is
   w * loss(clean batch) + (1 - w) * loss(perturbed batch). KL terms of
-  stochastic layers are divided by `num_train_examples` and annealed over
-  `kl_anneal_steps` (see `losses.replica_loss`).
+  stochastic layers are weighted as `losses.kl_weights` says (winner KL by
+  `lwta_kl_weight`, global KL by `ibp_kl_weight / num_train_examples`) and
+  annealed over `kl_anneal_steps`.
 
   Returns:
     `train_step(iterator) -> (objective, stats)`: runs one optimizer step
@@ -65,13 +68,17 @@ def make_train_step(state: state_lib.TrainingState,
   def objective(images, labels):
     """(logits, replica loss, `[2]` unscaled KL and KL term)."""
     logits = model(images, training=True)
-    scale = losses.kl_scale(optimizer.iterations, num_train_examples,
-                            kl_anneal_steps)
+    winner_weight, global_weight = losses.kl_weights(
+        optimizer.iterations, num_train_examples,
+        lwta_kl_weight=lwta_kl_weight, ibp_kl_weight=ibp_kl_weight,
+        anneal_steps=kl_anneal_steps)
     loss = losses.replica_loss(
         model, labels, logits, global_batch_size=global_batch_size,
-        label_smoothing=label_smoothing, kl_scale=scale)
-    kl = tf.add_n(model.losses) if model.losses else tf.constant(0.0)
-    return logits, loss, tf.stack([kl, scale * kl])
+        label_smoothing=label_smoothing, winner_kl_weight=winner_weight,
+        global_kl_weight=global_weight)
+    winner, global_ = losses.kl_terms(model)
+    return logits, loss, tf.stack(
+        [winner + global_, winner_weight * winner + global_weight * global_])
 
   def step_fn(images, labels):
     perturbed = tf.stop_gradient(perturb(model, images, labels))
@@ -82,7 +89,8 @@ def make_train_step(state: state_lib.TrainingState,
         loss = clean_loss_weight * clean_loss + (1 - clean_loss_weight) * loss
         kl = clean_loss_weight * clean_kl + (1 - clean_loss_weight) * kl
     grads = tape.gradient(loss, model.trainable_variables)
-    optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    variational.apply_gradients(optimizer, state.ibp_optimizer, grads,
+                                model.trainable_variables, state.variational)
     correct = tf.reduce_sum(tf.cast(
         tf.equal(tf.argmax(logits, axis=-1), labels), tf.float32))
     examples = tf.cast(tf.shape(labels)[0], tf.float32)
