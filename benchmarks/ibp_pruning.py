@@ -11,7 +11,6 @@ kernels), and measures side by side, in one process:
     python benchmarks/ibp_pruning.py --run=runs/slwta_fashion_mnist
 """
 
-import json
 import os
 import sys
 import time
@@ -24,12 +23,11 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
+import tf_slwta
 from tf_slwta import attacks
-from tf_slwta import config as config_lib
 from tf_slwta import data as data_lib
 from tf_slwta.layers import ibp
 from tf_slwta.models import prune
-from tf_slwta.training import loop
 
 _RUN = flags.DEFINE_string('run', None, 'Output folder of a trained IBP run.')
 _EXAMPLES = flags.DEFINE_integer('examples', 2000, 'Test images scored.')
@@ -46,11 +44,7 @@ START, END = '<!-- ibp_pruning:start -->', '<!-- ibp_pruning:end -->'
 def main(argv):
   del argv
   tf.get_logger().setLevel('ERROR')
-  with open(os.path.join(_RUN.value, loop.CONFIG_FILE)) as f:
-    saved = json.load(f)
-  saved['output_dir'] = _RUN.value
-  config = config_lib.ExperimentConfig.from_dict(saved)
-  model = loop.restore_model(config, tf.distribute.get_strategy())
+  model, _, config = tf_slwta.load_run(_RUN.value)
   info = data_lib.dataset_info(config.data.dataset)
   small = prune.compact(model, config.model, info)
   images, labels = data_lib.load_arrays(config.data, 'test')

@@ -27,7 +27,7 @@ import tensorflow as tf
 from tf_slwta import config as config_lib
 from tf_slwta import data as data_lib
 from tf_slwta import models
-from tf_slwta.training import loop
+from tf_slwta.training import optimizer as optimizer_lib
 from tf_slwta.training import losses
 
 _STEPS = flags.DEFINE_integer('steps', 150, 'Training steps per variant.')
@@ -72,7 +72,7 @@ def run_variant(settings, learning_rate, options, images, labels, steps):
     model.get_layer('logits').kernel.assign(
         tf.zeros_like(model.get_layer('logits').kernel))
   steps_per_epoch = data_lib.steps_per_epoch(len(images), 128)
-  optimizer = loop.make_optimizer(config_lib.TrainConfig(
+  optimizer = optimizer_lib.make_optimizer(config_lib.TrainConfig(
       epochs=1, learning_rate=learning_rate), steps_per_epoch)
   if options.get('clip'):
     optimizer.global_clipnorm = 5.0

@@ -32,7 +32,7 @@ import json
 import os
 import sys
 import time
-from typing import Callable, Dict, Sequence
+from typing import Dict, Sequence
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -46,11 +46,14 @@ from tf_slwta import attacks
 from tf_slwta import cli
 from tf_slwta import config as config_lib
 from tf_slwta import data as data_lib
+from tf_slwta import run_folder
 from tf_slwta.layers import ibp
 from tf_slwta.layers import lwta
 from tf_slwta.layers import surrogate
 from tf_slwta.training import distribute
 from tf_slwta.training import loop
+from tf_slwta.training import state
+from tf_slwta.training import steps
 
 _PART = flags.DEFINE_enum('part', 'recipe', ['recipe', 'ablation'],
                           'recipe: LWTA vs ReLU twin; ablation: the variants.')
@@ -176,18 +179,18 @@ def strongest_evaluation(model, images: np.ndarray, labels: np.ndarray, *,
 def train_run(config: config_lib.ExperimentConfig) -> Dict[str, object]:
   """Trains (or reuses) one run; returns its last metrics and the model."""
   strategy = distribute.make_strategy('one_device')
-  results = os.path.join(config.output_dir, loop.RESULTS_FILE)
+  results = os.path.join(config.output_dir, run_folder.RESULTS_FILE)
   start = time.perf_counter()
   if not os.path.exists(results):
     from tf_slwta.defenses import mixture  # pylint: disable=g-import-not-at-top
     perturb = (mixture.AttackMixture(config.train.mixture, config.attack,
                                      config.train.noise_sigma, strategy,
                                      gradient=config.train.mixture_gradient)
-               if config.train.mixture else loop.identity_perturbation)
+               if config.train.mixture else steps.identity_perturbation)
     loop.train(config, strategy, perturb=perturb)
   with open(results) as f:
     record = json.load(f)
-  model = loop.restore_model(config, strategy)
+  model = state.restore_model(config, strategy)
   return {'record': record, 'model': model,
           'train_seconds': time.perf_counter() - start}
 

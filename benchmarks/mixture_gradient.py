@@ -13,7 +13,6 @@ attack the model would be trained on.
     python benchmarks/mixture_gradient.py --run=/work/runs/issue12/q_lwta
 """
 
-import json
 import os
 import sys
 
@@ -25,12 +24,11 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
+import tf_slwta
 from tf_slwta import attacks
-from tf_slwta import config as config_lib
 from tf_slwta import data as data_lib
 from tf_slwta.layers import lwta
 from tf_slwta.layers import surrogate
-from tf_slwta.training import loop
 
 _RUN = flags.DEFINE_string('run', None, 'Output folder of a trained LWTA run.')
 _EXAMPLES = flags.DEFINE_integer('examples', 1000, 'Test images attacked.')
@@ -43,10 +41,7 @@ _PASSES = flags.DEFINE_integer('mc_samples', 10, 'Passes per decision.')
 def main(argv):
   del argv
   tf.get_logger().setLevel('ERROR')
-  with open(os.path.join(_RUN.value, loop.CONFIG_FILE)) as f:
-    config = config_lib.ExperimentConfig.from_dict(json.load(f))
-  config = config.__class__(**{**config.__dict__, 'output_dir': _RUN.value})
-  model = loop.restore_model(config, tf.distribute.get_strategy())
+  model, _, config = tf_slwta.load_run(_RUN.value)
   images, labels = data_lib.load_arrays(config.data, 'test')
   x = tf.cast(images[:_EXAMPLES.value], tf.float32) / 255.0
   y = tf.constant(labels[:_EXAMPLES.value])

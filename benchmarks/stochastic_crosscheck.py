@@ -41,12 +41,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_slwta import config as config_lib
+import tf_slwta
 from tf_slwta import data as data_lib
-from tf_slwta import run_folder
 from tf_slwta.evaluation import scoring
 from tf_slwta.layers import surrogate
-from tf_slwta.training import state
 
 with warnings.catch_warnings():
   warnings.simplefilter('ignore')  # ART warns that PyTorch is absent.
@@ -87,10 +85,8 @@ class Wrapped(keras.Model):
 
 
 def _load(path):
-  saved = run_folder.RunFolder(path).saved_settings()
-  config = config_lib.ExperimentConfig.from_dict({**saved, 'output_dir': path})
-  return config, state.restore_model(config,
-                                     tf.distribute.OneDeviceStrategy('/cpu:0'))
+  model, _, config = tf_slwta.load_run(path)
+  return config, model
 
 
 def _classifier(model, shape):

@@ -15,7 +15,7 @@ from tf_slwta import models
 from tf_slwta.layers import ibp
 from tf_slwta.layers import layout
 from tf_slwta.layers import lwta
-from tf_slwta.training import loop
+from tf_slwta.training import optimizer as optimizer_lib
 from tf_slwta.training import losses
 from tf_slwta.training import variational
 
@@ -376,7 +376,7 @@ def _train_losses(model_config, steps=40, learning_rate=0.05, seed=0):
   images, labels = data_lib.make_synthetic('train', 512)
   images = tf.cast(images, tf.float32) / 255.0
   model = models.build_model(model_config, data_lib.dataset_info('synthetic'))
-  optimizer = loop.make_optimizer(config_lib.TrainConfig(
+  optimizer = optimizer_lib.make_optimizer(config_lib.TrainConfig(
       epochs=1, learning_rate=learning_rate, lr_schedule='constant'), steps)
 
   @tf.function
@@ -438,7 +438,7 @@ def test_ibp_parameters_have_their_own_optimizer_and_no_weight_decay():
   assert {v.name for v in ibp_vars} == set(ibp.VARIABLE_NAMES)
   assert len(ibp_vars) == 9 and len(weights) + 9 == len(
       model.trainable_variables)
-  optimizer = loop.make_optimizer(
+  optimizer = optimizer_lib.make_optimizer(
       config_lib.TrainConfig(epochs=1, weight_decay=0.1), 10)
   optimizer.build(weights)
   ibp_optimizer = variational.make_ibp_optimizer(0.01, ibp_vars)

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from tf_slwta import config as config_lib
 from tf_slwta import data as data_lib
+from tf_slwta import loaded_run
 from tf_slwta import run_folder
 from tf_slwta.evaluation import distributed
 from tf_slwta.evaluation import records
@@ -68,14 +69,8 @@ def transfer_source(run_dir: str, strategy: tf.distribute.Strategy):
   """
   if not run_dir:
     return None
-  saved = run_folder.RunFolder(run_dir).saved_settings()
-  if saved is None:
-    raise FileNotFoundError(
-        f'--transfer_from={run_dir} holds no config.json: name the folder of '
-        f'a trained run (its --output_dir).')
-  source_config = config_lib.ExperimentConfig.from_dict(
-      {**saved, 'output_dir': run_dir})
-  source = state.restore_model(source_config, strategy)
+  del strategy  # The source runs where the default strategy puts it.
+  source = loaded_run.load_run(run_dir).model
   return lambda x: source(x, training=False)
 
 
