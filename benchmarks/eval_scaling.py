@@ -22,7 +22,6 @@ evaluations (check with `nvidia-smi` that every GPU is busy).
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,8 @@ sys.path.insert(0, ROOT)
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 
+from tf_slwta.training import tf_config
+
 _RUN = flags.DEFINE_string('run', 'runs/quickstart', 'Trained run to attack.')
 _EXAMPLES = flags.DEFINE_integer('examples', 2000, 'Test images.')
 _BATCH = flags.DEFINE_integer('batch_size', 250, 'Images per batch.')
@@ -43,15 +44,6 @@ _ATTACKS = flags.DEFINE_list(
                      '--apgd_steps=20', '--fgsm_eps=0.05'],
     'Attack flags of the evaluation.')
 
-
-def _free_ports(n):
-  sockets = [socket.socket() for _ in range(n)]
-  for s in sockets:
-    s.bind(('127.0.0.1', 0))
-  ports = [s.getsockname()[1] for s in sockets]
-  for s in sockets:
-    s.close()
-  return ports
 
 
 def _evaluate(run, strategy, extra_env=None, workers=1):
@@ -72,7 +64,7 @@ def _evaluate(run, strategy, extra_env=None, workers=1):
     if done.returncode:
       raise RuntimeError(done.stderr[-3000:])
   else:
-    hosts = [f'127.0.0.1:{p}' for p in _free_ports(workers)]
+    hosts = tf_config.local_workers(workers)
     procs = [subprocess.Popen(
         args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, env={**env, 'TF_CONFIG': json.dumps({

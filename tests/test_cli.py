@@ -4,7 +4,6 @@ import glob
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 
@@ -14,6 +13,7 @@ import pytest
 from cli_fixtures import parse_command
 from tf_slwta import cli
 from tf_slwta import config as config_lib
+from tf_slwta.training import tf_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGFILES = sorted(glob.glob(os.path.join(REPO, 'flags', '**', '*.cfg'),
@@ -152,28 +152,18 @@ def test_main_trains_and_evaluates_end_to_end(tmp_path):
 # A killed run resuming bit-identically: tests/test_resume.py.
 
 
-def free_ports(n):
-  sockets = [socket.socket() for _ in range(n)]
-  for s in sockets:
-    s.bind(('127.0.0.1', 0))
-  ports = [s.getsockname()[1] for s in sockets]
-  for s in sockets:
-    s.close()
-  return ports
-
-
 @pytest.mark.slow
 def test_two_workers_train_together(tmp_path):
-  workers = [f'127.0.0.1:{p}' for p in free_ports(2)]
+  workers = tf_config.local_workers(2)
   args = [SMOKE, '--strategy=multi_worker', f'--output_dir={tmp_path / "mw"}']
   procs = []
   for index in range(2):
-    tf_config = json.dumps({'cluster': {'worker': workers},
-                            'task': {'type': 'worker', 'index': index}})
+    cluster = json.dumps({'cluster': {'worker': workers},
+                          'task': {'type': 'worker', 'index': index}})
     procs.append(subprocess.Popen(
         [sys.executable, os.path.join(REPO, 'main.py'), *args], cwd=REPO,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, 'TF_CONFIG': tf_config,
+        env={**os.environ, 'TF_CONFIG': cluster,
              'TF_CPP_MIN_LOG_LEVEL': '2'}))
   outputs = []
   try:

@@ -19,6 +19,7 @@ from tf_slwta.evaluation import distributed
 from tf_slwta.evaluation import records
 from tf_slwta.evaluation import robustness
 from tf_slwta.modes import train as train_mode
+from tf_slwta.training import tf_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ATTACKS = config_lib.AttackConfig(
@@ -118,17 +119,6 @@ def test_records_refuse_sharing_without_a_folder(test_set):
               shard=robustness.Shard(0, 2))
 
 
-def _free_ports(n):
-  import socket  # pylint: disable=g-import-not-at-top
-  sockets = [socket.socket() for _ in range(n)]
-  for s in sockets:
-    s.bind(('127.0.0.1', 0))
-  ports = [s.getsockname()[1] for s in sockets]
-  for s in sockets:
-    s.close()
-  return ports
-
-
 @pytest.mark.slow
 def test_two_workers_give_the_table_of_one_device(tmp_path):
   config = config_lib.ExperimentConfig(
@@ -158,16 +148,16 @@ def test_two_workers_give_the_table_of_one_device(tmp_path):
        '--strategy=one_device', f'--output_dir={tmp_path / "one"}'],
       cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
   assert single.returncode == 0, single.stderr[-3000:]
-  workers = [f'127.0.0.1:{p}' for p in _free_ports(2)]
+  workers = tf_config.local_workers(2)
   procs = []
   for index in range(2):
-    tf_config = json.dumps({'cluster': {'worker': workers},
-                            'task': {'type': 'worker', 'index': index}})
+    cluster = json.dumps({'cluster': {'worker': workers},
+                          'task': {'type': 'worker', 'index': index}})
     procs.append(subprocess.Popen(
         [sys.executable, os.path.join(REPO, 'main.py'), *args,
          '--strategy=multi_worker', f'--output_dir={tmp_path / "two"}'],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**env, 'TF_CONFIG': tf_config}))
+        env={**env, 'TF_CONFIG': cluster}))
   try:
     outputs = [proc.communicate(timeout=600) for proc in procs]
   finally:

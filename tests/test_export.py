@@ -22,7 +22,6 @@ from serving_standin import ServingStandIn
 from tf_slwta import attacks
 from tf_slwta import config as config_lib
 from tf_slwta import data as data_lib
-from tf_slwta import models
 from tf_slwta.export import client as client_lib
 from tf_slwta.export import saved_model
 from tf_slwta.training import loop

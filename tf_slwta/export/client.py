@@ -190,8 +190,8 @@ class RestClient:
       except (ValueError, KeyError, TypeError):
         message = text.strip() or e.reason
       code = self._HTTP_CODES.get(e.code, f'HTTP {e.code}')
-      hint = (f' (the server gave up; raise its timeout or send smaller '
-              f'batches)' if code == 'DEADLINE_EXCEEDED' else '')
+      hint = (' (the server gave up; raise its timeout or send smaller '
+              'batches)' if code == 'DEADLINE_EXCEEDED' else '')
       raise ServingError(code, f'{url}: {message}{hint}') from e
     except (socket.timeout, TimeoutError) as e:
       raise ServingError('DEADLINE_EXCEEDED', f'{url} gave no answer in '

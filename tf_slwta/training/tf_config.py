@@ -5,6 +5,8 @@ The command line checks it while parsing flags, before TensorFlow starts.
 
 import json
 import os
+import socket
+from typing import List
 
 
 def tf_config_error() -> str:
@@ -33,3 +35,19 @@ def tf_config_workers() -> int:
   if tf_config_error():
     return 0
   return len(json.loads(os.environ['TF_CONFIG'])['cluster']['worker'])
+
+
+def local_workers(count: int) -> List[str]:
+  """`count` 'host:port' addresses of free ports on 127.0.0.1.
+
+  For a cluster of local processes (tests, benchmarks, trying
+  MultiWorkerMirroredStrategy on one machine). The ports are free when
+  returned; another program could take one before the workers bind it.
+  """
+  sockets = [socket.socket() for _ in range(count)]
+  for s in sockets:
+    s.bind(('127.0.0.1', 0))
+  addresses = [f'127.0.0.1:{s.getsockname()[1]}' for s in sockets]
+  for s in sockets:
+    s.close()
+  return addresses
