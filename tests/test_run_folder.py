@@ -79,6 +79,16 @@ def test_evaluate_takes_the_model_from_the_run_and_attacks_from_the_flags(
     folder.settings_for(config, given)
 
 
+def test_predict_asks_for_the_version_and_name_given(tmp_path):
+  run_folder.RunFolder(str(tmp_path)).write_config(tiny(tmp_path))
+  folder = run_folder.RunFolder(str(tmp_path))
+  config, given = parsed('--mode=predict', f'--output_dir={tmp_path}',
+                         '--export_version=3', '--export_name=served')
+  merged, notes = folder.settings_for(config, given)
+  assert (merged.serve.version, merged.serve.model_name) == (3, 'served')
+  assert not notes
+
+
 def test_train_resumes_from_the_record_and_refuses_real_conflicts(tmp_path):
   trained = tiny(tmp_path)
   run_folder.RunFolder(str(tmp_path)).write_config(trained)

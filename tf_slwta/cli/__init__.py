@@ -65,7 +65,10 @@ def given_fields(fv: flags.FlagValues = flags.FLAGS) -> Dict[str, str]:
   over a run's own settings.
   """
   given = {}
+  predict = fv['mode'].value == 'predict'
   for flag_name, (section, field) in convert.FIELDS.items():
+    if predict and flag_name in convert.PREDICT_FIELDS:
+      section, field = convert.PREDICT_FIELDS[flag_name]
     flag = fv[flag_name]
     if flag.present:
       value = flag.serialize().lstrip('-')

@@ -41,6 +41,10 @@ FIELDS = {}
 for _section, _names in definitions.SECTIONS.items():
   for _name in _names:
     FIELDS.setdefault(_name, _RENAMED.get(_name, (_section, _name)))
+# What --export_name and --export_version set under --mode=predict: the
+# served model and version it asks for.
+PREDICT_FIELDS = {'export_name': ('serve', 'model_name'),
+                  'export_version': ('serve', 'version')}
 
 
 def register_validators(fv: flags.FlagValues) -> None:

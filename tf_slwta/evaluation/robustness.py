@@ -71,12 +71,13 @@ class Examples:
       clean images.
     labels: int64 `[n]`.
     adversarial: {attack or 'combined': float32 `[n, H, W, C]` in [0, 1]};
-      for a worst-case combination, the first attack's image that fooled
-      the model, else the clean image.
+      the candidate the row scored: the one with the fewest right decisions
+      (ties: the lowest true-class margin) among the attack's images and
+      the clean image (`scoring.Candidates.worst`).
     probabilities: {name: float32 `[n, K]`}, the mean softmax over
       `mc_samples` passes that made the decision (rows sum to 1).
-    robust: {name: bool `[n]`}, the verdict the table counted (right on the
-      clean and on the attacked image; for 'natural', right on the clean).
+    robust: {name: bool `[n]`}, the verdict the table counted: the picked
+      image is right in at least half of the fresh repeated decisions.
     true_class: {name: float32 `[N]` in [0, 1]}, the mean probability of the
       true class for every evaluated example (for a worst-case combination,
       that of the image it picked).
@@ -284,7 +285,8 @@ class _BatchEvaluator:
         chained = group[0].run(chained, yt, seed)
       chained = chained.numpy()
       ok, probs = self.decide(chained, y)
-      score('combined', scoring.Candidates([chained], [ok], [probs]))
+      score('combined', scoring.Candidates([x, chained], [clean_ok, ok],
+                                           [clean_probs, probs]))
     return out
 
 
@@ -401,7 +403,7 @@ def evaluate_robustness(logits_fn: Optional[attacks.eot.LogitsFn],
                      arrays[f'{name}/probs'], ok.mean(axis=0) >= 0.5)
     for k, v in arrays.items():
       if k.startswith('seconds/'):
-        attack = k.split('/')[1]
+        attack = k.split('/', 1)[1]
         seconds[attack] = seconds.get(attack, 0.0) + float(v)
   return _table(first, rows, seconds, cfg, len(images), outcomes)
 

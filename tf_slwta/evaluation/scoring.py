@@ -77,7 +77,7 @@ def summarize(ok: np.ndarray, l2: np.ndarray, linf: np.ndarray,
     that mean over the R repeats (0 for R = 1), 'image_se': sqrt(p (1 - p) /
     N), 'success_rate': 1 - accuracy / natural accuracy (the share of
     clean-right answers the attack turned wrong; None for the clean row),
-    'median_l2' of the perturbed images wrong in at least half the repeats
+    'median_l2' of the perturbed images wrong in more than half the repeats
     (None if none), 'max_linf'}.
   """
   repeats, n = ok.shape

@@ -8,7 +8,7 @@ competitors are the two contiguous halves of the channel axis, which on a
 CPU is about twice as fast as pairing channels 2k and 2k + 1 on an innermost
 size-2 axis. IBP block utilities (`ibp.IBPMask`) use the same layout. The
 references pair consecutive channels; checkpoints made with that layout
-(before `LAYOUT_VERSION` 2) are refused by `check_checkpoint_layout`, since
+(before `LAYOUT_VERSION` 2) are refused by `layout.check_checkpoint`, since
 their weights would load but mean something else.
 
 The competition. In each block, at every position, a winner is drawn from a

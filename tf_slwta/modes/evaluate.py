@@ -128,8 +128,12 @@ def attack_and_report(config: config_lib.ExperimentConfig,
     meta = {'scoring': robustness.SCORING,
             'output_dir': config.output_dir, 'dataset': config.data.dataset,
             'model': config.model.name,
+            # Test-time model settings (temperatures, PNI at test) and the
+            # batch size change the outcomes: a record holds one of each.
+            'model_settings': config.to_dict()['model'],
             'checkpoint': state.latest_checkpoint(config.output_dir),
             'eval_examples': config.data.eval_examples,
+            'eval_batch_size': config.data.eval_batch_size,
             'attack_settings': config.to_dict()['attack']}
     rows = robustness.load_report(config.output_dir, meta) if (
         reuse_robustness and chief) else None
