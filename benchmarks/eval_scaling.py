@@ -45,7 +45,6 @@ _ATTACKS = flags.DEFINE_list(
     'Attack flags of the evaluation.')
 
 
-
 def _evaluate(run, strategy, extra_env=None, workers=1):
   """Runs --mode=evaluate on a copy of `run`; (seconds, rows)."""
   folder = tempfile.mkdtemp(prefix='eval_scaling_')
