@@ -2,29 +2,23 @@
 
 Trains a recipe (a flagfile) and its twin (the same flagfile with
 `--activation=relu --noibp`: same network, data, adversarial training and
-budget), then scores both with `strongest_evaluation`, the one function to
-swap for a stronger audit:
-
-  * PGD L-inf with many steps and random restarts; for a stochastic model
-    twice, with the gradient of the adaptive surrogate
-    (`surrogate.surrogate_logits_fn(logits_fn, 'expected')`: each LWTA unit
-    times its winning probability, deterministic) and with plain EOT
-    (the gradient averaged over `eot_samples` sampled passes);
-  * decisions (clean and attacked) are the argmax of the softmax averaged
-    over `mc_samples` passes; an image counts as robust only if its clean
-    decision and its decision under every attack are right (per-image
-    worst case);
-  * every accuracy comes with the image count and its binomial standard
-    error sqrt(p (1 - p) / n); the decision's own Monte Carlo noise is
-    reported as the share of images whose clean decision changes between
-    two independent scorings.
+budget), then scores every run with the project's strongest evaluation,
+the gradient-masking audit (`evaluation.audit.run_audit`, settings from
+--audit_flagfile, flags/attacks/audit_cpu.cfg by default): APGD-CE and
+APGD-DLR in every gradient mode of the stochastic layers, Square, FGSM,
+random noise and a transfer attack (the LWTA runs from the twin, the twin
+from the first LWTA run); each image robust only if it survives all of
+them, scored by fresh repeated decisions of `--mc_samples` passes. Every
+number comes with its Monte Carlo and image standard errors and the
+audit's failed checks.
 
     python benchmarks/lwta_vs_relu.py                       # the recipe
     python benchmarks/lwta_vs_relu.py --part=ablation       # the ablation
     python benchmarks/lwta_vs_relu.py --write=false         # print only
 
 Runs go to --runs_dir (finished runs are reused: delete a folder to retrain
-it); the tables to BENCHMARKS.md.
+it; a finished audit with the same settings is reused too); the tables to
+BENCHMARKS.md.
 """
 
 import dataclasses
@@ -42,14 +36,12 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
-from tf_slwta import attacks
 from tf_slwta import cli
 from tf_slwta import config as config_lib
 from tf_slwta import data as data_lib
 from tf_slwta import run_folder
+from tf_slwta.evaluation import audit
 from tf_slwta.layers import ibp
-from tf_slwta.layers import lwta
-from tf_slwta.layers import surrogate
 from tf_slwta.training import distribute
 from tf_slwta.training import loop
 from tf_slwta.training import state
@@ -64,11 +56,10 @@ _ABLATION = flags.DEFINE_string('ablation_flagfile',
                                 'Flagfile of the ablation\'s base run.')
 _RUNS = flags.DEFINE_string('runs_dir', 'runs/lwta_vs_relu',
                             'Where the runs are trained (and reused).')
-_EXAMPLES = flags.DEFINE_integer('examples', 1000, 'Test images scored.')
-_EPS = flags.DEFINE_float('eps', 0.1, 'L-inf budget of the evaluation.')
-_STEPS = flags.DEFINE_integer('steps', 50, 'PGD steps.')
-_RESTARTS = flags.DEFINE_integer('restarts', 3, 'PGD random restarts.')
-_EOT = flags.DEFINE_integer('eot_samples', 10, 'EOT passes per gradient.')
+_AUDIT = flags.DEFINE_string('audit_flagfile', 'flags/attacks/audit_cpu.cfg',
+                             'Flagfile of the audit\'s attacks and checks.')
+_EXAMPLES = flags.DEFINE_integer('examples', 500, 'Test images scored.')
+_EPS = flags.DEFINE_float('eps', 0.0314, 'L-inf budget of the evaluation.')
 _MC = flags.DEFINE_integer('mc_samples', 10, 'Passes per decision.')
 _BATCH = flags.DEFINE_integer('batch_size', 250, 'Images per attack batch.')
 _WRITE = flags.DEFINE_bool('write', True, 'Update BENCHMARKS.md.')
@@ -97,83 +88,46 @@ ABLATION = (
 )
 
 
-def is_stochastic(model) -> bool:
-  """Whether the model samples at test time (LWTA winners)."""
-  return any(not l.deterministic for l in lwta.lwta_layers(model))
+def audit_settings() -> tuple:
+  """(AttackConfig, AuditConfig) of --audit_flagfile at --eps / --mc_samples."""
+  parsed = cli.parse_flagfiles([_AUDIT.value])
+  return (dataclasses.replace(parsed.attack, aa_eps=_EPS.value,
+                              mc_samples=_MC.value), parsed.audit)
 
 
-def strongest_evaluation(model, images: np.ndarray, labels: np.ndarray, *,
-                         eps: float, steps: int, restarts: int,
-                         eot_samples: int, mc_samples: int,
-                         batch_size: int = 250, seed: int = 0
+def strongest_evaluation(model, images: np.ndarray, labels: np.ndarray,
+                         transfer_model=None, transfer_from: str = ''
                          ) -> Dict[str, object]:
-  """Clean and worst-case robust accuracy under the strongest attacks here.
+  """The audit of `model`, summed up for the table.
 
   Args:
     model: a Keras model mapping images in [0, 1] to logits.
     images: uint8 `[N, H, W, C]`; labels: int `[N]`.
-    eps: L-inf budget; PGD steps of 2.5 eps / steps, random starts.
-    steps, restarts: PGD iterations and restarts (worst restart kept).
-    eot_samples: sampled passes per gradient for the plain EOT attack.
-    mc_samples: passes per decision.
-    batch_size: images per attack batch.
-    seed: seed of the random starts.
+    transfer_model: source model of the transfer attack, or None;
+      transfer_from: its run folder (named in the table's settings).
 
   Returns:
-    {'images': N, 'clean', 'worst_case' and one entry per attack: accuracy
-    in [0, 1]; 'se': {name: binomial standard error}; 'decision_flips':
-    share of images whose clean decision differs between two independent
-    scorings; 'attacks': {name: description}; 'seconds'}.
+    {'images': N, 'clean', 'worst_case': accuracy in [0, 1], 'se': {name:
+    (Monte Carlo s.e., image s.e.)}, 'failed': names of failed checks,
+    'seconds'}.
   """
+  attack, audit_cfg = audit_settings()
+  if transfer_model is not None:
+    attack = dataclasses.replace(attack, transfer_from=transfer_from)
   served = lambda x: model(x, training=False)
-  stochastic = is_stochastic(model)
-  passes = mc_samples if stochastic else 1
-  alpha = 2.5 * eps / steps
-  common = dict(eps=eps, alpha=alpha, steps=steps, restarts=restarts,
-                mc_samples=passes)
-  if stochastic:
-    runs = {
-        'pgd_expected': (surrogate.surrogate_logits_fn(served, 'expected'),
-                         dict(eot_samples=1)),
-        'pgd_eot': (served, dict(eot_samples=eot_samples)),
-    }
-  else:
-    runs = {'pgd': (served, dict(eot_samples=1))}
-  descriptions = {
-      name: (f'PGD Linf eps={eps:g}, alpha={alpha:g}, {steps} steps, '
-             f'{restarts} restarts, gradient: '
-             + {'pgd_expected': 'expected winners (adaptive)',
-                'pgd_eot': f'EOT over {eot_samples} sampled passes',
-                'pgd': 'the model'}[name])
-      for name in runs}
   start = time.perf_counter()
-  ok = {name: [] for name in ('clean', 'clean_again', *runs)}
-  for index, (x, y) in enumerate(data_lib.as_batches(images, labels,
-                                                     batch_size)):
-    decide = lambda v: (attacks.predict(served, v, passes) == y).numpy()
-    ok['clean'].append(decide(x))
-    ok['clean_again'].append(decide(x))
-    for name, (fn, options) in runs.items():
-      adv = attacks.pgd(fn, x, y, norm='inf', seed=seed * 7919 + index,
-                        **common, **options)
-      ok[name].append(decide(adv))
-    print(f'evaluation: batch {index + 1} ({time.perf_counter() - start:.0f}'
-          f' s)', flush=True)
-  ok = {name: np.concatenate(v) for name, v in ok.items()}
-  worst = ok['clean'].copy()
-  for name in runs:
-    worst &= ok[name]
-  n = len(worst)
-  result = {'images': n, 'clean': float(ok['clean'].mean()),
-            'worst_case': float(worst.mean())}
-  for name in runs:
-    result[name] = float((ok['clean'] & ok[name]).mean())
-  result['se'] = {k: float(np.sqrt(result[k] * (1 - result[k]) / n))
-                  for k in ('clean', 'worst_case', *runs)}
-  result['decision_flips'] = float(np.mean(ok['clean'] != ok['clean_again']))
-  result['attacks'] = descriptions
-  result['seconds'] = time.perf_counter() - start
-  return result
+  result = audit.run_audit(
+      served, images, labels, attack, audit_cfg, batch_size=_BATCH.value,
+      transfer_logits_fn=(None if transfer_model is None else
+                          lambda x: transfer_model(x, training=False)))
+  rows = {row['attack']: row for row in result['rows']}
+  picked = {'clean': rows['natural'], 'worst_case': rows['combined']}
+  return {'images': len(images),
+          **{k: row['accuracy'] for k, row in picked.items()},
+          'se': {k: (row['mc_se'], row['image_se'])
+                 for k, row in picked.items()},
+          'failed': list(result['failed']),
+          'seconds': time.perf_counter() - start}
 
 
 def train_run(config: config_lib.ExperimentConfig) -> Dict[str, object]:
@@ -207,42 +161,31 @@ def _with(config: config_lib.ExperimentConfig, output_dir: str,
       train=dataclasses.replace(config.train, **train))
 
 
-def _evaluate(run, images, labels):
-  return strongest_evaluation(
-      run['model'], images, labels, eps=_EPS.value, steps=_STEPS.value,
-      restarts=_RESTARTS.value, eot_samples=_EOT.value, mc_samples=_MC.value,
-      batch_size=_BATCH.value)
-
-
 def _pct(result, key):
-  if key not in result:
-    return '-'
-  return f'{100 * result[key]:.1f} ± {100 * result["se"][key]:.1f}'
+  mc, image = result['se'][key]
+  return f'{100 * result[key]:.1f} ± {100 * mc:.1f} ± {100 * image:.1f}'
 
 
 def _table(rows: Sequence[tuple], title: str, config) -> str:
   """Markdown: one line per (name, flags, run, result)."""
-  first = rows[0][3]
+  attack, _ = audit_settings()
   lines = [title, '',
-           f'Scored on the first {first["images"]} Fashion-MNIST test images'
-           f' (± one binomial standard error); decisions averaged over '
-           f'{_MC.value} passes; robust = right on the clean image and '
-           f'under every attack (per-image worst case). Attacks: PGD L-inf '
-           f'eps={_EPS.value:g}, {_STEPS.value} steps of '
-           f'{2.5 * _EPS.value / _STEPS.value:g}, {_RESTARTS.value} '
-           f'restarts; for LWTA once through the expected winners '
-           f'(adaptive) and once with EOT over {_EOT.value} sampled passes.',
-           '', '| model | clean (%) | PGD, expected winners (%) | '
-           'PGD, EOT (%) | PGD (%) | worst case (%) | decision flips (%) | '
+           f'Scored by the audit ({_AUDIT.value}, eps {_EPS.value:g}, '
+           f'{",".join(attack.attacks)} in every gradient mode, FGSM, random '
+           f'noise, transfer) on the first {rows[0][3]["images"]} test '
+           f'images; decisions averaged over {_MC.value} passes, each image '
+           f'scored by {attack.decision_repeats} fresh decisions; robust = '
+           f'right under every attack (per-image worst case). Accuracy (%) ± '
+           f'Monte Carlo s.e. ± image s.e.', '',
+           '| model | clean (%) | worst case (%) | failed checks | '
            'IBP pruned (%) | train s |',
-           '|---|---|---|---|---|---|---|---|---|']
+           '|---|---|---|---|---|---|']
   for name, _, run, result in rows:
     pruned = ibp.pruned_fractions(run['model']).get('all')
     lines.append(
         f'| {name} | {_pct(result, "clean")} | '
-        f'{_pct(result, "pgd_expected")} | {_pct(result, "pgd_eot")} | '
-        f'{_pct(result, "pgd")} | {_pct(result, "worst_case")} | '
-        f'{100 * result["decision_flips"]:.1f} | '
+        f'{_pct(result, "worst_case")} | '
+        f'{", ".join(result["failed"]) or "none"} | '
         f'{"-" if pruned is None else f"{100 * pruned:.1f}"} | '
         f'{run["record"].get("train/epoch_seconds", 0) * config.train.epochs:.0f} |')
   return '\n'.join(lines)
@@ -275,28 +218,36 @@ def main(argv):
     variants = ABLATION
   images, labels = data_lib.load_arrays(
       dataclasses.replace(base.data, eval_examples=_EXAMPLES.value), 'test')
-  rows = []
+  runs = []
   for index, (name, changes) in enumerate(variants):
     changes = {k: (1.0 / n_train if v == 'one_over_n' else v)
                for k, v in changes.items()}
     folder = os.path.join(_RUNS.value, stem, f'{index}')
-    config = _with(base, folder, **changes)
     print(f'\n=== {name}: {folder} ===', flush=True)
-    run = train_run(config)
+    runs.append((name, changes, folder,
+                 train_run(_with(base, folder, **changes))))
+  # The transfer attack: LWTA runs from the twin, the twin from the first.
+  twin = next((folder, run['model']) for _, changes, folder, run in runs
+              if changes.get('activation') == 'relu')
+  attack, audit_cfg = audit_settings()
+  settings = {'attack': dataclasses.asdict(attack),
+              'audit': dataclasses.asdict(audit_cfg),
+              'examples': _EXAMPLES.value}
+  rows = []
+  for name, changes, folder, run in runs:
     saved = os.path.join(folder, 'strongest_evaluation.json')
-    settings = dict(eps=_EPS.value, steps=_STEPS.value,
-                    restarts=_RESTARTS.value, eot=_EOT.value, mc=_MC.value,
-                    examples=_EXAMPLES.value)
     result = None
     if os.path.exists(saved):
       with open(saved) as f:
         kept = json.load(f)
       result = kept['result'] if kept['settings'] == settings else None
     if result is None:
-      result = _evaluate(run, images, labels)
+      source = (runs[0][2], runs[0][3]['model']) if folder == twin[0] else twin
+      result = strongest_evaluation(run['model'], images, labels, source[1],
+                                    source[0])
       with open(saved, 'w') as f:
         json.dump({'settings': settings, 'result': result}, f, indent=2)
-    print(json.dumps(result), flush=True)
+    print(name, json.dumps(result), flush=True)
     rows.append((name, changes, run, result))
   command = ('python benchmarks/lwta_vs_relu.py' +
              (f' --recipe={flagfile}' if _PART.value == 'recipe'
