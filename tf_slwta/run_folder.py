@@ -335,7 +335,7 @@ class RunFolder:
     identity = ([f'{s}.{n}' for s, names in
                  config_lib.RUN_IDENTITY_FIELDS.items() for n in names]
                 if config.mode == 'train' else config_lib.MODEL_IDENTITY)
-    conflicts, ignored = [], []
+    conflicts, ignored, taken = [], [], set()
     for key, flag in sorted(given.items()):
       section, name = key.split('.')
       old, new = merged[section][name], wanted[section][name]
@@ -345,8 +345,11 @@ class RunFolder:
         conflicts.append(f'{flag} (the run has {_shown(old)})')
       elif '*' in takes or f'{section}.*' in takes or key in takes:
         merged[section][name] = new
+        taken.add(flag)
       else:
         ignored.append(flag)
+    # A flag that sets fields in two sections applies if the mode takes one.
+    ignored = sorted(set(ignored) - taken)
     if conflicts:
       raise RunMismatch(
           f'{self.path} holds a run made with other settings: '

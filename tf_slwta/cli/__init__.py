@@ -65,14 +65,13 @@ def given_fields(fv: flags.FlagValues = flags.FLAGS) -> Dict[str, str]:
   over a run's own settings.
   """
   given = {}
-  predict = fv['mode'].value == 'predict'
-  for flag_name, (section, field) in convert.FIELDS.items():
-    if predict and flag_name in convert.PREDICT_FIELDS:
-      section, field = convert.PREDICT_FIELDS[flag_name]
+  for flag_name, fields in convert.FIELDS.items():
     flag = fv[flag_name]
     if flag.present:
       value = flag.serialize().lstrip('-')
-      given[f'{section}.{field}'] = f'--{value}' if value else f'--{flag_name}'
+      for section, field in fields:
+        given[f'{section}.{field}'] = (f'--{value}' if value
+                                       else f'--{flag_name}')
   return given
 
 

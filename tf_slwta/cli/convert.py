@@ -34,17 +34,17 @@ _RENAMED = {
     'audit_tolerance': ('audit', 'tolerance'),
     'audit_zero_accuracy': ('audit', 'zero_accuracy'),
 }
-# Every sectioned flag -> the (section, field) it sets. --export_name and
-# --export_version set the export's; --mode=predict also asks the server
-# for them.
+# Flags that set a field in a second section: {flag: (section, field)}.
+# --export_name and --export_version name the export and, for
+# --mode=predict, the served model and version asked for.
+_ALSO = {'export_name': ('serve', 'model_name'),
+         'export_version': ('serve', 'version')}
+# Every sectioned flag -> the (section, field) pairs it sets.
 FIELDS = {}
 for _section, _names in definitions.SECTIONS.items():
   for _name in _names:
-    FIELDS.setdefault(_name, _RENAMED.get(_name, (_section, _name)))
-# What --export_name and --export_version set under --mode=predict: the
-# served model and version it asks for.
-PREDICT_FIELDS = {'export_name': ('serve', 'model_name'),
-                  'export_version': ('serve', 'version')}
+    FIELDS.setdefault(_name, (_RENAMED.get(_name, (_section, _name)),) +
+                      ((_ALSO[_name],) if _name in _ALSO else ()))
 
 
 def register_validators(fv: flags.FlagValues) -> None:
