@@ -27,6 +27,7 @@ import tensorflow as tf
 import tf_slwta
 from tf_slwta import attacks
 from tf_slwta import data as data_lib
+from tf_slwta.evaluation import scoring
 from tf_slwta.layers import lwta
 from tf_slwta.layers import surrogate
 
@@ -59,14 +60,17 @@ def main(argv):
                                                         'straight_through'),
   }
 
-  def accuracy(v):
-    correct = []
-    for start in range(0, len(v), 250):
-      pred = attacks.predict(served, v[start:start + 250], _PASSES.value)
-      correct.append((pred == y[start:start + 250]).numpy())
-    return np.concatenate(correct)
+  def right(v):
+    """bool `[N]`: the decision (one of `mc_samples` passes) is right."""
+    return np.concatenate([scoring.decide_repeated(
+        served, v[s:s + 250], y[s:s + 250].numpy(), _PASSES.value, 1)[0][0]
+                           for s in range(0, len(v), 250)])
 
-  clean = accuracy(x)
+  def cells(ok):
+    numbers = scoring.summarize(ok[None], np.zeros(len(ok)), np.zeros(len(ok)))
+    return f'{100 * numbers["accuracy"]:.1f} | {100 * numbers["image_se"]:.1f}'
+
+  clean = right(x)
   n = len(clean)
   lines = [f'Model: {_RUN.value} ({config.model.name}, '
            f'{config.model.activation}); {n} Fashion-MNIST test images; '
@@ -75,16 +79,12 @@ def main(argv):
            f'in training); decisions averaged over {_PASSES.value} passes.',
            '', '| gradient path | accuracy on the attacked images (%) | '
            'standard error |', '|---|---|---|',
-           f'| none (clean images) | {100 * clean.mean():.1f} | '
-           f'{100 * np.sqrt(clean.mean() * (1 - clean.mean()) / n):.1f} |']
+           f'| none (clean images) | {cells(clean)} |']
   for name, fn in paths.items():
     adv = tf.concat([attacks.pgd(fn, x[s:s + 250], y[s:s + 250], _EPS.value,
                                  _ALPHA.value, _STEPS.value, seed=s)
                      for s in range(0, n, 250)], 0)
-    ok = accuracy(adv) & clean
-    p = ok.mean()
-    lines.append(f'| {name} | {100 * p:.1f} | '
-                 f'{100 * np.sqrt(p * (1 - p) / n):.1f} |')
+    lines.append(f'| {name} | {cells(right(adv) & clean)} |')
     print(lines[-1], flush=True)
   print('\n'.join(lines))
 
