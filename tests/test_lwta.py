@@ -148,6 +148,24 @@ def test_pair_fast_path_gradient_is_the_formula_s_gradient():
                                atol=1e-5)
 
 
+def test_pair_winner_kl_is_accurate_for_any_response_gap():
+  # The fast path computes KL(Bernoulli(sigmoid(d)) || 1/2) from
+  # m = sigmoid(|d|); against the float64 closed form from tiny to huge |d|
+  # (where softplus(d) - sigmoid(d) d cancels badly if done naively).
+  gaps = np.array([-200, -90, -17, -10, -1, -1e-3, 0, 1e-4, 0.5, 3, 10, 17,
+                   90, 200], np.float64)
+  x = tf.constant(np.stack([gaps, np.zeros_like(gaps)], -1), tf.float32)
+  with tf.GradientTape() as tape:
+    tape.watch(x)
+    _, kl = lwta.pair_lwta(x, None, 1.0, True)
+  grad = tape.gradient(kl, x).numpy()
+  q = 1.0 / (1.0 + np.exp(-gaps))
+  expected = np.log(2.0) - np.logaddexp(0.0, gaps) + q * gaps
+  np.testing.assert_allclose(kl.numpy(), expected, atol=1e-6)
+  np.testing.assert_allclose(grad[:, 0], gaps * q * (1.0 - q), atol=1e-6)
+  np.testing.assert_allclose(grad[:, 1], -grad[:, 0])
+
+
 def test_general_path_for_three_competitors():
   layer = lwta.LWTA(competitors=3, seed=4)
   x = tf.random.stateless_normal([5, 2, 2, 12], seed=[8, 9])

@@ -42,6 +42,7 @@ import threading
 from typing import Iterator
 
 import keras
+import ml_dtypes
 import numpy as np
 import tensorflow as tf
 
@@ -53,8 +54,6 @@ from tf_slwta.layers import surrogate
 LAYOUT_VERSION = 2
 # Name of the checkpoint entry that records LAYOUT_VERSION.
 LAYOUT_CHECKPOINT_KEY = 'channel_layout'
-
-_TINY = 1e-7
 
 _state = threading.local()
 
@@ -95,21 +94,56 @@ def categorical_kl_from_uniform(logits: tf.Tensor, axis: int = -1) -> tf.Tensor:
   return tf.reduce_sum(tf.exp(log_q) * log_q, axis=axis) + tf.math.log(units)
 
 
+def _open_uniform(shape, seed, dtype):
+  """Uniform draws in the open interval (0, 1), from a stateless seed.
+
+  TensorFlow's uniform floats are the grid k * eps, k = 0 .. 1/eps - 1
+  (eps: the dtype's machine epsilon). Shifting by eps / 2 gives the grid's
+  midpoints, symmetric about 1/2 and never 0 or 1, in one addition instead
+  of `stateless_uniform`'s scaling to [minval, maxval) (two passes over
+  memory). Returns (u, 1 - u), both exact in the dtype.
+  """
+  key, counter, alg = tf.raw_ops.StatelessRandomGetKeyCounterAlg(seed=seed)
+  u = tf.raw_ops.StatelessRandomUniformV2(shape=shape, key=key,
+                                          counter=counter, alg=alg,
+                                          dtype=dtype)
+  half = 0.5 * float(ml_dtypes.finfo(dtype.as_numpy_dtype).eps)
+  return u + half, (1.0 - half) - u
+
+
 def logistic_noise(shape, seed, dtype=tf.float32) -> tf.Tensor:
   """Logistic(0, 1) draws, log(u / (1 - u)), from a stateless seed.
 
-  One log instead of log(u) - log1p(-u): a quarter faster on a CPU, and u
-  is kept in [1e-7, 1 - 1e-7], where the two agree to float32 precision.
+  One log instead of log(u) - log1p(-u): a quarter faster on a CPU; u is
+  on the midpoints of the dtype's uniform grid (`_open_uniform`), where 1 - u
+  is exact, so the two agree.
+
+  Args:
+    shape: int vector, the output shape.
+    seed: int `[2]`, a stateless seed.
+    dtype: a float dtype.
+
+  Returns:
+    float `shape`, |values| < log(2 / eps) (about 16.6 in float32).
   """
-  u = tf.random.stateless_uniform(shape, seed, minval=_TINY,
-                                  maxval=1.0 - _TINY, dtype=dtype)
-  return tf.math.log(u / (1.0 - u))
+  dtype = tf.as_dtype(dtype)
+  u, one_minus_u = _open_uniform(shape, seed, dtype)
+  return tf.math.log(u / one_minus_u)
 
 
 def gumbel_noise(shape, seed, dtype=tf.float32) -> tf.Tensor:
-  """Gumbel(0, 1) draws, -log(-log(u)), from a stateless seed."""
-  u = tf.random.stateless_uniform(shape, seed, minval=_TINY,
-                                  maxval=1.0 - _TINY, dtype=dtype)
+  """Gumbel(0, 1) draws, -log(-log(u)), from a stateless seed.
+
+  Args:
+    shape: int vector, the output shape.
+    seed: int `[2]`, a stateless seed.
+    dtype: a float dtype.
+
+  Returns:
+    float `shape`, finite.
+  """
+  dtype = tf.as_dtype(dtype)
+  u, _ = _open_uniform(shape, seed, dtype)
   return -tf.math.log(-tf.math.log(u))
 
 
@@ -123,9 +157,16 @@ def pair_lwta(x: tf.Tensor, noise, temperature: float, with_kl: bool):
 
   Channel k competes with channel k + C/2. With d = h_a - h_b,
     s = sigmoid((d + noise) / T)   (noise None: s = [d >= 0], hard winners)
-    outputs (h_a * s, h_b * (1 - s)),
+    outputs x * [s, 1 - s],
     winner KL per element = log 2 - softplus(d) + sigmoid(d) * d
   (= KL(Bernoulli(sigmoid(d)) || Bernoulli(1/2))).
+
+  Written for few passes over memory (each elementwise op on a CPU is
+  memory-bound): the outputs are x times one mask [s, 1 - s]; the KL is
+  computed from m = sigmoid(|d|) (below) rather than softplus, which
+  TensorFlow's CPU kernel evaluates about three times slower than sigmoid;
+  the gradient uses TensorFlow's `SigmoidGrad` for both sigmoids
+  (BENCHMARKS.md, "training-step overhead").
 
   Args:
     x: float `[B, ..., C]`, C even.
@@ -135,54 +176,54 @@ def pair_lwta(x: tf.Tensor, noise, temperature: float, with_kl: bool):
     with_kl: also return the winner KL summed per example.
 
   Returns:
-    (outputs `[B, ..., C]`, KL `[B]` >= 0 or None).
+    (outputs `[B, ..., C]`, KL `[B]` >= 0 up to float rounding, or None).
   """
   inv_t = 1.0 / temperature
+  rank = len(x.shape)
 
-  def forward(x):
+  @tf.custom_gradient
+  def op(x):
     a, b = tf.split(x, 2, axis=-1)
     d = a - b
     if noise is None:
       s = tf.cast(d >= 0, x.dtype)
     else:
       s = tf.sigmoid((d + noise) * inv_t)
-    return a, b, d, s, tf.concat([a * s, b - b * s], axis=-1)
+    mask = tf.concat([s, 1.0 - s], axis=-1)
+    out = x * mask
+    m = kl = None
+    if with_kl:
+      # KL is even in d. With m = sigmoid(|d|) (the larger response's
+      # winning probability), KL = log 2 + log m - (1 - m) |d|: log of a
+      # value in [1/2, 1], so no softplus and no cancellation; within 1e-6
+      # of the float64 value for any d (tests/test_lwta.py). Since
+      # m (1 - m) = q (1 - q), the gradient d q (1 - q) uses m too.
+      abs_d = tf.abs(d)
+      m = tf.sigmoid(abs_d)
+      kl = _per_example_sum(tf.math.log(m) - (abs_d - m * abs_d))
+      kl += np.log(2.0) * tf.cast(tf.reduce_prod(tf.shape(d)[1:]), x.dtype)
 
-  if not with_kl:
-    @tf.custom_gradient
-    def op(x):
-      a, b, _, s, out = forward(x)
+    def grad(g, g_kl=None):
+      dx = g * mask
+      r = None
+      if noise is not None:  # d out / d d through s.
+        ga, gb = tf.split(g * x, 2, axis=-1)
+        r = tf.raw_ops.SigmoidGrad(y=s, dy=(ga - gb) * inv_t)
+      if with_kl and g_kl is not None:  # d KL / d d = d m (1 - m).
+        r_kl = tf.raw_ops.SigmoidGrad(
+            y=m, dy=d * tf.reshape(g_kl, [-1] + [1] * (rank - 1)))
+        r = r_kl if r is None else r + r_kl
+      if r is not None:
+        dx += tf.concat([r, -r], axis=-1)
+      return dx
 
-      def grad(g):
-        ga, gb = tf.split(g, 2, axis=-1)
-        if noise is None:
-          return tf.concat([ga * s, gb - gb * s], axis=-1)
-        r = (ga * a - gb * b) * (s - s * s) * inv_t
-        return tf.concat([ga * s + r, gb - gb * s - r], axis=-1)
+    if with_kl:
+      return (out, kl), grad
+    return out, grad
 
-      return out, grad
-
-    return op(x), None
-
-  @tf.custom_gradient
-  def op_kl(x):
-    a, b, d, s, out = forward(x)
-    q = tf.sigmoid(d)
-    kl = _per_example_sum(np.log(2.0) - tf.nn.softplus(d) + q * d)
-
-    def grad(g, g_kl):
-      ga, gb = tf.split(g, 2, axis=-1)
-      r = 0.0
-      if g_kl is not None:  # d KL / d d = d q (1 - q).
-        g_kl = tf.reshape(g_kl, [-1] + [1] * (len(x.shape) - 1))
-        r = g_kl * d * (q - q * q)
-      if noise is not None:
-        r += (ga * a - gb * b) * (s - s * s) * inv_t
-      return tf.concat([ga * s + r, gb - gb * s - r], axis=-1)
-
-    return (out, kl), grad
-
-  return op_kl(x)
+  if with_kl:
+    return op(x)
+  return op(x), None
 
 
 def general_lwta(x: tf.Tensor, competitors: int, noise, temperature: float,
