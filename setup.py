@@ -21,6 +21,7 @@ setuptools.setup(
         'tensorboard>=2.20',  # tf.summary needs it; the tensorflow wheel no longer pulls it in.
         'absl-py>=2.1',
         'numpy>=1.26',
+        'ml_dtypes>=0.5',  # Machine epsilon of every float dtype, bfloat16 included (layers/lwta.py).
         'matplotlib>=3.8',
         # Warm-up records and the gRPC client use TF Serving's protos.
         'tensorflow-serving-api>=2.21,<2.22',

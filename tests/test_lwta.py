@@ -166,6 +166,23 @@ def test_pair_winner_kl_is_accurate_for_any_response_gap():
   np.testing.assert_allclose(grad[:, 1], -grad[:, 0])
 
 
+@pytest.mark.parametrize('dtype', [tf.float16, tf.bfloat16, tf.float32])
+def test_noise_is_finite_symmetric_and_has_the_right_law(dtype):
+  # The uniform grid's midpoints: never 0 or 1, the grid symmetric about 1/2.
+  logistic = tf.cast(lwta.logistic_noise([100000], [3, 7], dtype),
+                     tf.float64).numpy()
+  gumbel = tf.cast(lwta.gumbel_noise([100000], [3, 8], dtype),
+                   tf.float64).numpy()
+  assert np.isfinite(logistic).all() and np.isfinite(gumbel).all()
+  assert logistic.min() < 0 < logistic.max()
+  # Mean 0 and variance pi^2 / 3; Gumbel mean is the Euler constant (about
+  # 5 standard errors; bfloat16's 8-bit grid gives up some of the tails).
+  tolerance = 0.1 if dtype == tf.bfloat16 else 0.03
+  assert abs(logistic.mean()) < tolerance
+  assert abs(logistic.var() - np.pi ** 2 / 3) < 4 * tolerance
+  assert abs(gumbel.mean() - np.euler_gamma) < tolerance
+
+
 def test_general_path_for_three_competitors():
   layer = lwta.LWTA(competitors=3, seed=4)
   x = tf.random.stateless_normal([5, 2, 2, 12], seed=[8, 9])
