@@ -20,7 +20,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 from absl import app
 from absl import flags
@@ -45,18 +44,16 @@ def _train(name, model, activation, ibp):
           f'--ibp={str(ibp).lower()}', f'--epochs={_EPOCHS.value}',
           '--noevaluate_robustness', f'--output_dir={out}']
   results_path = os.path.join(ROOT, out, 'results.json')
-  seconds, status = 0.0, 'finished'
+  status = 'finished'
   if not (os.path.exists(results_path) and json.load(
       open(results_path)).get('epoch') == _EPOCHS.value):
-    start = time.perf_counter()
     done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True,
                           check=False)
-    seconds = time.perf_counter() - start
     if done.returncode:
       lines = [l for l in done.stderr.splitlines() + done.stdout.splitlines()
                if 'diverged' in l or 'Error' in l]
-      status = f'exit {done.returncode}: ' + (lines[-1] if lines else
-                                              done.stderr[-300:])
+      status = f'exit {done.returncode}: ' + (
+          lines[-1] if lines else done.stderr[-300:]).replace('|', '/')
       print(status, flush=True)
       return (f'| {model} | {activation} | {"yes" if ibp else "no"} | '
               f'{status} | | | | |')
