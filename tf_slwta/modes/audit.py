@@ -33,13 +33,7 @@ def run(config: config_lib.ExperimentConfig, folder: run_folder.RunFolder,
     model = state.restore_model(config, strategy)
     images, labels = data_lib.load_arrays(config.data, 'test')
     examples = robustness.Examples()
-    meta = {'scoring': robustness.SCORING, 'output_dir': config.output_dir,
-            'dataset': config.data.dataset, 'model': config.model.name,
-            'model_settings': config.to_dict()['model'],
-            'checkpoint': state.latest_checkpoint(config.output_dir),
-            'eval_examples': config.data.eval_examples,
-            'eval_batch_size': config.data.eval_batch_size,
-            'attack_settings': config.to_dict()['attack'],
+    meta = {**evaluate.evaluation_meta(config),
             'audit_settings': config.to_dict()['audit'], 'audit': True}
     where = evaluate.evaluation_folder(config, 'audit', meta)
     result = audit.run_audit(

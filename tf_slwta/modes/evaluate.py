@@ -74,6 +74,24 @@ def transfer_source(run_dir: str, strategy: tf.distribute.Strategy):
   return lambda x: source(x, training=False)
 
 
+def evaluation_meta(config: config_lib.ExperimentConfig) -> dict:
+  """What an attack evaluation's outcomes depend on: the record's identity.
+
+  The scoring rule, the run, its latest checkpoint, the model settings
+  (test-time temperatures and noise change the outcomes), the test images
+  and batch size, and the attack settings. `records.key` of it names the
+  evaluation's folder; an earlier table is reused only when it matches.
+  """
+  settings = config.to_dict()
+  return {'scoring': robustness.SCORING, 'output_dir': config.output_dir,
+          'dataset': config.data.dataset, 'model': config.model.name,
+          'model_settings': settings['model'],
+          'checkpoint': state.latest_checkpoint(config.output_dir),
+          'eval_examples': config.data.eval_examples,
+          'eval_batch_size': config.data.eval_batch_size,
+          'attack_settings': settings['attack']}
+
+
 def evaluation_folder(config: config_lib.ExperimentConfig, kind: str,
                       meta: dict) -> str:
   """`<output_dir>/evaluations/<kind>-step<checkpoint step>-<settings key>`:
@@ -125,16 +143,7 @@ def attack_and_report(config: config_lib.ExperimentConfig,
   chief = distribute.is_chief(strategy)
   rows = None
   if attack:
-    meta = {'scoring': robustness.SCORING,
-            'output_dir': config.output_dir, 'dataset': config.data.dataset,
-            'model': config.model.name,
-            # Test-time model settings (temperatures, PNI at test) and the
-            # batch size change the outcomes: a record holds one of each.
-            'model_settings': config.to_dict()['model'],
-            'checkpoint': state.latest_checkpoint(config.output_dir),
-            'eval_examples': config.data.eval_examples,
-            'eval_batch_size': config.data.eval_batch_size,
-            'attack_settings': config.to_dict()['attack']}
+    meta = evaluation_meta(config)
     rows = robustness.load_report(config.output_dir, meta) if (
         reuse_robustness and chief) else None
     if rows is None:
