@@ -234,9 +234,9 @@ def test_kl_is_recorded_and_checkpoints_without_it_resume(tmp_path, capsys):
                              checkpoint_name='ckpt').save(checkpoint_number=40)
   capsys.readouterr()
   resumed = loop.train(small_config(tmp_path, epochs=3), ONE_DEVICE())
-  progress = capsys.readouterr().out  # Progress every 4 steps, from step 8.
-  assert 'epoch 3 step 12/16' in progress
-  assert 'epoch 3 step 4/16' not in progress and 'epoch 1 step' not in progress
+  progress = capsys.readouterr().out  # Progress from step 8 on.
+  assert 'epoch 3/3: ' in progress and '12/16 steps' in progress
+  assert '4/16 steps' not in progress and 'epoch 1/3' not in progress
   assert (resumed['epoch'], resumed['step']) == (3, 48)
   assert resumed['train/kl'] == 0.0 and np.isfinite(resumed['train/loss'])
   assert read_metrics(tmp_path)[-1]['epoch'] == 3

@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from tf_slwta.attacks import common
 from tf_slwta.attacks import eot
+from tf_slwta.attacks import reporting
 
 LOSSES = ('ce', 'dlr')
 
@@ -90,7 +91,7 @@ def apgd(logits_fn: eot.LogitsFn, x, y, eps: float, *, norm='inf',
   return _apgd(logits_fn, gradient_fn or logits_fn, x, y, None,
                tf.constant(float(eps)), norm, steps, loss, restarts,
                float(rho), float(clip_min), float(clip_max), eot_samples,
-               mc_samples, tf.cast(seed, tf.int64))
+               mc_samples, tf.cast(seed, tf.int64), reporting.token())
 
 
 def apgd_targeted(logits_fn: eot.LogitsFn, x, y, eps: float, *, norm='inf',
@@ -121,7 +122,7 @@ def apgd_targeted(logits_fn: eot.LogitsFn, x, y, eps: float, *, norm='inf',
   return _apgd(logits_fn, gradient_fn or logits_fn, x, y, target_classes,
                tf.constant(float(eps)), norm, steps, 'dlr', 1, float(rho),
                float(clip_min), float(clip_max), eot_samples, mc_samples,
-               tf.cast(seed, tf.int64))
+               tf.cast(seed, tf.int64), reporting.token())
 
 
 def _check(x, y, eps, norm, steps, restarts, rho, clip_min, clip_max,
@@ -151,7 +152,7 @@ def _unit(v: tf.Tensor, norm: str) -> tf.Tensor:
 @tf.function(reduce_retracing=True)
 def _apgd(logits_fn, gradient_fn, x, y, target_classes, eps, norm, steps,
           loss, restarts, rho, clip_min, clip_max, eot_samples, mc_samples,
-          seed):
+          seed, token):
   runs = []  # (restart index, targets or None)
   if target_classes is None:
     runs = [(r, None) for r in range(restarts)]
@@ -168,9 +169,13 @@ def _apgd(logits_fn, gradient_fn, x, y, target_classes, eps, norm, steps,
     runs = [(t, ranked[:, t]) for t in range(target_classes)]
   best, best_success, best_loss = x, tf.zeros_like(y, tf.bool), None
   for index, targets in runs:
-    adv = _run(gradient_fn, x, y, targets, eps, norm, steps, loss, rho,
-               clip_min, clip_max, eot_samples,
-               tf.stack([seed, tf.constant(index, tf.int64)]))
+    # One run after the other (not side by side), so progress is in order.
+    with tf.control_dependencies([best]):
+      adv = _run(gradient_fn, x, y, targets, eps, norm, steps, loss, rho,
+                 clip_min, clip_max, eot_samples,
+                 tf.stack([seed, tf.constant(index, tf.int64)]),
+                 lambda i, at=index * steps: reporting.report(
+                     token, at + i, len(runs) * steps))
     if len(runs) == 1:
       return adv
     probs = eot.mean_probabilities(logits_fn, adv, mc_samples)
@@ -208,8 +213,11 @@ def _loss_fn(loss, y, targets):
 
 
 def _run(gradient_fn, x, y, targets, eps, norm, steps, loss, rho, clip_min,
-         clip_max, eot_samples, seed):
-  """One APGD run from a random start; each example's best point."""
+         clip_max, eot_samples, seed, report):
+  """One APGD run from a random start; each example's best point.
+
+  `report(i)` is called in the loop with the iterations done (1..steps).
+  """
   shape = tf.shape(x)
   if norm == 'inf':
     start = tf.random.stateless_uniform(shape, seed, -1.0, 1.0)
@@ -253,6 +261,7 @@ def _run(gradient_fn, x, y, targets, eps, norm, steps, loss, rho, clip_min,
     moved = project(s['adv'] + momentum * (z - s['adv'])
                     + (1.0 - momentum) * (s['adv'] - s['previous']))
     grad, success, value = evaluate(moved)
+    report(i + 1)
     found_adv = common.keep_better(success, moved, s['found_adv'])
     rises = s['rises'] + tf.cast(value > s['last_loss'], tf.float32)
     improved = value > s['best_loss']

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from tf_slwta.attacks import common
 from tf_slwta.attacks import eot
+from tf_slwta.attacks import reporting
 
 _BIG = 1e10
 
@@ -73,7 +74,8 @@ def carlini_wagner_l2(logits_fn: eot.LogitsFn, x, y, *, c: float = 1e-2,
   return _cw(logits_fn, gradient_fn or logits_fn, x, y, tf.constant(c), tf.constant(kappa),
              tf.constant(steps), tf.constant(binary_search_steps),
              tf.constant(learning_rate), abort_early, float(clip_min),
-             float(clip_max), targeted, eot_samples, mc_samples)
+             float(clip_max), targeted, eot_samples, mc_samples,
+             reporting.token())
 
 
 def margin(logits: tf.Tensor, y: tf.Tensor, targeted: bool) -> tf.Tensor:
@@ -91,7 +93,7 @@ def margin(logits: tf.Tensor, y: tf.Tensor, targeted: bool) -> tf.Tensor:
 @tf.function(reduce_retracing=True)
 def _cw(logits_fn, gradient_fn, x, y, c, kappa, steps, binary_search_steps,
         learning_rate, abort_early, clip_min, clip_max, targeted, eot_samples,
-        mc_samples):
+        mc_samples, token):
   scale = clip_max - clip_min
   to_image = lambda w: (tf.tanh(w) + 1.0) / 2.0 * scale + clip_min
   # Slightly inside (-1, 1) so that arctanh stays finite at the range ends.
@@ -124,6 +126,7 @@ def _cw(logits_fn, gradient_fn, x, y, c, kappa, steps, binary_search_steps,
       grad = tape.gradient(loss, modifier)
       if grad is None:  # No path from the input (e.g. a hard quantizer).
         grad = tf.zeros_like(modifier)
+      reporting.report(token, s * steps + i + 1, binary_search_steps * steps)
       # Judge the point the loss was computed at, before moving it.
       hit = f <= -kappa
       improved = tf.logical_and(hit, l2 < step_l2)

@@ -4,6 +4,7 @@ import tensorflow as tf
 
 from tf_slwta.attacks import common
 from tf_slwta.attacks import eot
+from tf_slwta.attacks import reporting
 
 
 def random_noise(logits_fn: eot.LogitsFn, x, y, eps: float, *, norm='inf',
@@ -39,16 +40,17 @@ def random_noise(logits_fn: eot.LogitsFn, x, y, eps: float, *, norm='inf',
   y = common.check_labels(y, x.shape[0])
   return _random_noise(logits_fn, x, y, tf.constant(eps), norm, draws,
                        mc_samples, tf.cast(seed, tf.int64), float(clip_min),
-                       float(clip_max))
+                       float(clip_max), reporting.token())
 
 
 @tf.function(reduce_retracing=True)
 def _random_noise(logits_fn, x, y, eps, norm, draws, mc_samples, seed,
-                  clip_min, clip_max):
+                  clip_min, clip_max, token):
   best = x
   best_margin = tf.fill(tf.shape(y), float('inf'))
   for d in range(draws):
-    draw_seed = tf.stack([seed, tf.constant(d, tf.int64)])
+    with tf.control_dependencies([best]):  # In order, for the progress.
+      draw_seed = tf.stack([seed, tf.constant(d, tf.int64)])
     if norm == 'inf':
       delta = eps * tf.sign(tf.random.stateless_uniform(
           tf.shape(x), draw_seed, -1.0, 1.0))
@@ -61,4 +63,5 @@ def _random_noise(logits_fn, x, y, eps, norm, draws, mc_samples, seed,
     take = margin < best_margin
     best = common.keep_better(take, point, best)
     best_margin = tf.where(take, margin, best_margin)
+    reporting.report(token, d + 1, draws)
   return best

@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from tf_slwta.attacks import common
 from tf_slwta.attacks import eot
+from tf_slwta.attacks import reporting
 
 
 def pgd(logits_fn: eot.LogitsFn, x, y, eps: float, alpha: float, steps: int,
@@ -71,24 +72,29 @@ def pgd(logits_fn: eot.LogitsFn, x, y, eps: float, alpha: float, steps: int,
   return _pgd(logits_fn, gradient_fn or logits_fn, x, y, tf.constant(eps),
               tf.constant(alpha), tf.constant(steps), norm, random_start,
               restarts, float(clip_min), float(clip_max), targeted,
-              eot_samples, mc_samples, tf.cast(seed, tf.int64))
+              eot_samples, mc_samples, tf.cast(seed, tf.int64),
+              reporting.token())
 
 
 @tf.function(reduce_retracing=True)
 def _pgd(logits_fn, gradient_fn, x, y, eps, alpha, steps, norm, random_start,
          restarts, clip_min, clip_max, targeted, eot_samples, mc_samples,
-         seed):
+         seed, token):
   best = x
   best_success = tf.zeros_like(y, tf.bool)
   best_loss = tf.fill(tf.shape(y), -float('inf'))
   for restart in range(restarts):
-    adv = x
+    # One restart after the other, so progress is reported in order.
+    with tf.control_dependencies([best]):
+      adv = tf.identity(x)
     if random_start:
       noise = common.random_in_ball(tf.shape(x), eps, norm,
                                     tf.stack([seed, restart]))
       adv = tf.clip_by_value(x + noise, clip_min, clip_max)
     adv = _iterate(gradient_fn, x, y, adv, eps, alpha, steps, norm, clip_min,
-                   clip_max, targeted, eot_samples)
+                   clip_max, targeted, eot_samples,
+                   lambda i, at=restart: reporting.report(
+                       token, at * steps + i, restarts * steps))
     if restarts == 1:
       return adv
     probs = eot.mean_probabilities(logits_fn, adv, mc_samples)
@@ -102,9 +108,10 @@ def _pgd(logits_fn, gradient_fn, x, y, eps, alpha, steps, norm, random_start,
 
 
 def _iterate(gradient_fn, x, y, adv, eps, alpha, steps, norm, clip_min,
-             clip_max, targeted, eot_samples):
+             clip_max, targeted, eot_samples, report):
   """`steps` projected steps from `adv`; returns each example's best iterate
-  (a success over a failure, then the higher loss, by the gradient passes)."""
+  (a success over a failure, then the higher loss, by the gradient passes).
+  `report(i)` is called in the loop with the steps done."""
   loss_fn = lambda logits: (-1.0 if targeted else 1.0) * common.cross_entropy(
       y, logits)
 
@@ -120,6 +127,7 @@ def _iterate(gradient_fn, x, y, adv, eps, alpha, steps, norm, clip_min,
                                           eot_samples)
     best, best_success, best_loss = judge(adv, probs, loss, best,
                                           best_success, best_loss)
+    report(i + 1)
     moved = adv + alpha * common.steepest_direction(grad, norm)
     moved = tf.clip_by_value(x + common.project(moved - x, eps, norm),
                              clip_min, clip_max)

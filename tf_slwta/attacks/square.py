@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from tf_slwta.attacks import common
 from tf_slwta.attacks import eot
+from tf_slwta.attacks import reporting
 
 _P_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
@@ -129,12 +130,12 @@ def square(logits_fn: eot.LogitsFn, x, y, eps: float, *, norm='inf',
   return _square(logits_fn, x, y, tf.constant(float(eps)), norm,
                  tf.constant(sizes), tf.constant(sizes_level), patterns,
                  mc_samples, tf.cast(seed, tf.int64), float(clip_min),
-                 float(clip_max))
+                 float(clip_max), reporting.token())
 
 
 @tf.function(reduce_retracing=True)
 def _square(logits_fn, x, y, eps, norm, sizes, sizes_level, patterns,
-            mc_samples, seed, clip_min, clip_max):
+            mc_samples, seed, clip_min, clip_max, token):
   h, w, c = x.shape[1], x.shape[2], x.shape[3]
   batch = tf.shape(x)[0]
   stop_at_success = mc_samples == 1
@@ -220,6 +221,7 @@ def _square(logits_fn, x, y, eps, norm, sizes, sizes_level, patterns,
       candidate = x + eps * delta / (image_norm(delta) + 1e-12)
     candidate = tf.clip_by_value(candidate, clip_min, clip_max)
     margin = margin_of(candidate)
+    reporting.report(token, i + 1, queries)
     take = tf.logical_and(active_of(best_margin), margin < best_margin)
     return (i + 1, common.keep_better(take, candidate, best),
             tf.where(take, margin, best_margin))

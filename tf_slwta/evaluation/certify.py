@@ -23,8 +23,8 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tf_slwta import config as config_lib
+from tf_slwta import progress as progress_lib
 from tf_slwta import run_folder
-from tf_slwta.evaluation import progress as progress_lib
 
 ABSTAIN = -1
 
@@ -162,11 +162,12 @@ def certify_dataset(logits_fn, images: np.ndarray, labels: np.ndarray,
   """
   rows: List[Dict[str, object]] = []
   generator = tf.random.Generator.from_seed(seed)
-  progress = progress_lib.WorkProgress(len(images), 'certify',
-                                       enabled=verbose, unit='image')
+  progress = progress_lib.Progress('certify', len(images), enabled=verbose,
+                                   unit='image')
+  progress.start(f'PREDICT and CERTIFY, {cfg.n0} + 2 x {cfg.n} noisy copies '
+                 f'per image')
   for uint8_image, label in zip(images, labels):
     image = uint8_image.astype(np.float32) / 255.0
-    progress.start(f'PREDICT and CERTIFY, {cfg.n0} + 2 x {cfg.n} samples')
     predicted = predict(logits_fn, image, cfg, num_classes, generator)
     certified, radius = certify(logits_fn, image, cfg, num_classes, generator)
     rows.append({'label': int(label), 'predict': predicted,

@@ -14,17 +14,16 @@ import dataclasses
 import errno
 import json
 import os
-import sys
 import time
 from typing import Callable, Dict, Optional, Tuple
 
 from absl import logging
-import keras
 import numpy as np
 import tensorflow as tf
 
 from tf_slwta import config as config_lib
 from tf_slwta import data as data_lib
+from tf_slwta import progress as progress_lib
 from tf_slwta import run_folder
 from tf_slwta.training import checkpoints
 from tf_slwta.training import distribute
@@ -57,26 +56,23 @@ def _check_finite(state: state_lib.TrainingState, where: str) -> None:
 
 
 class _Progress:
-  """Per-epoch progress: Keras' progress bar on a terminal, plain lines in logs."""
+  """Per-epoch progress (`tf_slwta.progress`): steps, loss, accuracy, speed."""
 
-  def __init__(self, epoch: int, epochs: int, steps: int, enabled: bool):
-    self.epoch, self.steps, self.enabled = epoch + 1, steps, enabled
-    self.bar = None
-    if enabled and sys.stdout.isatty():
-      self.bar = keras.utils.Progbar(
-          steps, stateful_metrics=['loss', 'accuracy', 'images/s'])
-    if enabled:
-      print(f'Epoch {epoch + 1}/{epochs}', flush=True)
+  def __init__(self, epoch: int, epochs: int, steps: int, first: int,
+               enabled: bool):
+    self.done = first
+    self.bar = progress_lib.Progress(f'epoch {epoch + 1}/{epochs}', steps,
+                                     unit='step', enabled=enabled, done=first)
 
   def update(self, step: int, loss: float, accuracy: float,
              images_per_sec: float) -> None:
-    if self.bar is not None:
-      self.bar.update(step, [('loss', loss), ('accuracy', accuracy),
-                             ('images/s', images_per_sec)])
-    elif self.enabled:
-      print(f'epoch {self.epoch} step {step}/{self.steps} - loss {loss:.4f} - '
-            f'accuracy {accuracy:.4f} - images/s {images_per_sec:.0f}',
-            flush=True)
+    self.bar.advance(step - self.done, info=(
+        f'loss {loss:.4f}, accuracy {accuracy:.4f}, '
+        f'{images_per_sec:,.0f} images/s'))
+    self.done = step
+
+  def close(self) -> None:
+    self.bar.close()
 
 
 def _mean_kl(state: state_lib.TrainingState) -> Dict[str, float]:
@@ -168,44 +164,47 @@ def _epoch(run: _Run, epoch: int, first: int, pending) -> Dict[str, float]:
           *run.train_arrays, global_batch_size=cfg.data.batch_size,
           epoch=epoch, seed=cfg.train.seed,
           augment=cfg.data.use_augmentation, start_step=first)))
-  progress = _Progress(epoch, cfg.train.epochs, steps, enabled=run.chief)
+  progress = _Progress(epoch, cfg.train.epochs, steps, first,
+                       enabled=run.chief)
   epoch_start = interval_start = time.perf_counter()
   interval_images = epoch_images = 0
-  for step in range(first, steps):
-    objective, stats = run.train_step(iterator)
-    state.totals.assign_add(tf.cast(
-        tf.concat([[objective, 1.0], stats[:2]], axis=0), tf.float64))
-    state.kl_totals.assign_add(tf.cast(
-        tf.concat([stats[2:], [1.0]], axis=0), tf.float64))
-    interval_images += cfg.data.batch_size
-    global_step = epoch * steps + step + 1
-    where = f'at step {global_step} (epoch {epoch + 1})'
-    if (step + 1) % cfg.train.log_every_steps == 0 or step + 1 == steps:
-      _check_finite(state, where)
-      totals = state.totals.numpy()
-      now = time.perf_counter()
-      images_per_sec = interval_images / max(now - interval_start, 1e-9)
-      epoch_images += interval_images
-      interval_images, interval_start = 0, now
-      loss, accuracy = totals[0] / totals[1], totals[2] / totals[3]
-      progress.update(step + 1, loss, accuracy, images_per_sec)
-      with run.writer.as_default(step=global_step):
-        tf.summary.scalar('train/loss', loss)
-        tf.summary.scalar('train/accuracy', accuracy)
-        tf.summary.scalar('train/learning_rate',
-                          float(state.optimizer.learning_rate))
-        tf.summary.scalar('train/kl', _mean_kl(state)['train/kl'])
-        tf.summary.scalar('train/images_per_sec', images_per_sec)
-        for key, value in run.summaries().items():
-          tf.summary.scalar(key, value)
-    if step + 1 < steps and (pending() is not None or (
-        cfg.train.checkpoint_every_steps and
-        global_step % cfg.train.checkpoint_every_steps == 0)):
-      _check_finite(state, where)
-      _save(state, global_step)
-      if pending() is not None:
-        _stop(run, pending(), epoch)
-
+  try:
+    for step in range(first, steps):
+      objective, stats = run.train_step(iterator)
+      state.totals.assign_add(tf.cast(
+          tf.concat([[objective, 1.0], stats[:2]], axis=0), tf.float64))
+      state.kl_totals.assign_add(tf.cast(
+          tf.concat([stats[2:], [1.0]], axis=0), tf.float64))
+      interval_images += cfg.data.batch_size
+      global_step = epoch * steps + step + 1
+      where = f'at step {global_step} (epoch {epoch + 1})'
+      if (step + 1) % cfg.train.log_every_steps == 0 or step + 1 == steps:
+        _check_finite(state, where)
+        totals = state.totals.numpy()
+        now = time.perf_counter()
+        images_per_sec = interval_images / max(now - interval_start, 1e-9)
+        epoch_images += interval_images
+        interval_images, interval_start = 0, now
+        loss, accuracy = totals[0] / totals[1], totals[2] / totals[3]
+        progress.update(step + 1, loss, accuracy, images_per_sec)
+        with run.writer.as_default(step=global_step):
+          tf.summary.scalar('train/loss', loss)
+          tf.summary.scalar('train/accuracy', accuracy)
+          tf.summary.scalar('train/learning_rate',
+                            float(state.optimizer.learning_rate))
+          tf.summary.scalar('train/kl', _mean_kl(state)['train/kl'])
+          tf.summary.scalar('train/images_per_sec', images_per_sec)
+          for key, value in run.summaries().items():
+            tf.summary.scalar(key, value)
+      if step + 1 < steps and (pending() is not None or (
+          cfg.train.checkpoint_every_steps and
+          global_step % cfg.train.checkpoint_every_steps == 0)):
+        _check_finite(state, where)
+        _save(state, global_step)
+        if pending() is not None:
+          _stop(run, pending(), epoch)
+  finally:
+    progress.close()
   train_seconds = time.perf_counter() - epoch_start
   test = run.test()
   totals = state.totals.numpy()
