@@ -86,31 +86,80 @@ def test_two_devices_give_the_table_of_one(activation, test_set):
         'gradient_modes']
 
 
+def _part_seed(batch, part):
+  """The seed a replica is reset to for `part` of batch `batch` (ATTACKS'
+  seed is 0): part 0 is the clean verdict, 1.. the attacks in order."""
+  return batch * 1_009 + part
+
+
 def test_a_killed_evaluation_resumes_to_the_same_table(tmp_path, test_set):
   reference = _evaluate(_copies('lwta', ['/cpu:0']), test_set)
   record = records.BatchRecords(str(tmp_path / 'batches'), {'try': 1})
   replica = _copies('lwta', ['/cpu:0'])[0]
-  started = []
+  seeds = []
 
-  def dies_at_the_third_batch(seed):
-    started.append(seed)
-    if len(started) == 3:
+  def reseed(seed, dies_at=None):
+    seeds.append(seed)
+    if seed == dies_at:
       raise KeyboardInterrupt('killed')
     replica.reseed(seed)
 
+  # Killed as batch 1's third attack starts.
   with pytest.raises(KeyboardInterrupt):
-    _evaluate([robustness.Replica(replica.logits_fn, None,
-                                  dies_at_the_third_batch)],
-              test_set, record=record)
-  finished = [i for i in range(4) if record.has(i)]
-  assert finished == [0, 1]
-  before = {i: os.path.getmtime(record.path(i)) for i in finished}
-  resumed = _evaluate(_copies('lwta', ['/cpu:0']), test_set, record=record)
+    _evaluate([robustness.Replica(replica.logits_fn, None, lambda s: reseed(
+        s, _part_seed(1, 3)))], test_set, record=record)
+  assert [i for i in range(4) if record.has(i)] == [0]
+  # Batch 1's first two attacks were kept, each in a file of its own.
+  parts = sorted(os.listdir(tmp_path / 'batches' / 'batch-00001'))
+  assert parts == ['fgsm--expected.npz', 'fgsm--sample.npz']
+  before = os.path.getmtime(record.path(0))
+  seeds.clear()
+  resumed = _evaluate([robustness.Replica(replica.logits_fn, None, reseed)],
+                      test_set, record=record)
   _assert_same(reference, resumed)
-  # Finished batches were read back, not redone.
-  assert all(os.path.getmtime(record.path(i)) == t for i, t in before.items())
+  # Batch 0 was read back, batch 1's two attacks too: none ran again.
+  assert os.path.getmtime(record.path(0)) == before
+  assert not any(s < 1_009 for s in seeds)
+  assert _part_seed(1, 1) not in seeds and _part_seed(1, 2) not in seeds
+  assert _part_seed(1, 3) in seeds
+  assert not os.path.exists(tmp_path / 'batches' / 'batch-00001')
   with pytest.raises(ValueError, match='other settings'):
     records.BatchRecords(str(tmp_path / 'batches'), {'try': 2})
+
+
+def test_a_record_that_does_not_match_is_computed_again(tmp_path, test_set,
+                                                        capsys):
+  replicas = _copies('relu', ['/cpu:0'])
+  folder = tmp_path / 'batches'
+  reference = _evaluate(replicas, test_set,
+                        record=records.BatchRecords(str(folder), {'try': 1}))
+  capsys.readouterr()
+  # Another valid batch put in batch 0's place; batch 2 cut short; batch 3
+  # made for another evaluation.
+  shutil.copy(folder / 'batch-00001.npz', folder / 'batch-00000.npz')
+  data = (folder / 'batch-00002.npz').read_bytes()
+  (folder / 'batch-00002.npz').write_bytes(data[:len(data) // 2])
+  other = records.BatchRecords(str(tmp_path / 'other'), {'try': 2})
+  other.save(3, {'x': np.zeros(1)})
+  shutil.copy(other.path(3), folder / 'batch-00003.npz')
+  again = _evaluate(replicas, test_set,
+                    record=records.BatchRecords(str(folder), {'try': 1}))
+  _assert_same(reference, again)
+  notes = capsys.readouterr().out
+  assert 'batch-00000.npz holds batch 1, not batch 0' in notes
+  assert 'batch-00002.npz cannot be read' in notes
+  assert 'batch-00003.npz was computed for another evaluation' in notes
+  assert notes.count('computing it again') == 3
+  # Nothing deleted: the three files are kept aside.
+  assert len(os.listdir(folder / records.SET_ASIDE_DIR)) == 3
+  # Images other than the ones a batch was made from are caught too.
+  images, labels = test_set
+  changed = (images.copy(), labels)
+  changed[0][0] = 255 - changed[0][0]
+  _evaluate(replicas, changed,
+            record=records.BatchRecords(str(folder), {'try': 1}))
+  assert 'batch-00000.npz was computed from other test images' in (
+      capsys.readouterr().out)
 
 
 def test_records_refuse_sharing_without_a_folder(test_set):

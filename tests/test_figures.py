@@ -260,7 +260,7 @@ def test_train_evaluate_certify_and_grid_write_one_report(tmp_path, capsys):
   page = parse_html(os.path.join(run, 'report.html'))
   assert sorted(page.images) == sorted(f'figures/{n}' for n in expected)
   text = open(os.path.join(run, 'report.html')).read()
-  assert 'pgd_linf' in text and 'Linf eps=0.05' in text  # The table.
+  assert 'pgd_linf' in text and 'Linf 0.05' in text  # The table.
   assert {f'figures/{n[:-4]}' for n in expected} <= summary_tags(
       os.path.join(run, 'summaries'))
 
@@ -297,8 +297,9 @@ def test_train_evaluate_certify_and_grid_write_one_report(tmp_path, capsys):
       'natural', 'apgd_ce', 'square', 'single_step']
   text = open(os.path.join(run, 'report.html')).read()
   assert 'Gradient-masking audit' in text
-  assert 'robustness/combined' in summary_tags(os.path.join(run, 'summaries'),
-                                              'scalars')
+  # Tagged with the threat model and the image count.
+  assert 'robustness/linf_0.05/combined/40_images' in summary_tags(
+      os.path.join(run, 'summaries'), 'scalars')
 
   # A grid page links each row's report.
   rows = [r for r in robustness.load_report(run, {}) if '/' not in r['attack']]

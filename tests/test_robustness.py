@@ -9,7 +9,6 @@ import tensorflow as tf
 
 from attack_fixtures import accuracy, logits_fn, sample_batch
 from tf_slwta import config as config_lib
-from tf_slwta.evaluation import progress as progress_lib
 from tf_slwta.evaluation import robustness
 from tf_slwta.evaluation import scoring
 
@@ -65,8 +64,13 @@ def test_report_files(tmp_path, uint8_batch):
                                         verbose=False)
   paths = robustness.write_report(rows, str(tmp_path), meta={'model': 'x'})
   markdown = open(paths['md']).read().splitlines()
-  assert markdown[0].startswith('| attack | settings | accuracy (%)')
-  assert len(markdown) == 2 + len(rows)
+  assert markdown[0].startswith(
+      '| attack | threat model | settings | accuracy (%) | ± image s.e.')
+  assert 'MC s.e.' not in markdown[0]  # A deterministic model: no MC column.
+  assert [l.split(' | ')[1] for l in markdown[2:2 + len(rows)]] == [
+      'none', 'Linf 0.02', 'Linf 0.02']
+  # Under the table: how many images, and what the error bars are.
+  assert markdown[2 + len(rows)] == '' and '96 test images' in markdown[-1]
   with open(paths['csv']) as f:
     parsed = list(csv.DictReader(f))
   assert [r['attack'] for r in parsed] == ['natural', 'fgsm', 'combined']
@@ -133,19 +137,3 @@ def test_combined_does_not_collect_the_luck_of_many_decisions(uint8_batch):
   assert any_wrong < natural - 0.15
   combined = by_name['combined']
   assert abs(combined['accuracy'] - natural) <= 4 * combined['mc_se'] + 0.03
-
-
-def test_progress_names_the_attack_and_gives_an_eta(capsys):
-  progress = progress_lib.WorkProgress(3, 'robustness', interval=0.0)
-  progress.start('apgd_ce/expected')
-  progress.advance()
-  line = capsys.readouterr().out
-  assert 'robustness: apgd_ce/expected done, 1/3 runs (33%)' in line
-  assert 'ETA' in line
-  quiet = progress_lib.WorkProgress(3, 'robustness', interval=3600.0)
-  quiet.start('fgsm')
-  for _ in range(3):
-    quiet.advance()
-  # Throttled in a log: the first step and the last are always shown.
-  lines = capsys.readouterr().out.splitlines()
-  assert len(lines) == 2 and '3/3 runs (100%)' in lines[1]

@@ -436,6 +436,16 @@ class AttackConfig:
   transfer_from: str = ''
   decision_repeats: int = 5
 
+  def threat_model(self, attack: str) -> str:
+    """The threat model `attack` works in: the norm and radius of the
+    perturbations it may make ('Linf 0.3', 'L2 1.5'; 'L2, minimal' for CW,
+    which has no radius; 'none' for 'natural', the clean images)."""
+    own = {'natural': 'none', 'fgsm': f'Linf {self.fgsm_eps:g}',
+           'pgd_linf': f'Linf {self.pgd_eps:g}',
+           'pgd_l2': f'L2 {self.pgd_l2_eps:g}', 'cw': 'L2, minimal'}
+    return own.get(attack, f'L{"inf" if self.aa_norm == "inf" else "2"} '
+                           f'{self.aa_eps:g}')
+
   def __post_init__(self):
     for name in self.attacks:
       _check_choice('attacks', name, ATTACKS)

@@ -5,6 +5,11 @@ A gradient attack on a stochastic model runs once per gradient mode
 'expected' the layers' expectation, 'straight_through' sampled passes with
 the expectation's gradient. The model's decision always judges. Square
 (no gradient) and transfer (another model's gradient) run once.
+
+Each variant is compiled on its own (one `tf.function` traced once per
+evaluation, whatever the batch size), carries its threat model (norm and
+radius, stated beside every number it produces) and an estimate of its
+cost, so progress can say how long is left.
 """
 
 import dataclasses
@@ -16,6 +21,7 @@ import tensorflow as tf
 from tf_slwta import attacks
 from tf_slwta import config as config_lib
 from tf_slwta.attacks import eot
+from tf_slwta.attacks import reporting
 from tf_slwta.layers import surrogate
 
 # attack(images, labels, seed) -> adversarial images of the same shape.
@@ -24,18 +30,57 @@ AttackFn = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-  """One runnable attack: `name` (the table row), `mode` ('' when the attack
-  takes no gradient of the model), `run(images, labels, seed)`, and for an
-  attack outside `config.ATTACKS` its `settings` text."""
+  """One runnable attack.
+
+  Attributes:
+    name: the table row ('apgd_ce').
+    mode: the gradient mode ('' when the attack takes no gradient of the
+      model).
+    run: run(images float32 `[B, H, W, C]` in [0, 1], labels int64 `[B]`,
+      seed int64 scalar) -> adversarial images of the same shape; compiled
+      once per variant (`compiled`).
+    settings: its settings text, for an attack outside `config.ATTACKS`
+      ('' takes `attack_settings`).
+    threat: its threat model ('Linf 0.1', 'L2 1.5', ...; see
+      `threat_model`), '' takes `threat_model(name, cfg)`.
+    cost: estimated forward-pass equivalents per image, > 0 (for the time
+      left; see `attack_cost`).
+  """
   name: str
   mode: str
   run: AttackFn
   settings: str = ''
+  threat: str = ''
+  cost: float = 1.0
 
   @property
   def label(self) -> str:
     """'pgd_linf' or 'pgd_linf/expected', as progress and logs show it."""
     return f'{self.name}/{self.mode}' if self.mode else self.name
+
+
+def compiled(attack: AttackFn) -> AttackFn:
+  """`attack` as one `tf.function` of its own, traced once per evaluation.
+
+  Every variant gets its own compiled function, so the attacks' shared
+  `tf.function`s are traced inside it (not once per variant at top level,
+  which TensorFlow reports as retracing), with the batch axis left open (the
+  last, shorter batch does not trace again). The call keeps reporting its
+  progress to the caller's `reporting.reporter`.
+  """
+
+  def traced(x, y, seed, token):
+    with reporting.traced_token(token):
+      return attack(x, y, seed)
+
+  function = tf.function(traced, reduce_retracing=True)
+
+  def run(x, y, seed):
+    return function(tf.convert_to_tensor(x, tf.float32),
+                    tf.cast(y, tf.int64), tf.cast(seed, tf.int64),
+                    reporting.token())
+
+  return run
 
 
 def is_stochastic(logits_fn: eot.LogitsFn, images: tf.Tensor) -> bool:
@@ -136,20 +181,55 @@ def attack_variants(logits_fn: eot.LogitsFn, cfg: config_lib.AttackConfig,
   for name in cfg.attacks:
     if name in config_lib.GRADIENT_ATTACKS:
       for mode in modes:
-        variants.append(Variant(name, mode, _gradient_attack(
-            name, logits_fn, gradient_fns[mode], settings[mode],
-            num_classes)))
+        variants.append(Variant(
+            name, mode, compiled(_gradient_attack(
+                name, logits_fn, gradient_fns[mode], settings[mode],
+                num_classes)),
+            cost=attack_cost(name, settings[mode], num_classes)))
     elif name == 'square':
-      variants.append(Variant(name, '', lambda x, y, s: attacks.square(
-          logits_fn, x, y, cfg.aa_eps, norm=cfg.aa_norm,
-          queries=cfg.square_queries, p_init=cfg.square_p_init,
-          mc_samples=cfg.mc_samples, seed=s)))
+      variants.append(Variant(name, '', compiled(
+          lambda x, y, s: attacks.square(
+              logits_fn, x, y, cfg.aa_eps, norm=cfg.aa_norm,
+              queries=cfg.square_queries, p_init=cfg.square_p_init,
+              mc_samples=cfg.mc_samples, seed=s)),
+                              cost=attack_cost(name, cfg, num_classes)))
     elif name == 'transfer':
       if transfer_logits_fn is None:
-        raise ValueError('--attacks=transfer needs the source model: pass '
-                         '--transfer_from=RUN_DIR.')
-      variants.append(Variant(name, '', _transfer(transfer_logits_fn, cfg)))
+        raise ValueError(
+            'attacks includes transfer but no source model was given: pass '
+            'the source run with --transfer_from=RUN_DIR (or, from Python, '
+            'transfer_logits_fn).')
+      variants.append(Variant(name, '', compiled(
+          _transfer(transfer_logits_fn, cfg)), cost=attack_cost(
+              name, cfg, num_classes)))
   return variants
+
+
+def attack_cost(name: str, cfg: config_lib.AttackConfig,
+                num_classes: int = 10) -> float:
+  """Estimated forward-pass equivalents per image of one attack run, > 0.
+
+  A gradient counts as three passes (forward and backward), a decision as
+  `mc_samples` passes. Only used to estimate the time left; the progress
+  corrects it with the measured speed of each attack.
+  """
+  gradient = 3.0 * cfg.eot_samples
+  decide = float(cfg.mc_samples)
+  apgd = (cfg.apgd_steps + 1) * gradient
+  costs = {
+      'fgsm': gradient,
+      'pgd_linf': cfg.pgd_restarts * ((cfg.pgd_steps + 1) * gradient + decide),
+      'pgd_l2': cfg.pgd_restarts * ((cfg.pgd_steps + 1) * gradient + decide),
+      'cw': cfg.cw_binary_search_steps * (cfg.cw_steps * gradient +
+                                          2 * decide),
+      'apgd_ce': cfg.apgd_restarts * (apgd + decide),
+      'apgd_dlr': cfg.apgd_restarts * (apgd + decide),
+      'apgd_t': min(cfg.apgd_target_classes, num_classes - 1) * (apgd +
+                                                                 decide),
+      'square': (cfg.square_queries + 1) * decide,
+      'transfer': cfg.apgd_restarts * (cfg.apgd_steps + 1) * 3.0 + decide,
+  }
+  return max(costs.get(name, gradient), 1.0)
 
 
 def _transfer(source_fn: eot.LogitsFn,
@@ -164,10 +244,12 @@ def _transfer(source_fn: eot.LogitsFn,
 def random_noise_variant(logits_fn: eot.LogitsFn,
                          cfg: config_lib.AttackConfig, draws: int) -> Variant:
   """'random_noise': the worst of `draws` random points of the aa_* sphere."""
-  return Variant('random_noise', '', lambda x, y, s: attacks.random_noise(
-      logits_fn, x, y, cfg.aa_eps, norm=cfg.aa_norm, draws=draws,
-      mc_samples=cfg.mc_samples, seed=s),
-                 settings=f'{_threat(cfg)}, worst of {draws} random points')
+  return Variant('random_noise', '', compiled(
+      lambda x, y, s: attacks.random_noise(
+          logits_fn, x, y, cfg.aa_eps, norm=cfg.aa_norm, draws=draws,
+          mc_samples=cfg.mc_samples, seed=s)),
+                 settings=f'worst of {draws} random points',
+                 threat=_threat(cfg), cost=float(draws * cfg.mc_samples))
 
 
 def single_step_variants(logits_fn: eot.LogitsFn,
@@ -175,40 +257,56 @@ def single_step_variants(logits_fn: eot.LogitsFn,
                          deterministic: Sequence[str] = ()) -> List[Variant]:
   """'single_step': FGSM with the aa_* budget, one variant per mode (one
   pass per gradient for the `deterministic` modes)."""
-  return [Variant('single_step', mode, lambda x, y, s, fn=fn, mode=mode:
-                  attacks.fgsm(logits_fn, x, y, cfg.aa_eps, norm=cfg.aa_norm,
-                               eot_samples=1 if mode in deterministic else
-                               cfg.eot_samples, gradient_fn=fn),
-                  settings=f'{_threat(cfg)}, one gradient step (FGSM)')
-          for mode, fn in ((m, surrogate.surrogate_logits_fn(logits_fn, m))
-                           for m in modes)]
+  variants = []
+  for mode in modes:
+    eot_samples = 1 if mode in deterministic else cfg.eot_samples
+    fn = surrogate.surrogate_logits_fn(logits_fn, mode)
+    variants.append(Variant(
+        'single_step', mode, compiled(
+            lambda x, y, s, fn=fn, eot_samples=eot_samples: attacks.fgsm(
+                logits_fn, x, y, cfg.aa_eps, norm=cfg.aa_norm,
+                eot_samples=eot_samples, gradient_fn=fn)),
+        settings='one gradient step (FGSM)', threat=_threat(cfg),
+        cost=3.0 * eot_samples))
+  return variants
 
 
 def _threat(cfg: config_lib.AttackConfig) -> str:
-  return f'L{"inf" if cfg.aa_norm == "inf" else "2"} eps={cfg.aa_eps:g}'
+  return cfg.threat_model('apgd_ce')  # The aa_* threat model.
+
+
+def threat_model(name: str, cfg: config_lib.AttackConfig) -> str:
+  """The threat model of attack `name` (`AttackConfig.threat_model`)."""
+  return cfg.threat_model(name)
+
+
+def threat_key(threat: str) -> str:
+  """A threat model as a TensorBoard tag part: 'Linf 0.1' -> 'linf_0.1',
+  'Linf 0.3 + L2, minimal' -> 'linf_0.3+l2_minimal'."""
+  return (threat.lower().replace(' + ', '+').replace(', ', '_')
+          .replace(' ', '_'))
 
 
 def attack_settings(name: str, cfg: config_lib.AttackConfig) -> str:
-  """A short human-readable description of an attack's parameters."""
-  pgd = (f'alpha={cfg.pgd_alpha:g}, steps={cfg.pgd_steps}, '
-         f'restarts={cfg.pgd_restarts}')
-  aa = _threat(cfg)
+  """A short human-readable description of an attack's parameters (its
+  threat model is `threat_model`)."""
   return {
       'natural': '-',
-      'fgsm': f'Linf eps={cfg.fgsm_eps:g}',
-      'pgd_linf': f'Linf eps={cfg.pgd_eps:g}, {pgd}',
-      'pgd_l2': (f'L2 eps={cfg.pgd_l2_eps:g}, alpha={cfg.pgd_l2_alpha:g}, '
-                 f'steps={cfg.pgd_steps}, restarts={cfg.pgd_restarts}'),
-      'cw': (f'c={cfg.cw_c:g}, kappa={cfg.cw_kappa:g}, '
-             f'steps={cfg.cw_steps}, searches={cfg.cw_binary_search_steps}'),
-      'apgd_ce': f'{aa}, {cfg.apgd_steps} steps, restarts={cfg.apgd_restarts}',
-      'apgd_dlr': f'{aa}, {cfg.apgd_steps} steps, restarts={cfg.apgd_restarts}',
-      'apgd_t': (f'{aa}, {cfg.apgd_steps} steps, '
-                 f'{cfg.apgd_target_classes} targets'),
-      'square': f'{aa}, {cfg.square_queries} queries, p_init={cfg.square_p_init:g}',
-      'transfer': f'{aa}, APGD-CE on {cfg.transfer_from}',
+      'fgsm': 'one gradient step',
+      'pgd_linf': (f'alpha={cfg.pgd_alpha:g}, {cfg.pgd_steps} steps, '
+                   f'{cfg.pgd_restarts} restart(s)'),
+      'pgd_l2': (f'alpha={cfg.pgd_l2_alpha:g}, {cfg.pgd_steps} steps, '
+                 f'{cfg.pgd_restarts} restart(s)'),
+      'cw': (f'c={cfg.cw_c:g}, kappa={cfg.cw_kappa:g}, {cfg.cw_steps} steps, '
+             f'{cfg.cw_binary_search_steps} search step(s)'),
+      'apgd_ce': f'{cfg.apgd_steps} steps, {cfg.apgd_restarts} restart(s)',
+      'apgd_dlr': f'{cfg.apgd_steps} steps, {cfg.apgd_restarts} restart(s)',
+      'apgd_t': (f'{cfg.apgd_steps} steps, {cfg.apgd_target_classes} '
+                 f'target classes'),
+      'square': f'{cfg.square_queries} queries, p_init={cfg.square_p_init:g}',
+      'transfer': f'APGD-CE on {cfg.transfer_from or "the given source"}',
       'combined': f'{cfg.combined} of {"+".join(cfg.attacks)}',
-  }[name]
+  }.get(name, '')
 
 
 def variants_by_attack(variants: Sequence[Variant]) -> Dict[str, List[Variant]]:

@@ -240,7 +240,11 @@ def run_audit(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
   replicas = list(replicas) or [robustness.Replica(logits_fn)]
   stochastic = attack_suite.is_stochastic(
       replicas[0].logits_fn, data_lib.to_float_image(images[:8]))
-  settings = {'attack': dataclasses.asdict(attack),
+  # What the parts' records depend on besides the model (the caller's
+  # folder is keyed by that): no paths, so a moved run keeps its record.
+  settings = {'attack': {k: v for k, v in dataclasses.asdict(attack).items()
+                         if k != 'transfer_from'},
+              'transfer': transfer_logits_fn is not None,
               'audit': dataclasses.asdict(audit), 'examples': len(images),
               'batch_size': batch_size}
 
@@ -266,12 +270,13 @@ def run_audit(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
       verbose=verbose, examples=examples,
       transfer_logits_fn=transfer_logits_fn, stochastic=stochastic,
       extra_attacks=extra, rows_per_mode=True, outcomes=outcomes,
-      **scale('batches'))
+      title='audit table', **scale('batches'))
   sweep_mode = _strongest_mode(rows, modes)
   subset = slice(0, audit.sweep_examples)
   sweep = lambda cfg, part: robustness.evaluate_robustness(
       None, images[subset], labels[subset], cfg, batch_size=batch_size,
-      verbose=False, stochastic=stochastic, **scale(part))
+      verbose=verbose, stochastic=stochastic, title=f'audit {part}',
+      **scale(part))
   cap = 1.0 if attack.aa_norm == 'inf' else float('inf')
   eps_sweep = []
   for multiple in audit.eps_multiples:

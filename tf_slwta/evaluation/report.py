@@ -383,14 +383,16 @@ def write_grid_report(grid_json: str) -> str:
   saved = _read_json(grid_json)
   titles = [title for _, title in robustness.GRID_COLUMNS]
   rows = [[row['model'], *('-' if row[t] is None else f'{row[t]:.2f}'
-                           for t in titles), row['flagfile']]
+                           for t in titles), row.get('images', '-'),
+           row.get('threat models', '-'), row['flagfile']]
           for row in saved['table']]
   links = ''
   for run in saved['runs']:
     href = os.path.relpath(os.path.join(run['output_dir'], REPORT_FILE), folder)
     links += (f'<li><a href="{html.escape(href)}">{html.escape(run["row"])}'
               '</a></li>\n')
-  body = (_table(['model', *(f'{t} (%)' for t in titles), 'flagfile'], rows) +
+  body = (_table(['model', *(f'{t} (%)' for t in titles), 'images',
+                 'threat models', 'flagfile'], rows) +
           f'<h2>Reports of the rows</h2>\n<ul>\n{links}</ul>\n')
   path = os.path.join(folder, GRID_REPORT_FILE)
   run_folder.atomic_write(path, _page('tf_slwta grid', body))

@@ -29,6 +29,7 @@ import io
 import json
 import os
 import sys
+import textwrap
 import threading
 import time
 from typing import Callable, Dict, List, Optional, Sequence
@@ -39,18 +40,19 @@ import tensorflow as tf
 from tf_slwta import attacks
 from tf_slwta import config as config_lib
 from tf_slwta import data as data_lib
+from tf_slwta import progress as progress_lib
+from tf_slwta.attacks import reporting
 from tf_slwta.evaluation import attack_suite
-from tf_slwta.evaluation import progress as progress_lib
 from tf_slwta.evaluation import records as records_lib
 from tf_slwta.evaluation import scoring
 
-COLUMNS = ('attack', 'settings', 'accuracy', 'mc_se', 'image_se',
+COLUMNS = ('attack', 'threat', 'settings', 'accuracy', 'mc_se', 'image_se',
            'success_rate', 'median_l2', 'max_linf', 'examples')
 FILE_STEM = 'robustness'
 # Recorded in each report; a report scored another way is never reused.
 SCORING = ('robust = right on the worst of the clean image and every attack '
            'output (all gradient modes), scored by decision_repeats fresh '
-           'decisions')
+           'decisions; randomness reseeded per batch and attack')
 # Beside robustness.json: the examples the figures draw (see `Examples`).
 EXAMPLES_FILE = 'figures_data.npz'
 
@@ -231,13 +233,39 @@ class _BatchEvaluator:
     return scoring.decide_repeated(self.replica.logits_fn, images, y,
                                    self.cfg.mc_samples, self.repeats)
 
+  def decision_cost(self) -> float:
+    """Passes per image of one verdict (`repeats` decisions)."""
+    return float(self.repeats * self.cfg.mc_samples)
+
+  def variant_cost(self, variant: attack_suite.Variant) -> float:
+    """Passes per image of a variant's run and its verdict."""
+    return variant.cost + self.decision_cost()
+
+  def scoring_cost(self) -> float:
+    """Passes per image of a batch's fresh scoring decisions."""
+    rows = len(self.grouped) + 1 + len(self.per_mode)
+    return rows * self.decision_cost() if self.stochastic else 1.0
+
+  def _reseed(self, index: int, part: int) -> None:
+    """Resets the replica's random streams for `part` of batch `index`
+    (0 the clean verdict, 1.. each variant, then the scoring), so a part
+    draws the same randomness whether or not the parts before it were
+    computed in this process or read back from the record."""
+    if self.replica.reseed is not None:
+      self.replica.reseed((self.cfg.seed * 1_000_003 + index) * 1_009 + part)
+
   def run(self, index: int, x: np.ndarray, y: np.ndarray, keep: int,
-          progress: progress_lib.WorkProgress) -> Dict[str, np.ndarray]:
+          progress: progress_lib.Progress,
+          record: Optional[records_lib.BatchRecords] = None,
+          inputs: str = '', where: str = '') -> Dict[str, np.ndarray]:
     """The batch's outcomes: per row `<name>/ok` bool `[R, b]`, `/l2`,
     `/linf` float `[b]`, `/probs` float `[b, K]` and `/images` (its first
-    `keep` scored images); `seconds/<variant>` for each attack run."""
-    if self.replica.reseed is not None:
-      self.replica.reseed(self.cfg.seed * 1_000_003 + index)
+    `keep` scored images); `seconds/<variant>` for each attack run.
+
+    Each attack's output and verdict is kept in `record` as soon as it is
+    made (`inputs`: the batch's checksum), and read back instead of being
+    made again; `where` ('batch 2 of 5') names the batch in the progress.
+    """
     seed = tf.constant(self.cfg.seed * 1_000_003 + index, tf.int64)
     xt, yt = tf.constant(x), tf.constant(y, tf.int64)
     out = {}
@@ -257,25 +285,50 @@ class _BatchEvaluator:
       put(name, chosen, ok, probs)
       return chosen, ok, probs
 
+    self._reseed(index, 0)
     clean_ok, clean_probs = self.decide(xt, y)
     put('natural', x, clean_ok, clean_probs)
+    outputs = {}
+    for part, variant in enumerate(self.variants, start=1):
+      label = variant.label
+      saved = (record.load_part(index, label, inputs) if record is not None
+               else None)
+      if saved is None:
+        self._reseed(index, part)
+        with progress.task(f'{label} on {where}'.strip(), kind=label,
+                           cost=self.variant_cost(variant) * len(y)) as task:
+          start = time.perf_counter()
+          with reporting.reporter(task.update):
+            output = variant.run(xt, yt, seed).numpy()
+          seconds = time.perf_counter() - start
+          ok, probs = self.decide(output, y)
+        saved = {'output': output, 'ok': ok, 'probs': probs,
+                 'seconds': np.float64(seconds)}
+        if record is not None:
+          record.save_part(index, label, saved, inputs)
+      outputs[label] = saved
+      out[f'seconds/{label}'] = np.float64(saved['seconds'])
+    self._reseed(index, len(self.variants) + 1)
+    with progress.task(f'scoring {where}'.strip(), kind='scoring',
+                       cost=self.scoring_cost() * len(y), counted=False):
+      self._score(x, y, xt, yt, seed, clean_ok, clean_probs, outputs, score)
+    return out
+
+  def _score(self, x, y, xt, yt, seed, clean_ok, clean_probs, outputs,
+             score) -> None:
+    """Every row's pick per image, scored by fresh decisions (`score`)."""
     # The combined worst case chooses among each attack's pick, judged by
     # the fresh decisions that scored it (unbiased by its own selection).
     picks = scoring.Candidates([x], [clean_ok], [clean_probs])
     for name, group in self.grouped.items():
       pool = scoring.Candidates([x], [clean_ok], [clean_probs])
       for variant in group:
-        progress.start(variant.label)
-        start = time.perf_counter()
-        output = variant.run(xt, yt, seed).numpy()
-        out[f'seconds/{variant.label}'] = np.float64(
-            time.perf_counter() - start)
-        progress.advance()
-        verdict = self.decide(output, y)
-        pool.add(output, *verdict)
+        made = outputs[variant.label]
+        pool.add(made['output'], made['ok'], made['probs'])
         if variant.label in self.per_mode:
           score(variant.label, scoring.Candidates(
-              [x, output], [clean_ok, verdict[0]], [clean_probs, verdict[1]]))
+              [x, made['output']], [clean_ok, made['ok']],
+              [clean_probs, made['probs']]))
       picks.add(*score(name, pool))
     if self.cfg.combined == 'worst_case':
       score('combined', picks)
@@ -287,7 +340,6 @@ class _BatchEvaluator:
       ok, probs = self.decide(chained, y)
       score('combined', scoring.Candidates([x, chained], [clean_ok, ok],
                                            [clean_probs, probs]))
-    return out
 
 
 def evaluate_robustness(logits_fn: Optional[attacks.eot.LogitsFn],
@@ -304,7 +356,8 @@ def evaluate_robustness(logits_fn: Optional[attacks.eot.LogitsFn],
                         outcomes: Optional[Dict[str, np.ndarray]] = None,
                         replicas: Sequence[Replica] = (),
                         record: Optional[records_lib.BatchRecords] = None,
-                        shard: Shard = Shard(), wait_seconds: float = 3600.0
+                        shard: Shard = Shard(), wait_seconds: float = 3600.0,
+                        title: str = 'robustness'
                         ) -> List[Dict[str, object]]:
   """Scores a model on clean images and under each configured attack.
 
@@ -323,7 +376,8 @@ def evaluate_robustness(logits_fn: Optional[attacks.eot.LogitsFn],
     labels: int `[N]`.
     cfg: attack settings.
     batch_size: images per attack batch.
-    verbose: show a progress bar naming the running attack, with an ETA.
+    verbose: show the progress (which attack runs on which batch, how far
+      it is, the time left; `tf_slwta.progress`).
     examples: if given, filled in with what the figures draw (see
       `Examples`), from the outputs the evaluation computes anyway.
     transfer_logits_fn: the source model of the 'transfer' attack.
@@ -341,11 +395,13 @@ def evaluate_robustness(logits_fn: Optional[attacks.eot.LogitsFn],
       the image the row scored is right}, for per-image comparisons.
     replicas: the model copies that evaluate batches in parallel (default:
       one, `logits_fn`).
-    record: where finished batches are kept; those already there are not
-      computed again.
+    record: where finished batches and attacks are kept; those already
+      there (and made from the same images) are read back, not computed
+      again.
     shard: this worker's share of the batches.
     wait_seconds: how long the chief of several workers waits for a new
       batch of the others before giving up (TimeoutError).
+    title: what the progress calls the evaluation.
 
   Returns:
     One dict per row (natural, each attack, the extra ones, combined, then
@@ -367,34 +423,60 @@ def evaluate_robustness(logits_fn: Optional[attacks.eot.LogitsFn],
                 for r in replicas]
   first = evaluators[0]
   count = -(-len(images) // batch_size)
-  todo = [i for i in range(count)
-          if shard.owns(i) and not (record is not None and record.has(i))]
-  progress = progress_lib.WorkProgress(
-      len(todo) * len(first.variants), 'robustness', enabled=verbose,
-      unit='run')
-  keep = examples.keep if examples is not None else 0
+  bounds = [(i * batch_size, min((i + 1) * batch_size, len(images)))
+            for i in range(count)]
+  inputs = [records_lib.digest(images[a:b], np.asarray(labels[a:b]))
+            for a, b in bounds]
+  # Finished batches are read back (and checked) once, here.
   done: Dict[int, Dict[str, np.ndarray]] = {}
+  if record is not None:
+    for index in range(count):
+      if shard.owns(index):
+        arrays = record.load(index, inputs[index])
+        if arrays is not None:
+          done[index] = arrays
+  todo = [i for i in range(count) if shard.owns(i) and i not in done]
+  progress = progress_lib.Progress(
+      title, enabled=verbose, unit='attack run', workers=len(evaluators))
+  for index in todo:
+    size = bounds[index][1] - bounds[index][0]
+    for variant in first.variants:
+      if record is None or not tf.io.gfile.exists(
+          record.part_path(index, variant.label)):
+        progress.total += 1
+        progress.plan(variant.label, first.variant_cost(variant) * size)
+    progress.plan('scoring', first.scoring_cost() * size)
+  keep = examples.keep if examples is not None else 0
 
   def work(evaluator: _BatchEvaluator, index: int) -> None:
-    start = index * batch_size
-    x = images[start:start + batch_size].astype(np.float32) / 255.0
-    y = np.asarray(labels[start:start + batch_size]).astype(np.int64)
+    start, stop = bounds[index]
+    x = images[start:stop].astype(np.float32) / 255.0
+    y = np.asarray(labels[start:stop]).astype(np.int64)
     with tf.device(evaluator.replica.device):
-      arrays = evaluator.run(index, x, y, max(keep - start, 0), progress)
+      arrays = evaluator.run(index, x, y, max(keep - start, 0), progress,
+                             record, inputs[index],
+                             f'batch {index + 1} of {count}')
     if record is not None:
-      record.save(index, arrays)
+      record.save(index, arrays, inputs[index])
     done[index] = arrays
 
   _spread(evaluators, todo, work)
   progress.close()
   if shard.count > 1:  # Every worker assembles the table (the chief writes).
-    record.wait([i for i in range(count) if i not in done], wait_seconds)
+    others = [i for i in range(count) if i not in done]
+    record.wait(others, wait_seconds)
+    for index in others:
+      done[index] = record.load(index, inputs[index])
+      if done[index] is None:
+        raise ValueError(
+            f'Batch {index} of {record.folder}, written by another worker, '
+            f'was set aside (see the note above); run the same command '
+            f'again to compute it.')
   rows = {name: scoring.Row() for name in first.names}
   seconds: Dict[str, float] = {}
   for index in range(count):
-    arrays = done.get(index) or record.load(index)
-    start = index * batch_size
-    y = labels[start:start + batch_size]
+    arrays = done[index]
+    y = labels[bounds[index][0]:bounds[index][1]]
     for name in first.names:
       ok = arrays[f'{name}/ok']
       rows[name].add(ok, arrays[f'{name}/l2'], arrays[f'{name}/linf'])
@@ -443,25 +525,77 @@ def _spread(evaluators, todo, work) -> None:
 def _table(evaluator, rows, seconds, cfg, examples, outcomes):
   natural = None
   table = []
-  settings = {v.name: v.settings for v in evaluator.variants if v.settings}
+  given = {v.name: v for v in evaluator.variants}
+  threats = {}
   for name in evaluator.names:
     ok = np.concatenate(rows[name].ok, axis=1)
     if outcomes is not None:
       outcomes[name] = ok
     numbers = scoring.summarize(ok, np.concatenate(rows[name].l2),
                                 np.concatenate(rows[name].linf), natural)
-    natural = numbers['accuracy'] if natural is None else natural
+    natural = ok if natural is None else natural
     base = name.split('/')[0]
-    text = settings.get(base) or attack_settings(base, cfg)
-    if name == 'combined' and cfg.combined == 'worst_case':
-      text = f'worst case of {"+".join(evaluator.grouped)}'
+    variant = given.get(base)
+    text = (variant.settings if variant is not None and variant.settings
+            else attack_settings(base, cfg))
+    threat = (variant.threat if variant is not None and variant.threat else
+              attack_suite.threat_model(base, cfg))
+    if name == 'combined':
+      parts = [threats[n] for n in evaluator.grouped]
+      threat = ' + '.join(dict.fromkeys(parts))
+      if cfg.combined == 'worst_case':
+        text = f'worst case of {"+".join(evaluator.grouped)}'
+    threats[name] = threat
     spent = sum(t for label, t in seconds.items()
                 if label == name or label.startswith(name + '/'))
-    table.append({'attack': name, 'settings': text, **numbers,
-                  'examples': examples, 'repeats': evaluator.repeats,
+    table.append({'attack': name, 'threat': threat, 'settings': text,
+                  **numbers, 'examples': examples,
+                  'repeats': evaluator.repeats,
                   'gradient_modes': ','.join(evaluator.modes),
                   'seconds': spent})
   return table
+
+
+def stochastic_table(rows: Sequence[Dict[str, object]]) -> bool:
+  """Whether the rows were scored by repeated decisions (a stochastic
+  model): only then has the table a Monte Carlo column."""
+  return any(row.get('repeats', 1) > 1 for row in rows)
+
+
+def table_notes(rows: Sequence[Dict[str, object]]) -> List[str]:
+  """Sentences a reader of the table needs: what its error bars are, and
+  why a worst case can sit above one of its own rows."""
+  notes = []
+  by_name = {r['attack']: r for r in rows}
+  count = rows[0]['examples'] if rows else 0
+  if stochastic_table(rows):
+    notes.append(
+        f'{count} test images, each decision the mean softmax of several '
+        f'passes, each image scored by {rows[0].get("repeats")} fresh '
+        'decisions; ± MC s.e. is the Monte Carlo standard error of those '
+        'decisions, ± image s.e. sqrt(p (1 - p) / N) the spread over test '
+        'images.')
+  else:
+    notes.append(f'{count} test images; the model is deterministic (one '
+                 'decision per image); ± image s.e. is sqrt(p (1 - p) / N).')
+  combined = by_name.get('combined')
+  singles = [r for r in rows if r['attack'] not in ('natural', 'combined')
+             and '/' not in r['attack']]
+  if combined is not None and singles and stochastic_table(rows):
+    lowest = min(singles, key=lambda r: r['accuracy'])
+    if combined['accuracy'] > lowest['accuracy']:
+      gap = combined['accuracy'] - lowest['accuracy']
+      se = float(np.hypot(combined.get('mc_se', 0.0),
+                          lowest.get('mc_se', 0.0)))
+      notes.append(
+          f'The combined worst case ({100 * combined["accuracy"]:.2f}%) sits '
+          f'{100 * gap:.2f} ± {100 * se:.2f} points (Monte Carlo s.e.) above '
+          f'{lowest["attack"]} ({100 * lowest["accuracy"]:.2f}%): per image '
+          'it picks among the rows\' picks by their noisy verdicts and '
+          'scores the pick with fresh decisions, so it can miss the best '
+          f'pick; {lowest["attack"]}\'s number is an upper bound on the '
+          'robust accuracy as well.')
+  return notes
 
 
 def _cell(column: str, value) -> str:
@@ -476,32 +610,38 @@ def _cell(column: str, value) -> str:
   return str(value)
 
 
-_HEADERS = {'attack': 'attack', 'settings': 'settings',
-            'accuracy': 'accuracy (%)', 'mc_se': '± MC s.e.',
-            'image_se': '± image s.e.',
+_HEADERS = {'attack': 'attack', 'threat': 'threat model',
+            'settings': 'settings', 'accuracy': 'accuracy (%)',
+            'mc_se': '± MC s.e.', 'image_se': '± image s.e.',
             'success_rate': 'attack success (%)',
             'median_l2': 'median L2 (successful)', 'max_linf': 'max Linf',
-            'examples': 'examples'}
+            'examples': 'images'}
 
 
 def table_cells(rows: Sequence[Dict[str, object]]):
-  """(column headers, one list of formatted cells per row) of the table."""
-  return ([_HEADERS[c] for c in COLUMNS],
-          [[_cell(c, row.get(c)) for c in COLUMNS] for row in rows])
+  """(column headers, one list of formatted cells per row) of the table;
+  the Monte Carlo column only for a stochastic model's table."""
+  columns = [c for c in COLUMNS if c != 'mc_se' or stochastic_table(rows)]
+  return ([_HEADERS[c] for c in columns],
+          [[_cell(c, row.get(c)) for c in columns] for row in rows])
 
 
-def markdown_table(rows: Sequence[Dict[str, object]]) -> str:
-  """The rows as a Markdown table (percentages with two decimals)."""
+def markdown_table(rows: Sequence[Dict[str, object]],
+                   notes: Sequence[str] = ()) -> str:
+  """The rows as a Markdown table (percentages with two decimals), then
+  `notes` and the table's own notes (`table_notes`)."""
   headers, cells = table_cells(rows)
   lines = ['| ' + ' | '.join(headers) + ' |',
-           '|' + '|'.join('---' for _ in COLUMNS) + '|']
+           '|' + '|'.join('---' for _ in headers) + '|']
   lines.extend('| ' + ' | '.join(row) + ' |' for row in cells)
+  lines += [''] + [f'{note}' for note in [*notes, *table_notes(rows)]]
   return '\n'.join(lines) + '\n'
 
 
 def write_report(rows: Sequence[Dict[str, object]], output_dir: str,
                  meta: Optional[Dict[str, object]] = None,
-                 examples: Optional[Examples] = None) -> Dict[str, str]:
+                 examples: Optional[Examples] = None,
+                 notes: Sequence[str] = ()) -> Dict[str, str]:
   """Writes robustness.md, robustness.csv and robustness.json.
 
   Args:
@@ -510,6 +650,8 @@ def write_report(rows: Sequence[Dict[str, object]], output_dir: str,
     meta: extra facts for the JSON (checkpoint, data set, settings).
     examples: the same evaluation's `Examples`, saved beside the table as
       figures_data.npz, so a reused table can still be drawn.
+    notes: sentences to print under the table (e.g. that the run's
+      training did not finish), before its own (`table_notes`).
 
   Returns:
     {'md': path, 'csv': path, 'json': path} (and 'examples': path).
@@ -518,7 +660,7 @@ def write_report(rows: Sequence[Dict[str, object]], output_dir: str,
   paths = {ext: os.path.join(output_dir, f'{FILE_STEM}.{ext}')
            for ext in ('md', 'csv', 'json')}
   with tf.io.gfile.GFile(paths['md'], 'w') as f:
-    f.write(markdown_table(rows))
+    f.write(markdown_table(rows, notes))
   buffer = io.StringIO()
   writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction='ignore')
   writer.writeheader()
@@ -526,7 +668,8 @@ def write_report(rows: Sequence[Dict[str, object]], output_dir: str,
   with tf.io.gfile.GFile(paths['csv'], 'w') as f:
     f.write(buffer.getvalue())
   with tf.io.gfile.GFile(paths['json'], 'w') as f:
-    json.dump({'rows': list(rows), **(meta or {})}, f, indent=2,
+    json.dump({'rows': list(rows), **(meta or {}),
+               'notes': [*notes, *table_notes(rows)]}, f, indent=2,
               sort_keys=True)
   if examples is not None:
     paths['examples'] = examples.save(output_dir)
@@ -536,29 +679,66 @@ def write_report(rows: Sequence[Dict[str, object]], output_dir: str,
   return paths
 
 
+# Beside the TensorBoard logs: the evaluations already logged there.
+LOGGED_FILE = 'robustness_logged.json'
+
+
+def summary_tag(row: Dict[str, object]) -> str:
+  """A row's TensorBoard tag, with its threat model and image count:
+  'robustness/linf_0.1/apgd_ce/1000_images'."""
+  threat = attack_suite.threat_key(str(row.get('threat', 'unknown')))
+  return f'robustness/{threat}/{row["attack"]}/{row["examples"]}_images'
+
+
 def write_summaries(rows: Sequence[Dict[str, object]], summary_dir: str,
-                    step: int) -> None:
-  """Logs every row's accuracy to TensorBoard as `robustness/<attack>`.
+                    step: int, key: str = '') -> bool:
+  """Logs every row's accuracy to TensorBoard (`summary_tag`), once.
 
   Args:
     rows: from `evaluate_robustness`.
     summary_dir: the run's TensorBoard folder.
     step: the step to log at (the evaluated checkpoint's).
+    key: names the evaluation (`records.key` of its settings); an
+      evaluation already logged under that key (read back from its
+      record, say) is not logged again. '' logs always.
+
+  Returns:
+    Whether anything was logged.
   """
+  logged_path = os.path.join(summary_dir, LOGGED_FILE)
+  logged = []
+  if key and tf.io.gfile.exists(logged_path):
+    with tf.io.gfile.GFile(logged_path) as f:
+      try:
+        logged = json.load(f)
+      except ValueError:
+        logged = []
+    if key in logged:
+      return False
   writer = tf.summary.create_file_writer(summary_dir)
   with writer.as_default(step=step):
     for row in rows:
-      tf.summary.scalar(f'robustness/{row["attack"]}', row['accuracy'])
+      tf.summary.scalar(summary_tag(row), row['accuracy'],
+                        description=f'{row.get("settings", "")}; '
+                        f'{row["examples"]} test images')
   writer.close()
+  if key:
+    records_lib.write_text(logged_path, json.dumps(logged + [key]))
+  return True
 
 
-def print_table(rows: Sequence[Dict[str, object]], stream=sys.stdout) -> None:
-  """Prints the rows as an aligned plain-text table."""
+def print_table(rows: Sequence[Dict[str, object]], stream=sys.stdout,
+                notes: Sequence[str] = ()) -> None:
+  """Prints the rows as an aligned plain-text table, then `notes` and the
+  table's own notes."""
   headers, body = table_cells(rows)
   cells = [headers] + body
-  widths = [max(len(r[i]) for r in cells) for i in range(len(COLUMNS))]
+  widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
   for r in cells:
-    stream.write('  '.join(v.ljust(w) for v, w in zip(r, widths)).rstrip() + '\n')
+    stream.write('  '.join(v.ljust(w) for v, w in zip(r, widths)).rstrip()
+                 + '\n')
+  for note in [*notes, *table_notes(rows)]:
+    stream.write(textwrap.fill(note, width=100) + '\n')
   stream.flush()
 
 
@@ -598,24 +778,34 @@ def write_grid(results: Sequence[Dict[str, object]],
   table = []
   for result in results:
     by_name = {r['attack']: r for r in result['attacks']}
+    threats = ', '.join(
+        f'{title} {by_name[key]["threat"]}' for key, title in GRID_COLUMNS
+        if key in by_name and by_name[key].get('threat') not in (None, 'none')
+        and key != 'combined')
     table.append({'model': result['row'], **{
         title: (None if key not in by_name else
                 round(100 * by_name[key]['accuracy'], 2))
-        for key, title in GRID_COLUMNS}, 'flagfile': result['flagfile']})
+        for key, title in GRID_COLUMNS},
+                  'images': (result['attacks'][0]['examples']
+                             if result['attacks'] else 0),
+                  'threat models': threats, 'flagfile': result['flagfile']})
   tf.io.gfile.makedirs(output_dir)
   paths = {ext: os.path.join(output_dir, f'grid.{ext}')
            for ext in ('md', 'csv', 'json')}
   titles = [title for _, title in GRID_COLUMNS]
   lines = ['| model | ' + ' | '.join(f'{t} (%)' for t in titles) +
-           ' | flagfile |', '|' + '---|' * (len(titles) + 2)]
+           ' | images | threat models | flagfile |',
+           '|' + '---|' * (len(titles) + 4)]
   for row in table:
     cells = ['-' if row[t] is None else f'{row[t]:.2f}' for t in titles]
     lines.append(f'| {row["model"]} | ' + ' | '.join(cells) +
-                 f' | {row["flagfile"]} |')
+                 f' | {row["images"]} | {row["threat models"]} | '
+                 f'{row["flagfile"]} |')
   with tf.io.gfile.GFile(paths['md'], 'w') as f:
     f.write('\n'.join(lines) + '\n')
   buffer = io.StringIO()
-  writer = csv.DictWriter(buffer, fieldnames=['model', *titles, 'flagfile'])
+  writer = csv.DictWriter(buffer, fieldnames=['model', *titles, 'images',
+                                              'threat models', 'flagfile'])
   writer.writeheader()
   writer.writerows(table)
   with tf.io.gfile.GFile(paths['csv'], 'w') as f:

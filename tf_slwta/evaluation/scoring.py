@@ -62,35 +62,40 @@ class Row:
 
 
 def summarize(ok: np.ndarray, l2: np.ndarray, linf: np.ndarray,
-              natural_accuracy: Optional[float] = None) -> Dict[str, object]:
+              natural_ok: Optional[np.ndarray] = None) -> Dict[str, object]:
   """A row's numbers from per-image, per-repeat outcomes.
 
   Args:
     ok: bool `[R, N]`, decision r on the image scored (for an attack, its
       worst candidate) is right.
     l2, linf: float `[N]`, the scored images' perturbation norms.
-    natural_accuracy: the clean row's accuracy in [0, 1]; None for the
+    natural_ok: bool `[R', N]`, the clean row's outcomes; None for the
       clean row itself (no attack columns).
 
   Returns:
     {'accuracy': mean over images and repeats, 'mc_se': standard error of
     that mean over the R repeats (0 for R = 1), 'image_se': sqrt(p (1 - p) /
-    N), 'success_rate': 1 - accuracy / natural accuracy (the share of
-    clean-right answers the attack turned wrong; None for the clean row),
-    'median_l2' of the perturbed images wrong in more than half the repeats
-    (None if none), 'max_linf'}.
+    N), 'success_rate' in [0, 1]: among the images the model gets right
+    when clean (right in at least half of its clean decisions), the mean
+    share of decisions the attack turned wrong (None for the clean row, or
+    when no image is right), 'median_l2' of the perturbed images wrong in
+    more than half the repeats (None if none), 'max_linf'}.
   """
   repeats, n = ok.shape
   per_repeat = ok.mean(axis=1)
   accuracy = float(per_repeat.mean())
   broken = (ok.mean(axis=0) < 0.5) & (l2 > 0)
+  success = None
+  if natural_ok is not None:
+    right = natural_ok.mean(axis=0) >= 0.5
+    if right.any():
+      success = float(1.0 - ok.mean(axis=0)[right].mean())
   return {
       'accuracy': accuracy,
       'mc_se': (float(per_repeat.std(ddof=1) / np.sqrt(repeats))
                 if repeats > 1 else 0.0),
       'image_se': float(np.sqrt(accuracy * (1 - accuracy) / max(n, 1))),
-      'success_rate': (None if natural_accuracy is None else
-                       float(1 - accuracy / max(natural_accuracy, 1e-12))),
+      'success_rate': success,
       'median_l2': float(np.median(l2[broken])) if broken.any() else None,
       'max_linf': float(linf.max(initial=0.0)),
   }

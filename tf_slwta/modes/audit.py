@@ -8,6 +8,7 @@ from tf_slwta import config as config_lib
 from tf_slwta import data as data_lib
 from tf_slwta import run_folder
 from tf_slwta.evaluation import audit
+from tf_slwta.evaluation import records
 from tf_slwta.evaluation import report
 from tf_slwta.evaluation import robustness
 from tf_slwta.modes import common
@@ -33,9 +34,10 @@ def run(config: config_lib.ExperimentConfig, folder: run_folder.RunFolder,
     model = state.restore_model(config, strategy)
     images, labels = data_lib.load_arrays(config.data, 'test')
     examples = robustness.Examples()
-    meta = {**evaluate.evaluation_meta(config),
-            'audit_settings': config.to_dict()['audit'], 'audit': True}
-    where = evaluate.evaluation_folder(config, 'audit', meta)
+    identity = {**evaluate.evaluation_identity(config),
+                'audit_settings': config.to_dict()['audit'], 'audit': True}
+    meta = {**evaluate.evaluation_meta(config), **identity}
+    where = evaluate.evaluation_folder(config, 'audit', identity)
     result = audit.run_audit(
         None, images, labels, config.attack, config.audit,
         batch_size=config.data.eval_batch_size,
@@ -49,7 +51,8 @@ def run(config: config_lib.ExperimentConfig, folder: run_folder.RunFolder,
                               examples=examples)
       paths = audit.write(result, folder_, meta=meta)
     robustness.write_summaries(result['rows'], folder.summary_dir,
-                               step=report.checkpoint_step(config.output_dir))
+                               step=report.checkpoint_step(config.output_dir),
+                               key=records.key(identity))
     print(f'\nAudit of {config.output_dir} (also in {paths["md"]}, '
           f'{paths["json"]}):\n')
     print(audit.markdown(result))

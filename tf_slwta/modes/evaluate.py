@@ -74,31 +74,55 @@ def transfer_source(run_dir: str, strategy: tf.distribute.Strategy):
   return lambda x: source(x, training=False)
 
 
-def evaluation_meta(config: config_lib.ExperimentConfig) -> dict:
-  """What an attack evaluation's outcomes depend on: the record's identity.
+def checkpoint_identity(output_dir: str) -> dict:
+  """What names a run's newest intact checkpoint wherever the folder lies:
+  {'step': its step, 'digest': a checksum of its index file (which holds
+  every tensor's checksum), or None when there is no checkpoint}."""
+  path = state.latest_checkpoint(output_dir)
+  if not path:
+    return {'step': 0, 'digest': None}
+  return {'step': int(path.rsplit('-', 1)[1]),
+          'digest': records.file_digest(path + '.index')}
 
-  The scoring rule, the run, its latest checkpoint, the model settings
-  (test-time temperatures and noise change the outcomes), the test images
-  and batch size, and the attack settings. `records.key` of it names the
-  evaluation's folder; an earlier table is reused only when it matches.
+
+def evaluation_identity(config: config_lib.ExperimentConfig) -> dict:
+  """What an attack evaluation's outcomes depend on, with no path in it.
+
+  The scoring rule, the checkpoint (by content, `checkpoint_identity`), the
+  model settings (test-time temperatures and noise change the outcomes),
+  the test images and batch size, and the attack settings (a transfer
+  source by its checkpoint's content). `records.key` of it names the
+  evaluation's folder and stamps its record files, so a moved or copied
+  run folder keeps its record, and an earlier table is reused only when it
+  matches.
   """
   settings = config.to_dict()
-  return {'scoring': robustness.SCORING, 'output_dir': config.output_dir,
-          'dataset': config.data.dataset, 'model': config.model.name,
-          'model_settings': settings['model'],
-          'checkpoint': state.latest_checkpoint(config.output_dir),
+  attack = dict(settings['attack'])
+  if attack.get('transfer_from'):
+    attack['transfer_from'] = checkpoint_identity(attack['transfer_from'])
+  return {'scoring': robustness.SCORING, 'dataset': config.data.dataset,
+          'model': config.model.name, 'model_settings': settings['model'],
+          'checkpoint_identity': checkpoint_identity(config.output_dir),
           'eval_examples': config.data.eval_examples,
           'eval_batch_size': config.data.eval_batch_size,
-          'attack_settings': settings['attack']}
+          'attack_identity': attack}
+
+
+def evaluation_meta(config: config_lib.ExperimentConfig) -> dict:
+  """`evaluation_identity` and, for people and reports, where it was made:
+  the run folder, the checkpoint's path and the attack settings as given."""
+  return {**evaluation_identity(config), 'output_dir': config.output_dir,
+          'checkpoint': state.latest_checkpoint(config.output_dir),
+          'attack_settings': config.to_dict()['attack']}
 
 
 def evaluation_folder(config: config_lib.ExperimentConfig, kind: str,
-                      meta: dict) -> str:
-  """`<output_dir>/evaluations/<kind>-step<checkpoint step>-<settings key>`:
-  where one evaluation keeps its batches and tables (its history entry)."""
+                      identity: dict) -> str:
+  """`<output_dir>/evaluations/<kind>-step<checkpoint step>-<identity key>`:
+  where one evaluation keeps its record and tables (its history entry)."""
   return os.path.join(config.output_dir, records.EVALUATIONS_DIR,
                       f'{kind}-step{report.checkpoint_step(config.output_dir)}'
-                      f'-{records.key(meta)}')
+                      f'-{records.key(identity)}')
 
 
 def scale_out(config: config_lib.ExperimentConfig,
@@ -143,27 +167,30 @@ def attack_and_report(config: config_lib.ExperimentConfig,
   chief = distribute.is_chief(strategy)
   rows = None
   if attack:
-    meta = evaluation_meta(config)
-    rows = robustness.load_report(config.output_dir, meta) if (
+    identity = evaluation_identity(config)
+    rows = robustness.load_report(config.output_dir, identity) if (
         reuse_robustness and chief) else None
     if rows is None:
       images, labels = data_lib.load_arrays(config.data, 'test')
       examples = robustness.Examples()  # For the figures.
-      folder = evaluation_folder(config, 'robustness', meta)
+      folder = evaluation_folder(config, 'robustness', identity)
       rows = robustness.evaluate_robustness(
           None, images, labels, config.attack,
           batch_size=config.data.eval_batch_size, examples=examples,
           transfer_logits_fn=transfer_source(config.attack.transfer_from,
                                              strategy),
-          record=records.BatchRecords(os.path.join(folder, 'batches'), meta),
+          record=records.BatchRecords(os.path.join(folder, 'batches'),
+                                      identity),
           **scale_out(config, strategy))
       if not chief:  # Its share is in the record; the chief reports.
         return None
+      meta = evaluation_meta(config)
       for where in (folder, config.output_dir):  # History, and the latest.
         robustness.write_report(rows, where, meta=meta, examples=examples)
       robustness.write_summaries(
           rows, run_folder.RunFolder(config.output_dir).summary_dir,
-          step=report.checkpoint_step(config.output_dir))
+          step=report.checkpoint_step(config.output_dir),
+          key=records.key(identity))
   if not chief:
     return None
   print(f'\nResults of {config.output_dir} ({config.data.dataset}, '

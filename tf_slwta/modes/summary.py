@@ -20,12 +20,26 @@ def _examples(n: int) -> str:
 
 
 def _attacks(config: config_lib.ExperimentConfig) -> str:
+  """'attacks fgsm (Linf 0.3), apgd_ce+apgd_dlr (Linf 0.1, 100 steps); ...':
+  each attack with the threat model and budget it runs at."""
   a = config.attack
   if not a.attacks:
     return 'no attacks'
-  return (f'attacks {",".join(a.attacks)} (pgd eps {a.pgd_eps}, '
-          f'{a.pgd_steps} steps, {a.pgd_restarts} restart(s); '
-          f'EOT {a.eot_samples}, MC {a.mc_samples})')
+  budget = {'pgd_linf': f'{a.pgd_steps} steps', 'pgd_l2': f'{a.pgd_steps} steps',
+            'cw': f'{a.cw_steps} steps', 'apgd_ce': f'{a.apgd_steps} steps',
+            'apgd_dlr': f'{a.apgd_steps} steps',
+            'apgd_t': f'{a.apgd_steps} steps',
+            'square': f'{a.square_queries} queries',
+            'transfer': f'{a.apgd_steps} steps'}
+  groups = {}  # (threat, budget) -> attacks, in order.
+  for name in a.attacks:
+    key = (a.threat_model(name), budget.get(name, ''))
+    groups.setdefault(key, []).append(name)
+  parts = [f'{"+".join(names)} ({", ".join(p for p in key if p)})'
+           for key, names in groups.items()]
+  modes = ','.join(a.gradient_modes)
+  return (f'attacks {", ".join(parts)}; EOT {a.eot_samples}, MC '
+          f'{a.mc_samples}, gradient modes {modes}')
 
 
 def line(config: config_lib.ExperimentConfig) -> str:
@@ -48,9 +62,10 @@ def line(config: config_lib.ExperimentConfig) -> str:
   elif config.mode == 'audit':
     u = config.audit
     text = (f'{_model(config)} on {_examples(d.eval_examples)} '
-            f'{d.dataset} test images, {config.attack.aa_norm} eps '
-            f'{config.attack.aa_eps} x {",".join(f"{m:g}" for m in u.eps_multiples)}'
-            f', {_attacks(config)}')
+            f'{d.dataset} test images, around '
+            f'{config.attack.threat_model("apgd_ce")} (eps sweep x '
+            f'{",".join(f"{m:g}" for m in u.eps_multiples)}), '
+            f'{_attacks(config)}')
   elif config.mode == 'certify':
     c = config.certify
     text = (f'{_model(config)} on {_examples(d.eval_examples)} '
