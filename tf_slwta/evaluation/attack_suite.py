@@ -59,6 +59,19 @@ class Variant:
     return f'{self.name}/{self.mode}' if self.mode else self.name
 
 
+class _Traced:
+  """What `compiled` traces: one object per variant, so TensorFlow counts
+  each variant's tracing on its own (it keys its retracing statistics on a
+  function's code, which every closure would share)."""
+
+  def __init__(self, attack: AttackFn):
+    self.attack = attack
+
+  def __call__(self, x, y, seed, token):
+    with reporting.traced_token(token):
+      return self.attack(x, y, seed)
+
+
 def compiled(attack: AttackFn) -> AttackFn:
   """`attack` as one `tf.function` of its own, traced once per evaluation.
 
@@ -69,11 +82,7 @@ def compiled(attack: AttackFn) -> AttackFn:
   progress to the caller's `reporting.reporter`.
   """
 
-  def traced(x, y, seed, token):
-    with reporting.traced_token(token):
-      return attack(x, y, seed)
-
-  function = tf.function(traced, reduce_retracing=True)
+  function = tf.function(_Traced(attack), reduce_retracing=True)
 
   def run(x, y, seed):
     return function(tf.convert_to_tensor(x, tf.float32),
