@@ -71,6 +71,51 @@ def test_seed_attack_settings():
   assert quick.evaluate_robustness and quick.attack == attack
 
 
+def test_typed_flags_override_every_flagfile_wherever_they_stand():
+  # The README's command: --mode before the recipe, --aa_eps after the
+  # attack flagfile; both typed, so both win.
+  config = parse('--mode=evaluate', '--flagfile=flags/slwta_fashion_mnist.cfg',
+                 '--flagfile=flags/attacks/autoattack_rand.cfg',
+                 '--aa_eps=0.0314')
+  assert (config.mode, config.output_dir) == ('evaluate',
+                                              'runs/slwta_fashion_mnist')
+  assert config.attack.aa_eps == 0.0314
+  assert config.attack.attacks == ('apgd_ce', 'apgd_dlr')  # The later file.
+  assert parse('--aa_eps=0.0314', '--flagfile=flags/attacks/autoattack.cfg'
+               ).attack.aa_eps == 0.0314
+  assert not parse('--noibp', '--flagfile=flags/slwta_fashion_mnist.cfg'
+                   ).model.ibp
+  # Of two flagfiles the later wins; a recipe never sets the mode, so a mode
+  # flagfile's --mode stands in either order.
+  recipe, audit = 'flags/slwta_fashion_mnist.cfg', 'flags/attacks/audit_cpu.cfg'
+  after = parse(f'--flagfile={recipe}', f'--flagfile={audit}')
+  before = parse(f'--flagfile={audit}', f'--flagfile={recipe}')
+  assert after.mode == before.mode == 'audit'
+  assert (after.data.eval_examples, before.data.eval_examples) == (500, 1000)
+  assert parse('--mode=train', f'--flagfile={audit}').mode == 'train'
+  # A typed flag and a flagfile's: the expansion puts the typed ones last.
+  argv = cli.expand_flagfiles(['main.py', '--mode=evaluate',
+                               f'--flagfile={os.path.join(REPO, audit)}'])
+  assert argv[0] == 'main.py' and argv[-1] == '--mode=evaluate'
+  assert '--mode=audit' in argv[1:-1]
+
+
+def test_only_mode_flagfiles_set_a_mode():
+  setting = sorted(os.path.relpath(path, REPO) for path in FLAGFILES if any(
+      arg.startswith('--mode=') for arg in cli.expand_flagfiles(
+          ['main.py', f'--flagfile={path}'])))
+  assert setting == ['flags/attacks/audit_cpu.cfg']
+
+
+def test_grid_rows_take_their_overrides_flagfile_last():
+  row = os.path.join(REPO, 'flags', 'seed_table', '2_noise_injection.cfg')
+  overrides = os.path.join(REPO, 'flags', 'attacks', 'strong.cfg')
+  config = cli.parse_flagfiles([row, overrides])
+  assert config.model.pni == 'activation' and config.train.epochs == 5
+  assert config.attack.pgd_steps == 50  # strong.cfg over the row's seed.cfg.
+  assert config.mode == 'train'
+
+
 @pytest.mark.parametrize('args,named', [
     (['--batch_size=0'], 'batch_size'),
     (['--model=wide_resnet', '--depth=33'], 'depth'),

@@ -91,10 +91,12 @@ def with_default_flagfile(argv: List[str], flagfile: str) -> List[str]:
   """Puts `--flagfile=flagfile` first when the command needs the default job.
 
   `python main.py` runs the default job, and `python main.py --epochs=1`
-  runs it with one change; a user's own flagfile replaces it entirely.
-  It is not put in when the run to open already has a config.json (the
-  run's own settings are the base then), nor for modes other than train:
-  they take their settings from the run's folder.
+  runs it with one change (a typed flag overrides every flagfile, see
+  `expand_flagfiles`); a user's own flagfile replaces it entirely. It is
+  not put in when the run to open already has a config.json (the run's own
+  settings are the base then), nor for modes other than train: they take
+  their settings from the run's folder. `--mode` and `--output_dir` are
+  read from the typed flags, the ones that win.
   """
   if any(a.startswith(('--flagfile', '-flagfile')) for a in argv[1:]):
     return list(argv)

@@ -1,5 +1,12 @@
 """Reading flagfiles, nested ones relative to the file that names them.
 
+The rule for which value wins: a flag typed on the command line overrides
+the same flag read from any flagfile, wherever the two stand on the command
+line; among flagfiles (and lines of one flagfile) the later one wins. So
+`python main.py --mode=evaluate --flagfile=RECIPE.cfg` evaluates even if
+RECIPE.cfg says `--mode=train`, and a flag added to a README command does
+what it says whether it was typed before or after the flagfile.
+
 absl reads `--flagfile=F` lines inside a flagfile relative to the working
 directory, so a flagfile that includes another only works from the folder
 it was written for. `expand_flagfiles` replaces every `--flagfile=F` of a
@@ -55,29 +62,36 @@ def _read(path: str, including: Optional[str], stack: List[str]) -> List[str]:
 
 
 def expand_flagfiles(argv: Sequence[str]) -> List[str]:
-  """`argv` with each `--flagfile=F` (or `--flagfile F`) replaced by F's flags.
+  """`argv` with its flagfiles read: their flags first, then the typed ones.
+
+  absl lets the later of two values win, so putting every flag read from a
+  flagfile (in the order the flagfiles are named, each one's nested
+  flagfiles in place) before the flags typed on the command line (in their
+  own order) makes a typed flag override any flagfile's, wherever it stood.
 
   Args:
-    argv: a command line, program name first; flagfiles named on it are
-      read relative to the working directory.
+    argv: a command line, program name first; flagfiles named on it as
+      `--flagfile=F` or `--flagfile F` are read relative to the working
+      directory.
 
   Returns:
-    The command line with no flagfile left in it.
+    The command line with no flagfile left in it: the program name, the
+    flagfiles' flags, then the typed arguments.
 
   Raises:
     FlagfileError: a flagfile is missing or includes itself; the message
       names it and the file that named it.
   """
-  out, args = [argv[0]], list(argv[1:])
+  read, typed, args = [], [], list(argv[1:])
   i = 0
   while i < len(args):
     arg = args[i]
     if arg.startswith(_DIRECTIVES):
-      out += _read(_resolve(arg.split('=', 1)[1], None), None, [])
+      read += _read(_resolve(arg.split('=', 1)[1], None), None, [])
     elif arg in ('--flagfile', '-flagfile') and i + 1 < len(args):
-      out += _read(_resolve(args[i + 1], None), None, [])
+      read += _read(_resolve(args[i + 1], None), None, [])
       i += 1
     else:
-      out.append(arg)
+      typed.append(arg)
     i += 1
-  return out
+  return [argv[0]] + read + typed
