@@ -13,6 +13,7 @@ import pytest
 from cli_fixtures import parse_command
 from tf_slwta import cli
 from tf_slwta import config as config_lib
+from tf_slwta import run_folder
 from tf_slwta.training import tf_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -144,6 +145,17 @@ def test_multi_worker_needs_tf_config(monkeypatch):
     parse('--strategy=multi_worker')
 
 
+def test_only_training_writes_a_runs_config(tmp_path):
+  folder = run_folder.RunFolder(str(tmp_path))
+  for mode in ('evaluate', 'audit', 'certify', 'export', 'predict'):
+    with pytest.raises(run_folder.RunFolderError, match='only --mode=train'):
+      folder.write_config(config_lib.ExperimentConfig(
+          mode=mode, output_dir=str(tmp_path)))
+  assert not (tmp_path / 'config.json').exists()
+  folder.write_config(config_lib.ExperimentConfig(output_dir=str(tmp_path)))
+  assert folder.saved_settings()['mode'] == 'train'
+
+
 def run_main(*args, env=None, timeout=300):
   return subprocess.run(
       [sys.executable, os.path.join(REPO, 'main.py'), *args], cwd=REPO,
@@ -175,8 +187,11 @@ def test_main_trains_and_evaluates_end_to_end(tmp_path):
   assert results['epoch'] == 2 and results['test/examples'] == 256
   assert len((out / 'metrics.jsonl').read_text().splitlines()) == 2
   assert glob.glob(str(out / 'summaries' / 'events.*'))
+  recorded = (out / 'config.json').read_bytes()
   evaluated = run_main(SMOKE, f'--output_dir={out}', '--mode=evaluate')
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  assert evaluated.stdout.startswith(f'evaluate {out}: ')  # Not a training.
+  assert (out / 'config.json').read_bytes() == recorded
   with open(out / 'eval_results.json') as f:
     assert json.load(f)['accuracy'] == pytest.approx(results['test/accuracy'])
   assert 'Robustness on 256 test images' in evaluated.stdout
@@ -187,6 +202,16 @@ def test_main_trains_and_evaluates_end_to_end(tmp_path):
   row = re.search(r'^test\s+([\d.]+)', evaluated.stdout, re.M)
   assert float(row.group(1)) == pytest.approx(
       100 * results['test/accuracy'], abs=0.01)
+  # The audit, typed before the recipe as the README types it: it audits,
+  # and neither it nor the evaluation rewrites the run's record.
+  audited = run_main('--mode=audit', SMOKE, f'--output_dir={out}',
+                     '--attacks=apgd_ce', '--apgd_steps=2', '--eval_examples=16',
+                     '--audit_sweep_examples=4', '--audit_steps=1,2',
+                     '--audit_eps_multiples=1,2', '--audit_noise_draws=1')
+  assert audited.returncode == 0, audited.stderr[-3000:]
+  assert audited.stdout.startswith(f'audit {out}: ')
+  assert (out / 'audit.json').exists()
+  assert (out / 'config.json').read_bytes() == recorded
   # The same output_dir with another model is refused, and nothing is lost.
   other = run_main(SMOKE, f'--output_dir={out}', '--seed_cnn_units=64')
   assert other.returncode == 1

@@ -262,7 +262,18 @@ class RunFolder:
     return read_json(self.file(CONFIG_FILE), "the run's settings")
 
   def write_config(self, config: config_lib.ExperimentConfig) -> None:
-    """Writes config.json atomically (creating the folder)."""
+    """Writes config.json atomically (creating the folder).
+
+    Only training writes it: the other modes read the run's settings and
+    must leave its record as the training made it.
+
+    Raises:
+      RunFolderError: `config.mode` is not 'train'.
+    """
+    if config.mode != 'train':
+      raise RunFolderError(
+          f'--mode={config.mode} must not rewrite {self.file(CONFIG_FILE)}; '
+          f'only --mode=train records a run\'s settings.')
     _makedirs(self.path)
     atomic_write(self.file(CONFIG_FILE), json.dumps(
         config.to_dict(), indent=2, sort_keys=True, allow_nan=False) + '\n')
