@@ -15,6 +15,7 @@ import shlex
 import subprocess
 import sys
 
+from cli_fixtures import copy_repository
 import numpy as np
 import pytest
 
@@ -78,31 +79,8 @@ def readme_commands():
   return commands
 
 
-def _tracked_files():
-  """The files a clone of this work tree has (as committed, with what is not
-  committed yet), or outside git the tree without what git ignores."""
-  listed = subprocess.run(['git', 'ls-files', '-co', '--exclude-standard'],
-                          cwd=REPO, capture_output=True, text=True)
-  if listed.returncode == 0:
-    return listed.stdout.split()
-  ignored = {'.git', '.venv', 'runs', 'saved_models', '__pycache__',
-             '.pytest_cache'}
-  files = []
-  for folder, dirs, names in os.walk(REPO):
-    dirs[:] = [d for d in dirs if d not in ignored]
-    files += [os.path.relpath(os.path.join(folder, n), REPO) for n in names]
-  return files
-
-
 def fresh_clone(target):
-  files = _tracked_files()
-  for name in files:
-    source = os.path.join(REPO, name)
-    if not os.path.isfile(source):
-      continue
-    os.makedirs(os.path.dirname(os.path.join(target, name)), exist_ok=True)
-    with open(source, 'rb') as f, open(os.path.join(target, name), 'wb') as g:
-      g.write(f.read())
+  copy_repository(target)
   for folder, _, names in os.walk(os.path.join(target, 'flags')):
     for name in names:
       if name.endswith('.cfg'):
