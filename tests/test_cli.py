@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 from absl import flags
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from cli_fixtures import parse_command
 from tf_slwta import cli
 from tf_slwta import config as config_lib
+from tf_slwta import folder_lock
 from tf_slwta import run_folder
 from tf_slwta.training import tf_config
 
@@ -220,6 +222,44 @@ def test_main_trains_and_evaluates_end_to_end(tmp_path):
 
 
 # A killed run resuming bit-identically: tests/test_resume.py.
+
+
+@pytest.mark.slow
+def test_a_busy_folder_is_refused_before_tensorflow_loads(tmp_path):
+  out = tmp_path / 'busy'
+  with folder_lock.locked(str(out)):
+    with folder_lock.locked(str(out)):  # Re-entrant within a process.
+      pass
+    for mode in ('train', 'evaluate', 'audit', 'certify'):
+      start = time.perf_counter()
+      refused = run_main(SMOKE, f'--output_dir={out}', f'--mode={mode}')
+      seconds = time.perf_counter() - start
+      assert refused.returncode == 1, refused.stderr[-3000:]
+      assert f'{out} is in use by process {os.getpid()}' in refused.stderr
+      assert 'pass another --output_dir' in refused.stderr
+      assert seconds < 5, (mode, seconds)  # TensorFlow alone takes 12-50 s.
+      assert refused.stdout == ''  # Not even the settings line.
+  assert os.listdir(out) == ['.lock']  # Nothing else written.
+
+
+def test_only_the_chief_of_a_multi_worker_run_takes_the_lock(monkeypatch):
+  def cluster(task_type, index, chief=False):
+    spec = {'worker': ['h1:1', 'h2:2'], **({'chief': ['h0:0']} if chief else {})}
+    monkeypatch.setenv('TF_CONFIG', json.dumps(
+        {'cluster': spec, 'task': {'type': task_type, 'index': index}}))
+
+  monkeypatch.delenv('TF_CONFIG', raising=False)
+  assert tf_config.is_chief('auto') and tf_config.is_chief('one_device')
+  cluster('worker', 0)
+  assert tf_config.is_chief('multi_worker') and tf_config.is_chief('auto')
+  cluster('worker', 1)
+  assert not tf_config.is_chief('multi_worker')
+  assert not tf_config.is_chief('auto')  # auto with two workers: multi-worker.
+  assert tf_config.is_chief('one_device')  # Not a multi-worker run.
+  cluster('worker', 0, chief=True)
+  assert not tf_config.is_chief('multi_worker')
+  cluster('chief', 0, chief=True)
+  assert tf_config.is_chief('multi_worker')
 
 
 @pytest.mark.slow

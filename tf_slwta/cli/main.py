@@ -12,6 +12,7 @@ the module of tf_slwta/modes that runs it. Importing this module defines
 the flags on absl's global `FLAGS`.
 """
 
+import contextlib
 import os
 import signal
 import sys
@@ -24,8 +25,10 @@ from absl import flags
 from absl import logging
 
 from tf_slwta import cli
+from tf_slwta import config as config_lib
 from tf_slwta import run_folder
 from tf_slwta import startup
+from tf_slwta.training import tf_config
 
 # The default job's flagfile: the recipe shipped in the package.
 QUICKSTART = cli.packaged_flagfile('quickstart.cfg')
@@ -40,6 +43,27 @@ class _Terminated(Exception):
 def _on_sigterm(signum, frame):
   del signum, frame
   raise _Terminated()
+
+
+# The modes that write in the run's folder, under its lock.
+WRITES_FOLDER = ('train', 'evaluate', 'audit', 'certify')
+
+
+def folder_lock(config: config_lib.ExperimentConfig,
+                folder: run_folder.RunFolder):
+  """The run folder's lock for this command, or nothing.
+
+  Taken before TensorFlow loads, so a second process on the same folder is
+  refused in a fraction of a second rather than after TensorFlow's start-up
+  (20-50 s on a loaded 2-core CPU). Only for the modes that write the folder
+  (`WRITES_FOLDER`), and only on the chief of a multi-worker run (the other
+  workers share the folder and write nothing of it). The mode's own
+  `common.chief_lock` then finds it held by this process.
+  """
+  if config.mode in WRITES_FOLDER and tf_config.is_chief(
+      config.train.strategy):
+    return folder.locked()
+  return contextlib.nullcontext()
 
 
 def main(argv: List[str]) -> int:
@@ -62,8 +86,7 @@ def main(argv: List[str]) -> int:
   try:
     folder = run_folder.RunFolder(config.output_dir)
     if config.mode != 'grid':
-      folder.check_usable(
-          writable=config.mode in ('train', 'evaluate', 'audit', 'certify'))
+      folder.check_usable(writable=config.mode in WRITES_FOLDER)
     config, notes = folder.settings_for(config, cli.given_fields(FLAGS))
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
@@ -72,6 +95,18 @@ def main(argv: List[str]) -> int:
     logging.set_verbosity(logging.WARNING)  # absl's INFO lines: pass -v 0.
   for note in notes:
     print(note, flush=True)
+  with contextlib.ExitStack() as held:
+    try:
+      held.enter_context(folder_lock(config, folder))
+    except run_folder.RunFolderError as e:  # Another process works there.
+      print(f'error: {e}', file=sys.stderr)
+      return 1
+    return _run_mode(config, folder)
+
+
+def _run_mode(config: config_lib.ExperimentConfig,
+              folder: run_folder.RunFolder) -> int:
+  """Loads TensorFlow and the modes, then runs `config.mode` on `folder`."""
   with startup.quiet_tensorflow():
     # Imported only now, so that flag parsing and its refusals come before
     # TensorFlow loads: a refused flag takes 0.35 s, importing the modes (and
