@@ -242,6 +242,44 @@ def test_a_busy_folder_is_refused_before_tensorflow_loads(tmp_path):
   assert os.listdir(out) == ['.lock']  # Nothing else written.
 
 
+def test_a_missing_transfer_source_says_how_to_train_the_twin(tmp_path):
+  recipe = os.path.join(REPO, 'flags', 'slwta_fashion_mnist.cfg')
+  attacks = os.path.join(REPO, 'flags', 'attacks', 'autoattack_rand.cfg')
+  assert cli.recipe_flagfile(['main.py', '--mode=audit', f'--flagfile={recipe}',
+                              f'--flagfile={attacks}']) == recipe
+  assert cli.recipe_flagfile(['main.py', f'--flagfile={attacks}']) is None
+  twin = tmp_path / 'twin'
+  with pytest.raises(run_folder.RunFolderError) as raised:
+    run_folder.check_transfer_source(str(twin), 'flags/slwta_fashion_mnist.cfg')
+  assert str(raised.value) == (
+      f'--transfer_from={twin} holds no trained run (no config.json); train '
+      f"the source model first, e.g. the recipe's ReLU twin: python main.py "
+      f'--flagfile=flags/slwta_fashion_mnist.cfg --activation=relu --noibp '
+      f'--output_dir={twin}')
+  run_folder.RunFolder(str(twin)).write_config(
+      config_lib.ExperimentConfig(output_dir=str(twin)))
+  with pytest.raises(run_folder.RunFolderError, match=r'\(no checkpoint\); '
+                     r'.* --flagfile=RECIPE.cfg --activation=relu'):
+    run_folder.check_transfer_source(str(twin))
+  with pytest.raises(flags.Error, match='--flagfile=RECIPE.cfg --activation'):
+    parse('--attacks=transfer')  # And no source named at all.
+
+
+@pytest.mark.slow
+def test_the_command_refuses_a_missing_transfer_source_at_once(tmp_path):
+  start = time.perf_counter()
+  refused = run_main('--mode=audit', SMOKE, f'--output_dir={tmp_path / "run"}',
+                     f'--transfer_from={tmp_path / "twin"}')
+  assert time.perf_counter() - start < 5  # Before TensorFlow loads.
+  assert refused.returncode == 1 and refused.stdout == ''
+  assert refused.stderr.strip() == (
+      f'error: --transfer_from={tmp_path / "twin"} holds no trained run (no '
+      f"config.json); train the source model first, e.g. the recipe's ReLU "
+      f'twin: python main.py {SMOKE} --activation=relu --noibp '
+      f'--output_dir={tmp_path / "twin"}')
+  assert not (tmp_path / 'run').exists()  # Nothing made.
+
+
 def test_only_the_chief_of_a_multi_worker_run_takes_the_lock(monkeypatch):
   def cluster(task_type, index, chief=False):
     spec = {'worker': ['h1:1', 'h2:2'], **({'chief': ['h0:0']} if chief else {})}

@@ -29,6 +29,7 @@ from tf_slwta.cli.flagfiles import expand_flagfiles  # pylint: disable=unused-im
 from tf_slwta.cli.flagfiles import find_flagfile  # pylint: disable=unused-import
 from tf_slwta.cli.flagfiles import glob_flagfiles  # pylint: disable=unused-import
 from tf_slwta.cli.flagfiles import packaged_flagfile  # pylint: disable=unused-import
+from tf_slwta.cli.flagfiles import recipe_flagfile  # pylint: disable=unused-import
 from tf_slwta.cli.usage import help_text  # pylint: disable=unused-import
 from tf_slwta.cli.usage import wants_help  # pylint: disable=unused-import
 

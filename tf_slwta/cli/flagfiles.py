@@ -26,7 +26,7 @@ working directory (or beside the including flagfile) comes first.
 import glob
 import importlib.resources
 import os
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 _DIRECTIVES = ('--flagfile=', '-flagfile=')
 # The recipes shipped with the package; flags/ in the repository links here.
@@ -137,16 +137,33 @@ def expand_flagfiles(argv: Sequence[str]) -> List[str]:
     FlagfileError: a flagfile is missing or includes itself; the message
       names it and the file that named it.
   """
-  read, typed, args = [], [], list(argv[1:])
+  names, typed = _split(argv)
+  read = [flag for name in names for flag in _read(_resolve(name, None), None, [])]
+  return [argv[0]] + read + typed
+
+
+def _split(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
+  """(the flagfiles named on `argv`, its other arguments), each in order."""
+  names, typed, args = [], [], list(argv[1:])
   i = 0
   while i < len(args):
     arg = args[i]
     if arg.startswith(_DIRECTIVES):
-      read += _read(_resolve(arg.split('=', 1)[1], None), None, [])
+      names.append(arg.split('=', 1)[1])
     elif arg in ('--flagfile', '-flagfile') and i + 1 < len(args):
-      read += _read(_resolve(args[i + 1], None), None, [])
+      names.append(args[i + 1])
       i += 1
     else:
       typed.append(arg)
     i += 1
-  return [argv[0]] + read + typed
+  return names, typed
+
+
+def recipe_flagfile(argv: Sequence[str]) -> Optional[str]:
+  """The recipe named on `argv`, as typed: the last flagfile that sets
+  --output_dir (attack and mode flagfiles do not), or None. For messages
+  that give a command to type."""
+  recipes = [name for name in _split(argv)[0] if any(
+      flag.startswith(('--output_dir=', '-output_dir='))
+      for flag in _read(_resolve(name, None), None, []))]
+  return recipes[-1] if recipes else None

@@ -13,10 +13,11 @@ the flags on absl's global `FLAGS`.
 """
 
 import contextlib
+import functools
 import os
 import signal
 import sys
-from typing import List
+from typing import List, Sequence
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
@@ -66,11 +67,30 @@ def folder_lock(config: config_lib.ExperimentConfig,
   return contextlib.nullcontext()
 
 
-def main(argv: List[str]) -> int:
+def check_transfer_source(config: config_lib.ExperimentConfig,
+                          command: Sequence[str]) -> None:
+  """Refuses, before TensorFlow loads, a --transfer_from with no trained run.
+
+  Evaluation and the audit load the source model whenever it is set. The
+  message's command names the recipe typed on `command` (the command line
+  as typed). A remote source is checked when it is loaded.
+
+  Raises:
+    run_folder.RunFolderError: naming the folder and the command to train
+      the twin.
+  """
+  source = config.attack.transfer_from
+  if (source and config.mode in ('train', 'evaluate', 'audit')
+      and not run_folder.is_remote(source)):
+    run_folder.check_transfer_source(source, cli.recipe_flagfile(command))
+
+
+def main(argv: List[str], command: Sequence[str] = ()) -> int:
   """Runs the parsed command: settings, then the --mode's module.
 
   Args:
     argv: what absl left after parsing `FLAGS` (the program name alone).
+    command: the command line as typed, for messages that name its recipe.
 
   Returns:
     The exit code: 0, 1 for a failure the user can fix (one line on
@@ -88,6 +108,7 @@ def main(argv: List[str]) -> int:
     if config.mode != 'grid':
       folder.check_usable(writable=config.mode in WRITES_FOLDER)
     config, notes = folder.settings_for(config, cli.given_fields(FLAGS))
+    check_transfer_source(config, command)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
@@ -140,13 +161,13 @@ def run(argv: List[str]) -> int:
     print(cli.help_text())
     return 0
   try:
-    argv = command_line(argv)
+    expanded = command_line(argv)
     FLAGS.unparse_flags()
-    rest = FLAGS(argv)
+    rest = FLAGS(expanded)
   except (cli.FlagfileError, flags.Error) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  return main(rest)
+  return main(rest, command=argv)
 
 
 def console() -> None:
@@ -165,7 +186,8 @@ def console() -> None:
     sys.exit(2)
   signal.signal(signal.SIGTERM, _on_sigterm)
   try:
-    app.run(main, argv=argv, flags_parser=cli.parse_or_exit)
+    app.run(functools.partial(main, command=sys.argv), argv=argv,
+            flags_parser=cli.parse_or_exit)
   except KeyboardInterrupt:
     print('Interrupted by SIGINT; every file in the run folder is whole. Run '
           'the same command to continue.', file=sys.stderr)
