@@ -207,7 +207,8 @@ def test_main_trains_and_evaluates_end_to_end(tmp_path):
   # The audit, typed before the recipe as the README types it: it audits,
   # and neither it nor the evaluation rewrites the run's record.
   audited = run_main('--mode=audit', SMOKE, f'--output_dir={out}',
-                     '--attacks=apgd_ce', '--apgd_steps=2', '--eval_examples=16',
+                     '--attacks=apgd_ce', '--apgd_steps=2',
+                     '--eval_examples=16',
                      '--audit_sweep_examples=4', '--audit_steps=1,2',
                      '--audit_eps_multiples=1,2', '--audit_noise_draws=1')
   assert audited.returncode == 0, audited.stderr[-3000:]
@@ -282,7 +283,9 @@ def test_the_command_refuses_a_missing_transfer_source_at_once(tmp_path):
 
 def test_only_the_chief_of_a_multi_worker_run_takes_the_lock(monkeypatch):
   def cluster(task_type, index, chief=False):
-    spec = {'worker': ['h1:1', 'h2:2'], **({'chief': ['h0:0']} if chief else {})}
+    spec = {'worker': ['h1:1', 'h2:2']}
+    if chief:
+      spec['chief'] = ['h0:0']
     monkeypatch.setenv('TF_CONFIG', json.dumps(
         {'cluster': spec, 'task': {'type': task_type, 'index': index}}))
 

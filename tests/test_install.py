@@ -26,17 +26,18 @@ def test_recipes_are_found_by_name_from_any_folder(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)  # No flags/ here.
   quick = cli.expand_flagfiles(['m', '--flagfile=quickstart.cfg'])
   assert '--output_dir=runs/quickstart' in quick
-  assert '--attacks=fgsm,pgd_linf,pgd_l2,cw' in quick  # Nested attacks/seed.cfg.
+  assert '--attacks=fgsm,pgd_linf,pgd_l2,cw' in quick  # attacks/seed.cfg
   assert cli.expand_flagfiles(['m', '--flagfile=flags/quickstart.cfg']) == quick
   assert cli.expand_flagfiles(['m', '--flagfile', 'quickstart.cfg']) == quick
   assert '--fgsm_eps=0.3' in cli.expand_flagfiles(
       ['m', '--flagfile=attacks/seed.cfg'])
-  row = cli.expand_flagfiles(['m', '--flagfile=seed_table/cifar10/1_regular.cfg'])
+  row = cli.expand_flagfiles(
+      ['m', '--flagfile=seed_table/cifar10/1_regular.cfg'])
   assert row[-1] == '--output_dir=runs/seed_table_cifar10/1_regular'
   assert '--dataset=cifar10' in row
-  assert [os.path.basename(p) for p in cli.glob_flagfiles(
-      'flags/seed_table/[0-9]*.cfg')][::6] == ['1_regular.cfg',
-                                               '7_smoothing_pgd_fgsm_cw_pni.cfg']
+  rows = cli.glob_flagfiles('flags/seed_table/[0-9]*.cfg')
+  assert [os.path.basename(p) for p in rows][::6] == [
+      '1_regular.cfg', '7_smoothing_pgd_fgsm_cw_pni.cfg']
   # They ship inside the package, and the repository's flags/ is them.
   assert cli.packaged_flagfile('quickstart.cfg') == os.path.join(
       REPO, 'tf_slwta', 'flags', 'quickstart.cfg')

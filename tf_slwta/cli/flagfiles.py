@@ -138,7 +138,8 @@ def expand_flagfiles(argv: Sequence[str]) -> List[str]:
       names it and the file that named it.
   """
   names, typed = _split(argv)
-  read = [flag for name in names for flag in _read(_resolve(name, None), None, [])]
+  read = [flag for name in names
+          for flag in _read(_resolve(name, None), None, [])]
   return [argv[0]] + read + typed
 
 
