@@ -1,131 +1,19 @@
 """tf_slwta command line: train, evaluate and attack robust image classifiers.
 
-`python main.py` runs the default job, flags/quickstart.cfg. Any flag given
-on the command line overrides it; `--flagfile=F` replaces it. A run that
-already has a folder (`--output_dir`) is opened from its own config.json.
-`python main.py --help` lists the flags by section. See README.md.
+`python main.py` runs the default job, the recipe flags/quickstart.cfg. A
+flag typed on the command line overrides the same flag in any flagfile;
+`--flagfile=F` replaces the default job. A run that already has a folder
+(`--output_dir`) is opened from its own config.json. `python main.py
+--help` lists the flags by section. See README.md.
 
-The flags become one `ExperimentConfig` (tf_slwta/cli), and `--mode` picks
-the module of tf_slwta/modes that runs it.
+The command lives in the package, `tf_slwta.cli.main`: an installed
+tf_slwta runs the same as `tf-slwta` or `python -m tf_slwta`. This file
+keeps `python main.py` working in a checkout, and `run(argv)` runs one
+command in this process (the README's commands are tested that way).
 """
 
-import os
-import signal
-import sys
-from typing import List
-
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-
-from absl import app  # pylint: disable=g-import-not-at-top
-from absl import flags
-from absl import logging
-
-from tf_slwta import cli
-from tf_slwta import run_folder
-from tf_slwta import startup
-
-QUICKSTART = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'flags',
-                          'quickstart.cfg')
-FLAGS = flags.FLAGS
-cli.define_flags(FLAGS)
-
-
-class _Terminated(Exception):
-  """SIGTERM outside the training loop (which saves a checkpoint first)."""
-
-
-def _on_sigterm(signum, frame):
-  del signum, frame
-  raise _Terminated()
-
-
-def main(argv: List[str]) -> int:
-  """Runs the parsed command: settings, then the --mode's module."""
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  try:
-    config = cli.config_from_flags(FLAGS)
-  except flags.Error as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  try:
-    folder = run_folder.RunFolder(config.output_dir)
-    if config.mode != 'grid':
-      folder.check_usable(
-          writable=config.mode in ('train', 'evaluate', 'audit', 'certify'))
-    config, notes = folder.settings_for(config, cli.given_fields(FLAGS))
-  except ValueError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # absl's INFO lines: pass -v 0.
-  for note in notes:
-    print(note, flush=True)
-  with startup.quiet_tensorflow():
-    # Imported only now, so that flag parsing and its refusals come before
-    # TensorFlow loads: a refused flag takes 0.35 s, importing the modes (and
-    # TensorFlow) 12-16 s on the 2-core CPU of BENCHMARKS.md; and so that a
-    # MultiWorkerMirroredStrategy is made before any other TF op.
-    from tf_slwta.modes import audit, certify, common, evaluate, export, grid, predict, train  # pylint: disable=g-import-not-at-top,g-multiple-import
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    tf.config.list_physical_devices()  # Says once there is no GPU driver.
-  modes = {'train': train.run, 'evaluate': evaluate.run, 'audit': audit.run,
-           'certify': certify.run, 'grid': grid.run, 'export': export.run,
-           'predict': predict.run}
-  return common.run_mode(modes[config.mode], config, folder)
-
-
-def command_line(argv: List[str]) -> List[str]:
-  """`argv` with the default job's flagfile if needed and flagfiles read."""
-  return cli.expand_flagfiles(cli.with_default_flagfile(argv, QUICKSTART))
-
-
-def run(argv: List[str]) -> int:
-  """Runs one whole command in this process; returns its exit code.
-
-  What `python main.py ARGS` does, for `argv = ['main.py', *ARGS]`, without
-  starting a process (the README's commands are tested this way).
-  """
-  if cli.wants_help(argv):
-    print(cli.help_text())
-    return 0
-  try:
-    argv = command_line(argv)
-    FLAGS.unparse_flags()
-    rest = FLAGS(argv)
-  except (cli.FlagfileError, flags.Error) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  return main(rest)
-
-
-def _run_process() -> None:
-  if cli.wants_help(sys.argv):
-    try:
-      print(cli.help_text(), flush=True)
-    except BrokenPipeError:  # `python main.py --help | head`.
-      os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    sys.exit(0)
-  try:
-    argv = command_line(sys.argv)
-  except cli.FlagfileError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
-  signal.signal(signal.SIGTERM, _on_sigterm)
-  try:
-    app.run(main, argv=argv, flags_parser=cli.parse_or_exit)
-  except KeyboardInterrupt:
-    print('Interrupted by SIGINT; every file in the run folder is whole. Run '
-          'the same command to continue.', file=sys.stderr)
-    sys.exit(128 + signal.SIGINT)
-  except _Terminated:
-    print('Stopped by SIGTERM; every file in the run folder is whole. Run '
-          'the same command to continue.', file=sys.stderr)
-    sys.exit(128 + signal.SIGTERM)
-  except BrokenPipeError:  # The reader went away (`python main.py | head`).
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    sys.exit(1)
-
+from tf_slwta.cli.main import console
+from tf_slwta.cli.main import run  # pylint: disable=unused-import
 
 if __name__ == '__main__':
-  _run_process()
+  console()

@@ -15,6 +15,7 @@ import shlex
 import subprocess
 import sys
 
+from cli_fixtures import copy_repository
 import numpy as np
 import pytest
 
@@ -55,7 +56,6 @@ SKIPPED = {
     'multi_worker': 'needs several machines (tested in test_cli)',
     '--mode=predict': 'needs a TF Serving (tested in test_export)',
     '--helpfull': "absl's full help exits the process (see --help below)",
-    'runs/slwta_twin': 'needs a ReLU twin run the README does not make',
 }
 # The seven seed-table rows take minutes even on tiny data; the two-row grid
 # command runs the same code.
@@ -63,46 +63,37 @@ SKIPPED_EXACTLY = {'python main.py --mode=grid'}
 
 
 def readme_commands():
-  """Every `python main.py ...` in README.md's code blocks, as argv lists."""
+  """Every `python main.py ...` of README.md, as argv lists: those of its
+  code blocks, then those in its prose, each once, in README order."""
   text = open(os.path.join(REPO, 'README.md'), encoding='utf-8').read()
-  commands = []
+  found = []
   for block in re.findall(r'```sh\n(.*?)```', text, re.S):
     joined = block.replace('\\\n', ' ')
     for line in joined.splitlines():
       line = line.strip()
       if line.startswith('python main.py'):
-        commands.append(shlex.split(line, comments=True)[1:])
-  for inline in re.findall(r'`(python main\.py[^`]*)`', text):  # In prose.
-    if shlex.split(inline)[1:] not in commands:
-      commands.append(shlex.split(inline)[1:])
+        found.append(shlex.split(line, comments=True)[1:])
+  found += [shlex.split(inline)[1:]  # In prose.
+            for inline in re.findall(r'`(python main\.py[^`]*)`', text)]
+  commands = []
+  for args in found:
+    if args not in commands:
+      commands.append(args)
   return commands
 
 
-def _tracked_files():
-  """The files a clone of this work tree has (as committed, with what is not
-  committed yet), or outside git the tree without what git ignores."""
-  listed = subprocess.run(['git', 'ls-files', '-co', '--exclude-standard'],
-                          cwd=REPO, capture_output=True, text=True)
-  if listed.returncode == 0:
-    return listed.stdout.split()
-  ignored = {'.git', '.venv', 'runs', 'saved_models', '__pycache__',
-             '.pytest_cache'}
-  files = []
-  for folder, dirs, names in os.walk(REPO):
-    dirs[:] = [d for d in dirs if d not in ignored]
-    files += [os.path.relpath(os.path.join(folder, n), REPO) for n in names]
-  return files
+def expected_mode(args):
+  """The --mode a README command says it runs (the typed one wins)."""
+  modes = [a.split('=', 1)[1] for a in args if a.startswith('--mode=')]
+  return modes[-1] if modes else 'train'
+
+
+_SETTINGS_LINE = re.compile(
+    r'^(train|evaluate|audit|certify|export|predict|grid)[ :]', re.M)
 
 
 def fresh_clone(target):
-  files = _tracked_files()
-  for name in files:
-    source = os.path.join(REPO, name)
-    if not os.path.isfile(source):
-      continue
-    os.makedirs(os.path.dirname(os.path.join(target, name)), exist_ok=True)
-    with open(source, 'rb') as f, open(os.path.join(target, name), 'wb') as g:
-      g.write(f.read())
+  copy_repository(target)
   for folder, _, names in os.walk(os.path.join(target, 'flags')):
     for name in names:
       if name.endswith('.cfg'):
@@ -113,16 +104,27 @@ def fresh_clone(target):
 # Runs the commands one after another in one process (TensorFlow loads once)
 # of its own: strategies made by earlier tests in pytest's process would
 # share its collective-op instance keys.
+# Each command's output follows a README-START line; its README-COMMAND
+# line lists the run records (config.json) it wrote or changed.
 _DRIVER = r"""
-import importlib.util, json, sys, time
+import glob, importlib.util, json, sys, time
 spec = importlib.util.spec_from_file_location('main', 'main.py')
 main = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(main)
+
+def records():
+  return {path: open(path, 'rb').read()
+          for path in glob.glob('runs/**/config.json', recursive=True)}
+
 for args in json.load(open(sys.argv[1])):
+  before = records()
+  print('README-START', flush=True)
   start = time.perf_counter()
   code = main.run(args)
+  seconds = round(time.perf_counter() - start, 1)
+  written = sorted(p for p, text in records().items() if before.get(p) != text)
   print('\nREADME-COMMAND', json.dumps({'args': args, 'code': code,
-        'seconds': round(time.perf_counter() - start, 1)}), flush=True)
+        'seconds': seconds, 'written': written}), flush=True)
   if code:
     break
 """
@@ -151,12 +153,27 @@ def test_every_readme_command_runs_as_written(tmp_path, capsys):
       [sys.executable, '-c', _DRIVER, str(tmp_path / 'commands.json')],
       cwd=clone, capture_output=True, text=True, timeout=1200,
       env={**os.environ, 'PYTHONPATH': REPO})
-  ran = [json.loads(l.split(' ', 1)[1]) for l in result.stdout.splitlines()
-         if l.startswith('README-COMMAND ')]
+  ran = []
+  for output in result.stdout.split('README-START\n')[1:]:
+    output, _, record = output.rpartition('\nREADME-COMMAND ')
+    ran.append(json.loads(record.splitlines()[0]))
+    settings = _SETTINGS_LINE.search(output)  # Printed first by every mode.
+    ran[-1]['mode'] = settings.group(1) if settings else None
+    ran[-1]['output'] = output
   failed = [r for r in ran if r['code']]
   assert not failed and len(ran) == len(chosen), (
       f'{failed or "stopped"}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}')
   assert len(ran) >= 9
+  for r in ran:  # Each did what its text says, and only training records.
+    line = 'python ' + ' '.join(r['args'])
+    if '--help' in r['args']:
+      assert r['mode'] is None and 'usage:' in r['output'], line
+      continue
+    assert r['mode'] == expected_mode(r['args']), (line, r['output'][:500])
+    if r['mode'] not in ('train', 'grid'):
+      assert not r['written'], (line, r['written'])
+  assert 'runs/slwta_twin/config.json' in [
+      p for r in ran for p in r['written']]  # The README trains the twin.
   with capsys.disabled():
     print('\nREADME commands run:\n  ' + '\n  '.join(
         f'python {" ".join(r["args"])}  ({r["seconds"]} s)' for r in ran))

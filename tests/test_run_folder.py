@@ -238,9 +238,14 @@ def test_checkpoints_of_another_model_are_refused(tmp_path):
 def test_a_second_run_on_one_folder_is_refused_and_a_stale_lock_noted(tmp_path):
   folder = run_folder.RunFolder(str(tmp_path))
   with folder.locked():
-    with pytest.raises(run_folder.RunInUse, match=f'process {os.getpid()}'):
-      with run_folder.RunFolder(str(tmp_path)).locked():
-        pass
+    with run_folder.RunFolder(str(tmp_path)).locked():  # Re-entrant here.
+      pass
+    other = subprocess.run(
+        [sys.executable, '-c', 'import sys\nfrom tf_slwta import folder_lock\n'
+         'with folder_lock.locked(sys.argv[1]): pass', str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert other.returncode == 1 and 'RunInUse' in other.stderr
+    assert f'is in use by process {os.getpid()}' in other.stderr
   # A process killed while holding it leaves its note but not the lock.
   (tmp_path / '.lock').write_text(json.dumps(
       {'pid': 99999999, 'host': 'h', 'started': 'then', 'command': 'main.py'}))

@@ -465,8 +465,10 @@ class AttackConfig:
         _check_choice('gradient_modes', mode, GRADIENT_MODES)
     if 'transfer' in self.attacks and not self.transfer_from:
       raise ValueError('attacks includes transfer but transfer_from is '
-                       'empty; pass --transfer_from=RUN_DIR (e.g. the ReLU '
-                       'twin\'s run folder).')
+                       'empty; pass --transfer_from=RUN_DIR, the run folder '
+                       'of the source model, e.g. the recipe\'s ReLU twin '
+                       'trained by python main.py --flagfile=RECIPE.cfg '
+                       '--activation=relu --noibp --output_dir=RUN_DIR.')
     if len(set(self.attacks)) != len(self.attacks):
       raise ValueError(f'attacks lists one twice: {",".join(self.attacks)}.')
     _check_choice('combined', self.combined, COMBINED_MODES)

@@ -221,6 +221,13 @@ def load_tfds(name: str, split: str, tfds_data_dir: Optional[str] = None,
     batches = list(tfds.as_numpy(tfds.load(
         name, split=split, data_dir=tfds_data_dir, as_supervised=True,
         download=download).batch(4096)))
+  except ImportError as e:  # Not the network: a module tfds imports late.
+    module = e.name or str(e)
+    raise DataError(
+        f'tensorflow-datasets could not load {name}: the Python module '
+        f'{module} is not installed ({e}). Install the package that provides '
+        f'it (for most: pip install {module}), or reinstall tf_slwta, whose '
+        f'setup.py lists the ones it needs.') from e
   except Exception as e:  # pylint: disable=broad-except
     where = tfds_data_dir or '~/tensorflow_datasets'
     raise DataError(

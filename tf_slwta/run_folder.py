@@ -210,6 +210,29 @@ def read_json(path: str, what: str) -> Optional[Any]:
         f'rewrite it.') from e
 
 
+def check_transfer_source(path: str, recipe: Optional[str] = None) -> None:
+  """Refuses a `--transfer_from` folder that holds no trained run.
+
+  Args:
+    path: the source run's folder.
+    recipe: the flagfile of the run being attacked, as typed, for the
+      command the message gives (a placeholder when None).
+
+  Raises:
+    RunFolderError: no config.json or no checkpoint there (or a damaged
+      config.json); the message gives the command that trains the twin.
+  """
+  folder = RunFolder(path)
+  missing = ('no config.json' if folder.saved_settings() is None else
+             'no checkpoint' if not folder.has_checkpoint() else '')
+  if missing:
+    raise RunFolderError(
+        f'--transfer_from={path} holds no trained run ({missing}); train the '
+        f'source model first, e.g. the recipe\'s ReLU twin: python main.py '
+        f'--flagfile={recipe or "RECIPE.cfg"} --activation=relu --noibp '
+        f'--output_dir={path}')
+
+
 class RunFolder:
   """The files of one run, under `path`.
 
@@ -262,7 +285,18 @@ class RunFolder:
     return read_json(self.file(CONFIG_FILE), "the run's settings")
 
   def write_config(self, config: config_lib.ExperimentConfig) -> None:
-    """Writes config.json atomically (creating the folder)."""
+    """Writes config.json atomically (creating the folder).
+
+    Only training writes it: the other modes read the run's settings and
+    must leave its record as the training made it.
+
+    Raises:
+      RunFolderError: `config.mode` is not 'train'.
+    """
+    if config.mode != 'train':
+      raise RunFolderError(
+          f'--mode={config.mode} must not rewrite {self.file(CONFIG_FILE)}; '
+          f'only --mode=train records a run\'s settings.')
     _makedirs(self.path)
     atomic_write(self.file(CONFIG_FILE), json.dumps(
         config.to_dict(), indent=2, sort_keys=True, allow_nan=False) + '\n')

@@ -6,7 +6,9 @@ flagfiles in isolation), `config_from_flags` checks them and turns them
 once into the frozen `ExperimentConfig` that the modes (`tf_slwta.modes`)
 and the library take, and `given_fields` says which settings the user gave.
 `flagfiles` reads flagfiles (nested ones relative to the file that names
-them) and `usage` prints `--help`. Nothing here imports TensorFlow, so a bad
+them, the shipped recipes by name from any folder), `main` is the command
+itself (`python main.py`, `tf-slwta`, `python -m tf_slwta`) and `usage`
+prints `--help`. Nothing here imports TensorFlow, so a bad
 flag is refused in a fraction of a second.
 """
 
@@ -21,15 +23,19 @@ from tf_slwta import config as config_lib
 from tf_slwta import run_folder
 from tf_slwta.cli import convert
 from tf_slwta.cli import definitions
+from tf_slwta.cli import flagfiles
 from tf_slwta.cli.flagfiles import FlagfileError  # pylint: disable=unused-import
 from tf_slwta.cli.flagfiles import expand_flagfiles  # pylint: disable=unused-import
+from tf_slwta.cli.flagfiles import find_flagfile  # pylint: disable=unused-import
+from tf_slwta.cli.flagfiles import glob_flagfiles  # pylint: disable=unused-import
+from tf_slwta.cli.flagfiles import packaged_flagfile  # pylint: disable=unused-import
+from tf_slwta.cli.flagfiles import recipe_flagfile  # pylint: disable=unused-import
 from tf_slwta.cli.usage import help_text  # pylint: disable=unused-import
 from tf_slwta.cli.usage import wants_help  # pylint: disable=unused-import
 
 SECTIONS = definitions.SECTIONS
-# The repository's flags/ folder (beside the package in a checkout).
-FLAGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), 'flags')
+# The recipes shipped in the package (tf_slwta/flags; flags/ in a checkout).
+FLAGS_DIR = flagfiles.PACKAGED_DIR
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -91,10 +97,12 @@ def with_default_flagfile(argv: List[str], flagfile: str) -> List[str]:
   """Puts `--flagfile=flagfile` first when the command needs the default job.
 
   `python main.py` runs the default job, and `python main.py --epochs=1`
-  runs it with one change; a user's own flagfile replaces it entirely.
-  It is not put in when the run to open already has a config.json (the
-  run's own settings are the base then), nor for modes other than train:
-  they take their settings from the run's folder.
+  runs it with one change (a typed flag overrides every flagfile, see
+  `expand_flagfiles`); a user's own flagfile replaces it entirely. It is
+  not put in when the run to open already has a config.json (the run's own
+  settings are the base then), nor for modes other than train: they take
+  their settings from the run's folder. `--mode` and `--output_dir` are
+  read from the typed flags, the ones that win.
   """
   if any(a.startswith(('--flagfile', '-flagfile')) for a in argv[1:]):
     return list(argv)

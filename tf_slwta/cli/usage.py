@@ -28,13 +28,20 @@ _INTRO = """\
 tf_slwta: train, evaluate and attack robust image classifiers.
 
 usage: python main.py [--flagfile=FILE] [--flag=value ...]
+       tf-slwta ... or python -m tf_slwta ... (the same, once installed)
 
 With no flagfile, `python main.py` runs the default job,
-flags/quickstart.cfg, and flags given override it. A flagfile holds one
-flag per line (nested --flagfile lines are read relative to it); flags after
-it override it. A run that already has a folder (--output_dir) is opened
-from its own config.json: evaluate, certify, export and predict take the
-model and data from it, and the command line adds only what they use.
+flags/quickstart.cfg, and flags given override it. The recipes shipped with
+tf_slwta (flags/ in the repository) are found by name from any folder:
+--flagfile=quickstart.cfg, --flagfile=attacks/seed.cfg; a path that exists
+comes first. A flagfile holds one flag per line (nested --flagfile lines are
+read relative to it). A flag typed on the command line overrides the same
+flag in any flagfile, before or after it; of two flagfiles, the later one
+wins. Recipes do not set --mode (train is the default): `--mode=evaluate
+--flagfile=RECIPE.cfg` evaluates. A run that already has a folder
+(--output_dir) is opened from its own config.json: evaluate, certify, export
+and predict take the model and data from it, and the command line adds only
+what they use.
 `python main.py --helpfull` also lists TensorFlow's and absl's flags."""
 
 

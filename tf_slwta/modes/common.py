@@ -80,7 +80,10 @@ def chief_lock(folder: run_folder.RunFolder,
   """The folder's lock for the chief; nothing for other workers.
 
   Every worker of a multi-worker run works in the same folder; the chief
-  alone writes its records, so it alone holds the lock.
+  alone writes its records, so it alone holds the lock. The command line
+  takes it before TensorFlow loads (`tf_slwta.cli.main.folder_lock`); the
+  lock is re-entrant within a process, so this takes it again at once
+  there, and really takes it for a mode run from Python.
   """
   if distribute.is_chief(strategy):
     return folder.locked()

@@ -65,10 +65,12 @@ def transfer_source(run_dir: str, strategy: tf.distribute.Strategy):
   and its latest checkpoint, called with training=False.
 
   Raises:
-    FileNotFoundError: `run_dir` has no config.json or no checkpoint.
+    run_folder.RunFolderError: `run_dir` has no config.json or no
+      checkpoint; the message says how to train a twin.
   """
   if not run_dir:
     return None
+  run_folder.check_transfer_source(run_dir)
   del strategy  # The source runs where the default strategy puts it.
   source = loaded_run.load_run(run_dir).model
   return lambda x: source(x, training=False)

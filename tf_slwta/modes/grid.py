@@ -22,18 +22,16 @@ def row_flagfiles(patterns) -> list:
   Raises:
     FileNotFoundError: nothing matched, or a named flagfile is missing.
   """
-  # The seed table: as typed from the repository root, else found beside
-  # the package (so --mode=grid works from any folder).
-  seed_table = os.path.join('flags', 'seed_table', '[0-9]*.cfg')
-  if not glob.glob(seed_table):
-    seed_table = os.path.join(cli.FLAGS_DIR, 'seed_table', '[0-9]*.cfg')
-  patterns = patterns or (seed_table,)
+  # Found as flagfiles are: relative to the working directory, else among
+  # the shipped recipes (so the seed table runs from any folder).
+  patterns = patterns or (os.path.join('flags', 'seed_table', '[0-9]*.cfg'),)
   rows = [path for pattern in patterns
-          for path in (sorted(glob.glob(pattern)) if glob.has_magic(pattern)
-                       else [pattern])]
+          for path in (cli.glob_flagfiles(pattern) if glob.has_magic(pattern)
+                       else [cli.find_flagfile(pattern)])]
   if not rows:
-    raise FileNotFoundError('--mode=grid found no flagfiles: pass --grid=A.cfg,'
-                            'B.cfg or run from the repository root.')
+    raise FileNotFoundError(f'--grid={",".join(patterns)} matches no '
+                            f'flagfile; pass --grid=A.cfg,B.cfg or a pattern '
+                            f'that matches some.')
   for path in rows:
     if not os.path.exists(path):
       raise FileNotFoundError(f'Grid flagfile {path} does not exist.')

@@ -37,6 +37,32 @@ def tf_config_workers() -> int:
   return len(json.loads(os.environ['TF_CONFIG'])['cluster']['worker'])
 
 
+def is_multi_worker(strategy: str) -> bool:
+  """Whether `--strategy` makes a multi-worker run here, as
+  `distribute.make_strategy` decides: 'multi_worker', or 'auto' with a
+  valid TF_CONFIG naming several workers."""
+  return strategy == 'multi_worker' or (
+      strategy == 'auto' and tf_config_workers() > 1)
+
+
+def is_chief(strategy: str) -> bool:
+  """Whether this process writes the run's folder, known before TF loads.
+
+  Every process of a single-worker run does; of a multi-worker run
+  (`is_multi_worker`), the TF_CONFIG task of type 'chief', else worker 0
+  when the cluster has no chief (as `distribute.is_chief` decides from the
+  strategy). An invalid TF_CONFIG counts as chief: the strategy refuses it
+  later, naming the problem.
+  """
+  if not is_multi_worker(strategy) or tf_config_error():
+    return True
+  tf_config = json.loads(os.environ['TF_CONFIG'])
+  task = tf_config['task']
+  return task.get('type') == 'chief' or (
+      task.get('type') == 'worker' and int(task['index']) == 0
+      and 'chief' not in tf_config['cluster'])
+
+
 def local_workers(count: int) -> List[str]:
   """`count` 'host:port' addresses of free ports on 127.0.0.1.
 
