@@ -19,6 +19,7 @@ from tf_slwta import config as config_lib
 from tf_slwta import data as data_lib
 from tf_slwta import run_folder
 from tf_slwta.modes import evaluate as evaluate_mode
+from tf_slwta.training import checkpoints
 from tf_slwta.training import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -222,6 +223,77 @@ def test_damaged_newest_checkpoint_falls_back_to_an_intact_one(
   if damage == 'truncated':  # Kept aside, not deleted.
     assert sorted(os.listdir(directory / 'damaged')) == sorted(
         p.name for p in newest)
+
+
+def _files(folder):
+  """{relative path: bytes} of every file under `folder`."""
+  return {os.path.relpath(os.path.join(root, name), folder):
+          open(os.path.join(root, name), 'rb').read()
+          for root, _, names in os.walk(folder) for name in names}
+
+
+def _truncate_checkpoints(directory, steps):
+  for step in steps:
+    data = directory / f'ckpt-{step}.data-00000-of-00001'
+    data.write_bytes(data.read_bytes()[:100])
+
+
+def test_a_run_with_no_intact_checkpoint_is_refused_and_left_as_it_is(
+    tmp_path):
+  loop.train(tiny(tmp_path), ONE_DEVICE())  # Checkpoints 2 and 4.
+  directory = tmp_path / 'checkpoints'
+  _truncate_checkpoints(directory, (2, 4))
+  before = _files(tmp_path)
+  for attempt in (lambda: loop.train(tiny(tmp_path, epochs=2), ONE_DEVICE()),
+                  lambda: evaluate_mode.evaluate_checkpoint(tiny(tmp_path),
+                                                            ONE_DEVICE())):
+    with pytest.raises(checkpoints.NoIntactCheckpoint) as err:
+      attempt()
+    message = str(err.value)
+    assert '\n' not in message
+    assert 'every checkpoint in' in message and 'ckpt-4: ' in message
+    assert 'ckpt-2: ' in message and 'Nothing was changed' in message
+    assert f'delete {tmp_path} to start over' in message
+    assert _files(tmp_path) == before  # Records and checkpoints untouched.
+
+
+def test_checkpoints_gone_from_a_trained_run_are_refused(tmp_path):
+  loop.train(tiny(tmp_path), ONE_DEVICE())
+  directory = tmp_path / 'checkpoints'
+  for name in os.listdir(directory):  # The state file stays behind.
+    if name.startswith('ckpt-'):
+      os.remove(directory / name)
+  with pytest.raises(checkpoints.NoIntactCheckpoint,
+                     match=r'gone from .* \(ckpt-2, ckpt-4\)'):
+    loop.train(tiny(tmp_path, epochs=2), ONE_DEVICE())
+  # Damaged ones moved aside by an earlier run count as the run's too.
+  os.remove(directory / 'checkpoint')
+  (directory / 'damaged').mkdir()
+  (directory / 'damaged' / 'ckpt-4.index').write_text('')
+  with pytest.raises(checkpoints.NoIntactCheckpoint,
+                     match=r'\(damaged/ckpt-4\)'):
+    loop.train(tiny(tmp_path, epochs=2), ONE_DEVICE())
+
+
+@pytest.mark.parametrize('content,problem', [
+    (bytes(range(256)) * 2, 'not text'),
+    (b'model_checkpoint_path: "ckpt-4"\nall_model_chec', 'not a checkpoint'),
+    (b'', 'it names no checkpoint')])
+def test_a_damaged_checkpoint_state_file_is_set_aside_and_rebuilt(
+    tmp_path, capsys, content, problem):
+  loop.train(tiny(tmp_path), ONE_DEVICE())
+  state_file = tmp_path / 'checkpoints' / 'checkpoint'
+  state_file.write_bytes(content)
+  capsys.readouterr()
+  record = loop.train(tiny(tmp_path, epochs=2), ONE_DEVICE())
+  out = capsys.readouterr().out
+  assert f'checkpoint is damaged ({problem}' in out
+  assert 'Resumed' in out and 'ckpt-4 (step 4' in out
+  assert record['epoch'] == 2 and record['step'] == 8
+  assert (tmp_path / 'checkpoints' / 'checkpoint.damaged').read_bytes() == (
+      content)
+  assert tf.train.latest_checkpoint(str(tmp_path / 'checkpoints')).endswith(
+      'ckpt-8')
 
 
 def test_checkpoints_of_another_model_are_refused(tmp_path):
