@@ -172,6 +172,54 @@ def test_damaged_config_json_is_named(tmp_path, text, problem):
     run_folder.RunFolder(str(tmp_path)).saved_settings()
 
 
+def _without(section):
+  def edit(saved):
+    del saved[section]
+  return edit
+
+
+def _set(section, field, value):
+  def edit(saved):
+    saved[section][field] = value
+  return edit
+
+
+@pytest.mark.parametrize('edit,problem', [
+    (_without('model'), 'has no "model" section'),
+    (_without('data'), 'has no "data" section'),
+    (_without('train'), 'has no "train" section'),
+    (lambda saved: saved.update(model=[4, 8]),
+     'has a list for its "model" section'),
+    (_set('train', 'epochs', 'three'),
+     'has train.epochs = "three" \\(text\\), where a whole number belongs'),
+    (_set('train', 'epochs', 2.5), 'has train.epochs = 2.5'),
+    (_set('model', 'ibp', 1), 'has model.ibp = 1 .*where true/false belongs'),
+    (_set('model', 'seed_cnn_filters', '4,8'), 'has .*where a list belongs'),
+    (_set('data', 'batch_size', None), 'has data.batch_size = null'),
+], ids=['no_model', 'no_data', 'no_train', 'model_list', 'epochs_text',
+        'epochs_fraction', 'ibp_number', 'filters_text', 'batch_null'])
+def test_a_partial_config_json_is_named_not_the_users_flags(tmp_path, edit,
+                                                            problem):
+  run_folder.RunFolder(str(tmp_path)).write_config(tiny(tmp_path))
+  (tmp_path / 'checkpoints').mkdir()
+  (tmp_path / 'checkpoints' / 'ckpt-4.index').write_text('')
+  saved = json.loads((tmp_path / 'config.json').read_text())
+  edit(saved)
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  for args in ([], ['--mode=evaluate'], ['--mode=export']):
+    config, given = parsed(*args, f'--output_dir={tmp_path}')
+    with pytest.raises(run_folder.RunFolderError,
+                       match=f'config.json {problem}') as err:
+      run_folder.RunFolder(str(tmp_path)).settings_for(config, given)
+    message = str(err.value)
+    assert '\n' not in message and 'Put back the config.json' in message
+  # What older runs lack is not a problem: a section added since, a field.
+  saved = tiny(tmp_path).to_dict()
+  del saved['serve'], saved['model']['seed_cnn_batch_norm']
+  saved['train']['learning_rate'] = 1  # A whole number for a float.
+  assert run_folder.settings_problem(saved) is None
+
+
 def test_cut_metrics_line_is_set_aside_and_training_goes_on(tmp_path, capsys):
   loop.train(tiny(tmp_path), ONE_DEVICE())
   path = tmp_path / 'metrics.jsonl'

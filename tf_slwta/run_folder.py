@@ -210,6 +210,76 @@ def read_json(path: str, what: str) -> Optional[Any]:
         f'rewrite it.') from e
 
 
+# The sections every run's config.json has had; the others may be missing
+# in a run made before they existed, and take their defaults.
+REQUIRED_SECTIONS = ('data', 'model', 'train')
+
+
+def _kind(value: Any) -> str:
+  """What a JSON value is, as a user would say it."""
+  if isinstance(value, bool):
+    return 'true/false'
+  if isinstance(value, int):
+    return 'a whole number'
+  if isinstance(value, float):
+    return 'a number'
+  if isinstance(value, str):
+    return 'text'
+  if isinstance(value, (list, tuple)):
+    return 'a list'
+  if isinstance(value, dict):
+    return 'a section'
+  return 'null'
+
+
+def _fits(value: Any, default: Any) -> bool:
+  """Whether a config.json value has the type of the field's `default`."""
+  if default is None:
+    return True  # Optional fields (grid_overrides) hold anything or null.
+  if isinstance(default, bool) or not isinstance(default, (int, float)):
+    kind = tuple if isinstance(default, tuple) else type(default)
+    return isinstance(value, (list, tuple) if kind is tuple else kind)
+  # A whole number may stand for a float; never true/false for a number.
+  wanted = int if isinstance(default, int) else (int, float)
+  return isinstance(value, wanted) and not isinstance(value, bool)
+
+
+def settings_problem(saved: Any) -> Optional[str]:
+  """What makes a config.json value unusable as a run's settings, or None.
+
+  Checks the shape only: a JSON object, the sections every run has
+  (`REQUIRED_SECTIONS`) as objects, and each known field of the type its
+  default has. Values are checked when the settings are built.
+
+  Args:
+    saved: the parsed JSON of a config.json.
+
+  Returns:
+    A phrase completing "config.json ...", e.g. 'has no "model" section'.
+  """
+  if not isinstance(saved, dict):
+    return f'holds {_kind(saved)}, not an object of settings sections'
+  defaults = config_lib.ExperimentConfig().to_dict()
+  missing = [s for s in REQUIRED_SECTIONS if s not in saved]
+  if missing:
+    listed = ', '.join(f'"{s}"' for s in missing)
+    return (f'has no {listed} section{"s" * (len(missing) > 1)} (it is cut '
+            f'short or was edited)')
+  for name, value in saved.items():
+    default = defaults.get(name)
+    if isinstance(default, dict):
+      if not isinstance(value, dict):
+        return f'has {_kind(value)} for its "{name}" section, not a section'
+      for field, item in value.items():
+        if field in default and not _fits(item, default[field]):
+          return (f'has {name}.{field} = {json.dumps(item)[:40]} '
+                  f'({_kind(item)}), where {_kind(default[field])} belongs')
+    elif name in defaults and not _fits(value, default):
+      return (f'has {name} = {json.dumps(value)[:40]} ({_kind(value)}), '
+              f'where {_kind(default)} belongs')
+  return None
+
+
 class RunFolder:
   """The files of one run, under `path`.
 
@@ -259,7 +329,16 @@ class RunFolder:
     Raises:
       RunFolderError: config.json is empty or damaged.
     """
-    return read_json(self.file(CONFIG_FILE), "the run's settings")
+    path = self.file(CONFIG_FILE)
+    saved = read_json(path, "the run's settings")
+    problem = None if saved is None else settings_problem(saved)
+    if problem:
+      raise RunFolderError(
+          f'{path} {problem}, so it no longer says how the run was made. '
+          f'Put back the config.json that came with the run, or delete it '
+          f'and pass the flags (or flagfile) the run was trained with: the '
+          f'checkpoints check that they match.')
+    return saved
 
   def write_config(self, config: config_lib.ExperimentConfig) -> None:
     """Writes config.json atomically (creating the folder)."""
