@@ -344,6 +344,87 @@ def test_a_damaged_checkpoint_state_file_is_set_aside_and_rebuilt(
       'ckpt-8')
 
 
+def _stopped_at(output_dir, step, epochs_recorded):
+  """Makes a 3-epoch run (4 steps an epoch) look stopped at `step`.
+
+  Removes the checkpoints after `step`, the metrics lines after epoch
+  `epochs_recorded` and results.json, as a kill would have left them.
+  """
+  loop.train(tiny(output_dir, epochs=3), ONE_DEVICE())
+  directory = output_dir / 'checkpoints'
+  for name in os.listdir(directory):
+    if name.startswith('ckpt-') and int(name.split('.')[0][5:]) > step:
+      os.remove(directory / name)
+  os.remove(directory / 'checkpoint')  # Rebuilt from the files.
+  os.remove(output_dir / 'results.json')
+  metrics = (output_dir / 'metrics.jsonl').read_text().splitlines()
+  (output_dir / 'metrics.jsonl').write_text(
+      ''.join(l + '\n' for l in metrics[:epochs_recorded]))
+
+
+@pytest.mark.parametrize('step,recorded,expected', [
+    (6, 1, 'stopped at step 6 of 12 (3 epochs of 4 steps): epoch 2 of 3 not '
+           'finished'),
+    # Killed between epoch 2's metrics line and its checkpoint.
+    (4, 2, 'stopped at step 4 of 12 (3 epochs of 4 steps): 1 of 3 epochs '
+           'trained'),
+    # No metrics line: the steps per epoch come from config.json.
+    (6, 0, 'stopped at step 6 of 12 (3 epochs of 4 steps): epoch 2 of 3 not '
+           'finished'),
+    (12, 3, 'trained 3 epochs (step 12)')])
+def test_an_unfinished_run_is_told_from_its_folder(tmp_path, step, recorded,
+                                                   expected):
+  _stopped_at(tmp_path, step, recorded)
+  status = run_folder.training_status(str(tmp_path))
+  assert status.description == expected
+  assert status.finished == (step == 12)
+  assert (status.warning is None) == (step == 12)
+  assert 'tensorflow' not in run_folder.__dict__  # Plain Python.
+
+
+def test_modes_and_the_report_warn_of_an_unfinished_run(tmp_path, capsys,
+                                                        monkeypatch):
+  from tf_slwta.modes import audit as audit_mode  # pylint: disable=g-import-not-at-top
+  from tf_slwta.modes import certify as certify_mode  # pylint: disable=g-import-not-at-top
+  from tf_slwta.modes import export as export_mode  # pylint: disable=g-import-not-at-top
+  from tf_slwta.training import state as state_lib  # pylint: disable=g-import-not-at-top
+  _stopped_at(tmp_path, 6, 1)
+  config = dataclasses.replace(tiny(tmp_path, epochs=3), mode='evaluate',
+                               attack=config_lib.AttackConfig(attacks=()))
+  folder = run_folder.RunFolder(str(tmp_path))
+  capsys.readouterr()
+  evaluate_mode.run(config, folder, ONE_DEVICE())
+  warning = ('warning: the training of {} is not finished: stopped at step 6 '
+             'of 12 (3 epochs of 4 steps): epoch 2 of 3 not finished; the model '
+             'is used as it stands. Run python main.py '
+             '--output_dir={} to finish it.'.format(tmp_path, tmp_path))
+  assert warning in capsys.readouterr().out.splitlines()
+  page = (tmp_path / 'report.html').read_text()
+  assert '<div class="warning"><p><b>Warning: training is not finished' in page
+  assert page.index('training is not finished') < page.index('<h2>Settings')
+  assert ('<td>stopped at step 6 of 12 (3 epochs of 4 steps): epoch 2 of 3 '
+          'not finished, mixture clean</td>') in page
+  # The other modes say it before they load the model.
+  def stop(*args, **kwargs):
+    raise RuntimeError('stopped here')
+  monkeypatch.setattr(state_lib, 'restore_model', stop)
+  for mode, runner in (('audit', audit_mode.run), ('certify', certify_mode.run),
+                       ('export', export_mode.run)):
+    mode_config = dataclasses.replace(config, mode=mode, export=(
+        config_lib.ExportConfig(export_dir=str(tmp_path / 'exports'))))
+    with pytest.raises(RuntimeError, match='stopped here'):
+      runner(mode_config, folder, *([ONE_DEVICE()] if mode != 'export' else []))
+    assert warning in capsys.readouterr().out.splitlines(), mode
+  # Finished: no warning, and the page says the epochs.
+  loop.train(tiny(tmp_path, epochs=3), ONE_DEVICE())
+  monkeypatch.undo()
+  capsys.readouterr()
+  evaluate_mode.run(config, folder, ONE_DEVICE())
+  assert 'warning' not in capsys.readouterr().out
+  page = (tmp_path / 'report.html').read_text()
+  assert 'not finished' not in page and '<td>3 epochs, mixture clean' in page
+
+
 def test_checkpoints_of_another_model_are_refused(tmp_path):
   loop.train(tiny(tmp_path / 'lwta', activation='lwta'), ONE_DEVICE())
   other = tiny(tmp_path / 'lwta')  # relu: same variables, another model.

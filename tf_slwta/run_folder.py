@@ -22,8 +22,11 @@ system instead; such a folder has no lock, and a rename there is a copy.
 """
 
 import contextlib
+import dataclasses
 import json
 import os
+import re
+import shlex
 import tempfile
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -37,6 +40,8 @@ LOCK_FILE = folder_lock.LOCK_FILE
 CHECKPOINTS_DIR = 'checkpoints'
 SUMMARIES_DIR = 'summaries'
 DAMAGED_SUFFIX = '.damaged'
+# A checkpoint's index file; its number is the global step it was saved at.
+_CHECKPOINT_INDEX = re.compile(r'^ckpt-(\d+)\.index$')
 
 # What each mode takes from the command line over the run's config.json:
 # 'section.field' keys, or 'section.*' for a whole section. Model settings
@@ -519,3 +524,132 @@ def _shown(value: Any) -> str:
   if isinstance(value, (list, tuple)):
     return ','.join(str(v) for v in value) or "''"
   return str(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingStatus:
+  """How far a run's training got, told from its folder alone.
+
+  Attributes:
+    output_dir: the run's folder.
+    step: the global step of its newest checkpoint (by file name; 0 when
+      there is none): what the model there has trained and a resume
+      continues from.
+    epochs: the epochs it is set to train (config.json's train.epochs).
+    steps_per_epoch: optimizer steps per epoch, or None when the folder
+      does not tell (no epoch finished, and config.json gives no size).
+  """
+  output_dir: str
+  step: int
+  epochs: int
+  steps_per_epoch: Optional[int]
+
+  @property
+  def finished(self) -> bool:
+    """Whether the newest checkpoint is at (or past) the last epoch's end."""
+    if self.steps_per_epoch is None:
+      return False  # Epoch 1 never ended: metrics.jsonl has no line.
+    return self.step >= self.epochs * self.steps_per_epoch
+
+  @property
+  def description(self) -> str:
+    """One phrase, e.g. 'stopped at step 6 of 24 (3 epochs of 8 steps):
+    epoch 1 of 3 not finished' or 'trained 3 epochs (step 24)'."""
+    if self.finished:
+      return f'trained {self.epochs} epochs (step {self.step})'
+    if not self.step:
+      return f'not trained yet (no checkpoint; set to {self.epochs} epochs)'
+    if self.steps_per_epoch is None:
+      return (f'stopped at step {self.step}: epoch 1 of {self.epochs} not '
+              f'finished')
+    done, within = divmod(self.step, self.steps_per_epoch)
+    total = (f'{self.epochs * self.steps_per_epoch} ({self.epochs} epochs of '
+             f'{self.steps_per_epoch} steps)')
+    if within:
+      return (f'stopped at step {self.step} of {total}: epoch {done + 1} of '
+              f'{self.epochs} not finished')
+    return (f'stopped at step {self.step} of {total}: {done} of '
+            f'{self.epochs} epochs trained')
+
+  @property
+  def warning(self) -> Optional[str]:
+    """A one-line warning for a run whose training stopped part-way, or None.
+
+    None too for a run with no checkpoint: there is no model to warn about.
+    """
+    if self.finished or not self.step:
+      return None
+    command = shlex.quote(f'--output_dir={self.output_dir}')
+    return (f'warning: the training of {self.output_dir} is not finished: '
+            f'{self.description}; the model is used as it stands. Run '
+            f'python main.py {command} to finish it.')
+
+
+def _steps_per_epoch(folder: RunFolder,
+                     saved: Optional[Dict[str, Any]]) -> Optional[int]:
+  """Steps per epoch from metrics.jsonl, else from config.json's sizes.
+
+  Each metrics line is written at the end of an epoch with `step` =
+  epoch x steps per epoch, so any intact line tells; results.json is left
+  from the last call that returned, and may be older than the checkpoints.
+  """
+  for record in reversed(folder.read_metrics()):
+    step, epoch = record.get('step'), record.get('epoch')
+    if (isinstance(step, int) and isinstance(epoch, int) and epoch > 0 and
+        step > 0 and step % epoch == 0):
+      return step // epoch
+  data = (saved or {}).get('data', {})
+  examples = data.get('train_examples') or 0
+  split = config_lib.SPLIT_SIZES.get(data.get('dataset'), (0, 0))[0]
+  if split and not data.get('data_dir'):  # Files of data_dir may hold fewer.
+    examples = min(examples, split) if examples else split
+  batch = data.get('batch_size') or 0
+  if examples and batch and examples >= batch and (
+      split or data.get('dataset') == 'synthetic'):
+    return examples // batch
+  return None
+
+
+def newest_checkpoint_step(output_dir: str) -> int:
+  """The step of the newest `ckpt-<step>` in `<output_dir>/checkpoints`, or 0.
+
+  By file name only (no TensorFlow): the checkpoint may still be damaged.
+  """
+  folder = checkpoint_dir(output_dir)
+  if not _isdir(folder):
+    return 0
+  steps = [int(m.group(1)) for m in map(_CHECKPOINT_INDEX.match,
+                                       _listdir(folder)) if m]
+  return max(steps, default=0)
+
+
+def training_status(output_dir: str) -> Optional[TrainingStatus]:
+  """Whether the run in `output_dir` finished training, and how far it got.
+
+  Plain Python: reads the checkpoint file names, config.json and
+  metrics.jsonl, never TensorFlow. The newest checkpoint's step is what was
+  trained (a run killed mid-epoch resumes from there); config.json says how
+  many epochs were asked for; metrics.jsonl says how many steps an epoch
+  has.
+
+  Returns:
+    A `TrainingStatus`, or None when `output_dir` holds no run (no
+    config.json) or a config.json that does not say its epochs.
+
+  Raises:
+    RunFolderError: config.json is damaged.
+  """
+  folder = RunFolder(output_dir)
+  saved = folder.saved_settings()
+  epochs = ((saved or {}).get('train') or {}).get('epochs')
+  if not isinstance(epochs, int):
+    return None
+  return TrainingStatus(output_dir, newest_checkpoint_step(output_dir),
+                        epochs, _steps_per_epoch(folder, saved))
+
+
+def warn_if_unfinished(output_dir: str, announce=print) -> None:
+  """Announces `TrainingStatus.warning` when the run's training is unfinished."""
+  status = training_status(output_dir)
+  if status is not None and status.warning:
+    announce(status.warning)

@@ -19,6 +19,7 @@ def run(config: config_lib.ExperimentConfig,
     The version folder written.
   """
   del folder  # config.output_dir names it.
+  run_folder.warn_if_unfinished(config.output_dir)
   run_folder.probe_writable(config.export.export_dir, '--export_dir')
   name = config.export.model_name(config.output_dir)
   # One device: the export holds plain variables, whatever trained them.
