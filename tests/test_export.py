@@ -22,6 +22,7 @@ from serving_standin import ServingStandIn
 from tf_slwta import attacks
 from tf_slwta import config as config_lib
 from tf_slwta import data as data_lib
+from tf_slwta import run_folder
 from tf_slwta.export import client as client_lib
 from tf_slwta.export import saved_model
 from tf_slwta.training import loop
@@ -149,6 +150,42 @@ def test_a_left_over_version_folder_never_blocks_an_export(exports, tmp_path):
   with pytest.raises(FileExistsError, match='--export_dir=.* is a file'):
     saved_model.export_model(model, export_dir=str(tmp_path / 'a_file'),
                              name='m', image_shape=SHAPE)
+
+
+@pytest.mark.parametrize('folder,suggested', [
+    ('my run', 'my_run'), ('modèle', 'modele'), ('модель', 'model'),
+    ('50% off?', '50_off')])
+def test_a_folder_name_rest_cannot_serve_gets_the_export_name_to_pass(
+    folder, suggested):
+  with pytest.raises(ValueError) as error:
+    config_lib.ExportConfig().model_name(f'/runs/{folder}/')
+  message = str(error.value)
+  assert f"named {folder!r} after --output_dir" in message
+  assert f'pass --export_name={suggested} to --mode=export' in message
+  config_lib.check_model_name(suggested)  # What it suggests is usable.
+  assert config_lib.ExportConfig(name=suggested).model_name(
+      f'/runs/{folder}') == suggested
+
+
+def test_an_export_folder_with_spaces_and_accents_is_served(exports, tmp_path):
+  """Paths may hold any character: SavedModel and models.config take them."""
+  export_dir = str(tmp_path / 'saved models é')
+  path = saved_model.export_model(exports['relu']['model'],
+                                  export_dir=export_dir, name='my_run',
+                                  image_shape=SHAPE)
+  assert path == os.path.join(export_dir, 'my_run', '1')
+  with open(os.path.join(export_dir, saved_model.LOCAL_MODELS_CONFIG),
+            encoding='utf-8') as f:
+    parsed = text_format.Parse(f.read(),
+                               model_server_config_pb2.ModelServerConfig())
+  assert [c.base_path for c in parsed.model_config_list.config] == [
+      f'{export_dir}/my_run']
+  images = exports['test'][0][:2]
+  with ServingStandIn({'my_run': parsed.model_config_list.config[0].base_path
+                       }) as standin:
+    outputs = client_lib.RestClient(standin.rest_address, 'my_run').predict(
+        images)
+  assert outputs['classes'].shape == (2,)
 
 
 # Runs in a fresh interpreter that imports TensorFlow only, as a server would.
@@ -511,6 +548,21 @@ def test_main_exports_then_predicts_through_a_server(tmp_path):
   down = run_main(SMOKE, '--mode=predict', f'--server=127.0.0.1:{_free_port()}',
                   '--serving_timeout=5')
   assert down.returncode == 1 and 'UNAVAILABLE' in down.stderr
+
+
+def test_a_run_folder_with_a_space_is_refused_in_one_line(tmp_path):
+  run = tmp_path / 'my run'
+  run_folder.RunFolder(str(run)).write_config(tiny_run(run, 0.05))
+  result = run_main(f'--output_dir={run}', '--mode=export',
+                    f'--export_dir={tmp_path / "saved_models"}')
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert 'Traceback' not in result.stderr
+  assert result.stderr.strip().splitlines()[-1] == (
+      "error: the model would be named 'my run' after --output_dir, and TF "
+      'Serving cannot serve that name over REST (letters, digits, "_", "." '
+      'and "-" only); pass --export_name=my_run to --mode=export and '
+      '--mode=predict.')
+  assert not (tmp_path / 'saved_models').exists()
 
 
 @pytest.mark.parametrize('args,named', [
