@@ -15,6 +15,8 @@ and holds requests to the documented formats strictly:
         errors -> the TF status code (INVALID_ARGUMENT, NOT_FOUND, ...)
 
 Every request it accepted is kept in `requests` for the tests to inspect.
+Set `misbehave` to make its serving_default answers go wrong on purpose, as
+a broken or wrong server would (`MISBEHAVIOURS`).
 """
 
 import concurrent.futures
@@ -22,7 +24,9 @@ import http.server
 import json
 import os
 import re
+import socket
 import threading
+import time
 from typing import Dict, List, Optional
 
 import grpc
@@ -36,6 +40,12 @@ _PATH = re.compile(r'^/v1/models/([^/:]+)(?:/versions/(\d+))?(:predict)?$')
 # TF Serving's status -> HTTP mapping, for the codes the stand-in raises.
 _HTTP_STATUS = {'INVALID_ARGUMENT': 400, 'FAILED_PRECONDITION': 400,
                 'NOT_FOUND': 404, 'DEADLINE_EXCEEDED': 504, 'INTERNAL': 500}
+# What `misbehave` may be: the first four spoil serving_default's outputs
+# (REST and gRPC); 'drop' closes the REST connection without an answer;
+# 'trickle' sends the REST answer one byte every `trickle_seconds`; 'slow'
+# answers gRPC after `slow_seconds`.
+MISBEHAVIOURS = ('short', 'nan', 'missing_key', 'class_99', 'drop', 'trickle',
+                 'slow')
 
 
 class StandInError(Exception):
@@ -68,6 +78,26 @@ class ServingStandIn:
         self._replay_warmup(name, version, os.path.join(base_path, str(version)))
     self.requests: List[object] = []
     self._lock = threading.Lock()
+    self.misbehave: Optional[str] = None
+    self.trickle_seconds = 0.2
+    self.slow_seconds = 5.0
+
+  def _spoil(self, signature_name: str,
+             outputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """serving_default's outputs as `misbehave` says to get them wrong."""
+    if (signature_name or 'serving_default') != 'serving_default':
+      return outputs
+    outputs = dict(outputs)
+    if self.misbehave == 'short':  # Answers the first image only.
+      outputs = {k: v[:1] for k, v in outputs.items()}
+    elif self.misbehave == 'nan':
+      outputs['probabilities'] = np.full_like(outputs['probabilities'],
+                                              np.nan)
+    elif self.misbehave == 'missing_key':
+      del outputs['probabilities']
+    elif self.misbehave == 'class_99':
+      outputs['classes'] = np.full_like(outputs['classes'], 99)
+    return outputs
 
   # -- the model side ------------------------------------------------------
 
@@ -132,7 +162,8 @@ class ServingStandIn:
         inputs = {k: np.asarray([row[k] for row in rows]) for k in rows[0]}
       else:  # One input: each instance is its value.
         inputs = {'images': np.asarray(rows, np.float32)}
-      outputs = self.run(name, version, signature_name, inputs)
+      outputs = self._spoil(signature_name,
+                            self.run(name, version, signature_name, inputs))
       if len(outputs) == 1:
         return {'predictions': next(iter(outputs.values())).tolist()}
       keys = sorted(outputs)
@@ -142,7 +173,8 @@ class ServingStandIn:
     inputs = ({k: np.asarray(v, np.float32) for k, v in columns.items()}
               if isinstance(columns, dict) else
               {'images': np.asarray(columns, np.float32)})
-    outputs = self.run(name, version, signature_name, inputs)
+    outputs = self._spoil(signature_name,
+                          self.run(name, version, signature_name, inputs))
     if len(outputs) == 1:
       return {'outputs': next(iter(outputs.values())).tolist()}
     return {'outputs': {k: v.tolist() for k, v in outputs.items()}}
@@ -158,6 +190,21 @@ class ServingStandIn:
 
       def _reply(self, status, payload):
         data = json.dumps(payload).encode('utf-8')
+        if standin.misbehave == 'drop' and self.command == 'POST':
+          self.close_connection = True  # Gone without a word.
+          self.connection.shutdown(socket.SHUT_RDWR)
+          return
+        if standin.misbehave == 'trickle' and self.command == 'POST':
+          head = (f'HTTP/1.1 {status} OK\r\nContent-Type: application/json'
+                  f'\r\nContent-Length: {len(data)}\r\n\r\n').encode()
+          try:
+            for byte in head + data:
+              self.wfile.write(bytes([byte]))
+              self.wfile.flush()
+              time.sleep(standin.trickle_seconds)
+          except OSError:  # The client gave up.
+            self.close_connection = True
+          return
         self.send_response(status)
         self.send_header('Content-Type', 'application/json')
         self.send_header('Content-Length', str(len(data)))
@@ -225,6 +272,9 @@ class ServingStandIn:
               {k: tf.make_ndarray(v) for k, v in request.inputs.items()})
         except StandInError as e:
           context.abort(getattr(grpc.StatusCode, e.code), e.message)
+        outputs = standin._spoil(spec.signature_name, outputs)  # pylint: disable=protected-access
+        if standin.misbehave == 'slow':
+          time.sleep(standin.slow_seconds)
         response = predict_pb2.PredictResponse()
         response.model_spec.name = spec.name
         response.model_spec.signature_name = spec.signature_name or 'serving_default'

@@ -1,9 +1,11 @@
 """Export to TF Serving: layout, signatures, bad input, warm-up, clients."""
 
+import dataclasses
 import hashlib
 import http.server
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -22,6 +24,7 @@ from serving_standin import ServingStandIn
 from tf_slwta import attacks
 from tf_slwta import config as config_lib
 from tf_slwta import data as data_lib
+from tf_slwta import run_folder
 from tf_slwta.export import client as client_lib
 from tf_slwta.export import saved_model
 from tf_slwta.training import loop
@@ -149,6 +152,42 @@ def test_a_left_over_version_folder_never_blocks_an_export(exports, tmp_path):
   with pytest.raises(FileExistsError, match='--export_dir=.* is a file'):
     saved_model.export_model(model, export_dir=str(tmp_path / 'a_file'),
                              name='m', image_shape=SHAPE)
+
+
+@pytest.mark.parametrize('folder,suggested', [
+    ('my run', 'my_run'), ('modèle', 'modele'), ('модель', 'model'),
+    ('50% off?', '50_off')])
+def test_a_folder_name_rest_cannot_serve_gets_the_export_name_to_pass(
+    folder, suggested):
+  with pytest.raises(ValueError) as error:
+    config_lib.ExportConfig().model_name(f'/runs/{folder}/')
+  message = str(error.value)
+  assert f"named {folder!r} after --output_dir" in message
+  assert f'pass --export_name={suggested} to --mode=export' in message
+  config_lib.check_model_name(suggested)  # What it suggests is usable.
+  assert config_lib.ExportConfig(name=suggested).model_name(
+      f'/runs/{folder}') == suggested
+
+
+def test_an_export_folder_with_spaces_and_accents_is_served(exports, tmp_path):
+  """Paths may hold any character: SavedModel and models.config take them."""
+  export_dir = str(tmp_path / 'saved models é')
+  path = saved_model.export_model(exports['relu']['model'],
+                                  export_dir=export_dir, name='my_run',
+                                  image_shape=SHAPE)
+  assert path == os.path.join(export_dir, 'my_run', '1')
+  with open(os.path.join(export_dir, saved_model.LOCAL_MODELS_CONFIG),
+            encoding='utf-8') as f:
+    parsed = text_format.Parse(f.read(),
+                               model_server_config_pb2.ModelServerConfig())
+  assert [c.base_path for c in parsed.model_config_list.config] == [
+      f'{export_dir}/my_run']
+  images = exports['test'][0][:2]
+  with ServingStandIn({'my_run': parsed.model_config_list.config[0].base_path
+                       }) as standin:
+    outputs = client_lib.RestClient(standin.rest_address, 'my_run').predict(
+        images)
+  assert outputs['classes'].shape == (2,)
 
 
 # Runs in a fresh interpreter that imports TensorFlow only, as a server would.
@@ -429,6 +468,169 @@ def test_clients_time_out(exports):
       assert time.monotonic() - start < 10
 
 
+BAD_REPLIES = {
+    'short': 'answered 1 of the 3 image\\(s\\) sent',
+    'nan': 'with NaN or infinite values for 3 of 3 image\\(s\\)',
+    'missing_key': 'sent no "probabilities" \\(its outputs: classes\\)',
+    'class_99': 'sent class 99 for image 0, outside 0..9',
+}
+
+
+@pytest.fixture
+def misbehaving(server):
+  """The module's server, made to misbehave by the test, and put right."""
+  yield server
+  server.misbehave = None
+
+
+def _address(server, protocol):
+  return server.rest_address if protocol == 'rest' else server.grpc_address
+
+
+@pytest.mark.parametrize('protocol', ['rest', 'grpc'])
+@pytest.mark.parametrize('misbehave', list(BAD_REPLIES))
+def test_clients_refuse_a_reply_that_is_not_an_answer(exports, misbehaving,
+                                                      protocol, misbehave):
+  client = client_lib.make_client(protocol, _address(misbehaving, protocol),
+                                  'relu', timeout=30)
+  misbehaving.misbehave = misbehave
+  try:
+    with pytest.raises(client_lib.ServingError,
+                       match=BAD_REPLIES[misbehave]) as error:
+      client.predict(exports['test'][0][:3], num_classes=10)
+  finally:
+    client.close()
+  assert error.value.code == 'BAD_REPLY'
+  assert str(error.value).endswith(
+      "check that --server and --export_name name a model tf_slwta exported "
+      "(--mode=export), and the server's log.")
+
+
+@pytest.mark.parametrize('outputs,problem', [
+    ({'probabilities': [[0.2, 0.8], [0.6, 0.4]], 'classes': [1, 1]},
+     'sent class 1 for image 1, but its probabilities favour class 0'),
+    ({'probabilities': [[0.2, 0.3], [0.6, 0.4]], 'classes': [1, 0]},
+     'probabilities for image 0 that are not a distribution \\(they sum to '
+     '0.5\\)'),
+    ({'probabilities': [[1.5, -0.5], [0.6, 0.4]], 'classes': [0, 0]},
+     'not a distribution'),
+    ({'probabilities': [[0.2, 0.8], [0.6, 0.4]], 'classes': [1.5, 0]},
+     'sent class 1.5 for image 0, not a whole number'),
+    ({'probabilities': [[0.2, 0.8], [0.6]], 'classes': [1, 0]},
+     'sent "probabilities" that is not an array of numbers'),
+    ({'probabilities': [['a', 'b'], [0.6, 0.4]], 'classes': [1, 0]},
+     'not an array of numbers'),
+    ({'probabilities': [0.2, 0.8], 'classes': [1, 0]},
+     'sent "probabilities" of shape \\[2\\], not \\[2, classes\\]'),
+    ({'probabilities': [[0.2, 0.8], [0.6, 0.4]], 'classes': [[1], [0]]},
+     'sent "classes" of shape \\[2, 1\\]'),
+    ({'probabilities': [[0.2, 0.8], [0.6, 0.4]], 'classes': 1},
+     'sent "classes" as one number, not one per image \\(2 sent\\)'),
+])
+def test_every_reply_is_checked(outputs, problem):
+  with pytest.raises(client_lib.ServingError, match=problem) as error:
+    client_lib.check_outputs(outputs, 2, 'serving_default', 'server')
+  assert error.value.code == 'BAD_REPLY'
+  good = {'probabilities': [[0.2, 0.8], [0.5, 0.5]], 'classes': [1, 0]}
+  checked = client_lib.check_outputs(good, 2, 'serving_default', 'server')
+  assert checked['classes'].dtype == np.int64  # A tie may go either way.
+  with pytest.raises(client_lib.ServingError,
+                     match='of shape \\[2, 2\\], not \\[2, 10\\]'):
+    client_lib.check_outputs(good, 2, 'serving_default', 'server',
+                             num_classes=10)
+  with pytest.raises(client_lib.ServingError, match='"logits" with NaN'):
+    client_lib.check_outputs({'logits': [[0.0, np.nan], [1.0, 2.0]]}, 2,
+                             'logits', 'server')
+
+
+def _within(seconds, call):
+  """Runs `call` in a thread; its exception, or fails if it outlives
+  `seconds` (a client that hangs fails here instead of hanging the test)."""
+  caught = []
+
+  def target():
+    try:
+      call()
+    except Exception as e:  # pylint: disable=broad-except
+      caught.append(e)
+  thread = threading.Thread(target=target, daemon=True)
+  start = time.monotonic()
+  thread.start()
+  thread.join(seconds)
+  assert not thread.is_alive(), f'still waiting after {seconds} s'
+  assert caught, 'no error'
+  return caught[0], time.monotonic() - start
+
+
+def test_a_trickling_or_slow_server_meets_the_deadline(exports, misbehaving):
+  """The timeout bounds the whole request, not each read of the socket."""
+  images = exports['test'][0][:3]
+  misbehaving.misbehave, misbehaving.trickle_seconds = 'trickle', 0.1
+  rest = client_lib.RestClient(misbehaving.rest_address, 'relu', timeout=1)
+  error, took = _within(15, lambda: rest.predict(images))
+  assert isinstance(error, client_lib.ServingError), error
+  assert error.code == 'DEADLINE_EXCEEDED' and 'no full answer in 1 s' in str(
+      error)
+  assert took < 3
+  misbehaving.misbehave, misbehaving.slow_seconds = 'slow', 3
+  grpc_client = client_lib.GrpcClient(misbehaving.grpc_address, 'relu',
+                                      timeout=1)
+  error, took = _within(15, lambda: grpc_client.predict(images))
+  grpc_client.close()
+  assert isinstance(error, client_lib.ServingError), error
+  assert error.code == 'DEADLINE_EXCEEDED' and took < 3
+
+
+def test_a_dropped_connection_is_a_serving_error_with_a_fix(exports,
+                                                            misbehaving):
+  misbehaving.misbehave = 'drop'
+  rest = client_lib.RestClient(misbehaving.rest_address, 'relu', timeout=10)
+  with pytest.raises(client_lib.ServingError,
+                     match='dropped the connection before its answer was '
+                     'complete .*check its log, then run the same command '
+                     'again') as error:
+    rest.predict(exports['test'][0][:3])
+  assert error.value.code == 'UNAVAILABLE'
+
+
+PREDICT_FAILURES = {**BAD_REPLIES,
+                    'drop': 'UNAVAILABLE: .*dropped the connection',
+                    'trickle': 'DEADLINE_EXCEEDED: .*no full answer in 1 s',
+                    'slow': 'DEADLINE_EXCEEDED: .*after 1 s'}
+
+
+@pytest.mark.parametrize('protocol,misbehave', [
+    *[(p, m) for p in ('rest', 'grpc') for m in BAD_REPLIES],
+    ('rest', 'drop'), ('rest', 'trickle'), ('grpc', 'slow')])
+def test_predict_mode_says_what_was_wrong_in_one_line(
+    exports, misbehaving, tmp_path, capsys, protocol, misbehave):
+  from tf_slwta.modes import common  # pylint: disable=g-import-not-at-top
+  from tf_slwta.modes import predict  # pylint: disable=g-import-not-at-top
+  config = config_lib.ExperimentConfig(
+      mode='predict', output_dir=str(tmp_path / 'relu'),
+      data=config_lib.DataConfig(dataset='synthetic', eval_examples=3),
+      serve=config_lib.ServeConfig(server=_address(misbehaving, protocol),
+                                   protocol=protocol, model_name='relu',
+                                   timeout=1 if misbehave in (
+                                       'trickle', 'slow') else 30))
+  misbehaving.misbehave = misbehave
+  misbehaving.trickle_seconds, misbehaving.slow_seconds = 0.1, 3
+  code = common.run_mode(predict.run, config,
+                         run_folder.RunFolder(config.output_dir))
+  out, err = capsys.readouterr()
+  assert code == 1
+  lines = err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error: '), err
+  assert re.search(PREDICT_FAILURES[misbehave], lines[0]), lines[0]
+  assert 'accuracy' not in out and '3/3' not in out + err
+  misbehaving.misbehave = None  # And a good server is believed.
+  config = dataclasses.replace(config, serve=dataclasses.replace(
+      config.serve, timeout=30))
+  assert common.run_mode(predict.run, config,
+                         run_folder.RunFolder(config.output_dir)) == 0
+  assert 'accuracy' in capsys.readouterr().out
+
+
 def test_grpc_client_speaks_prediction_service(exports, server):
   images = exports['test'][0][:5]
   grpc_client = client_lib.GrpcClient(server.grpc_address, 'relu', version=1)
@@ -508,9 +710,30 @@ def test_main_exports_then_predicts_through_a_server(tmp_path):
     assert by_split.returncode == 0, by_split.stderr[-3000:]
     assert 'on 64 synthetic test images' in by_split.stdout
     assert 'accuracy' in by_split.stdout
+    standin.misbehave = 'short'  # A broken server is not believed.
+    short = run_main(SMOKE, '--mode=predict', f'--output_dir={run}',
+                     f'--server={standin.rest_address}', '--eval_examples=8')
+    assert short.returncode == 1 and 'Traceback' not in short.stderr
+    assert short.stderr.strip().splitlines()[-1].startswith(
+        'error: BAD_REPLY: ') and 'answered 1 of the 8' in short.stderr
   down = run_main(SMOKE, '--mode=predict', f'--server=127.0.0.1:{_free_port()}',
                   '--serving_timeout=5')
   assert down.returncode == 1 and 'UNAVAILABLE' in down.stderr
+
+
+def test_a_run_folder_with_a_space_is_refused_in_one_line(tmp_path):
+  run = tmp_path / 'my run'
+  run_folder.RunFolder(str(run)).write_config(tiny_run(run, 0.05))
+  result = run_main(f'--output_dir={run}', '--mode=export',
+                    f'--export_dir={tmp_path / "saved_models"}')
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert 'Traceback' not in result.stderr
+  assert result.stderr.strip().splitlines()[-1] == (
+      "error: the model would be named 'my run' after --output_dir, and TF "
+      'Serving cannot serve that name over REST (letters, digits, "_", "." '
+      'and "-" only); pass --export_name=my_run to --mode=export and '
+      '--mode=predict.')
+  assert not (tmp_path / 'saved_models').exists()
 
 
 @pytest.mark.parametrize('args,named', [

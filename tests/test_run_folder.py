@@ -19,6 +19,7 @@ from tf_slwta import config as config_lib
 from tf_slwta import data as data_lib
 from tf_slwta import run_folder
 from tf_slwta.modes import evaluate as evaluate_mode
+from tf_slwta.training import checkpoints
 from tf_slwta.training import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -171,6 +172,54 @@ def test_damaged_config_json_is_named(tmp_path, text, problem):
     run_folder.RunFolder(str(tmp_path)).saved_settings()
 
 
+def _without(section):
+  def edit(saved):
+    del saved[section]
+  return edit
+
+
+def _set(section, field, value):
+  def edit(saved):
+    saved[section][field] = value
+  return edit
+
+
+@pytest.mark.parametrize('edit,problem', [
+    (_without('model'), 'has no "model" section'),
+    (_without('data'), 'has no "data" section'),
+    (_without('train'), 'has no "train" section'),
+    (lambda saved: saved.update(model=[4, 8]),
+     'has a list for its "model" section'),
+    (_set('train', 'epochs', 'three'),
+     'has train.epochs = "three" \\(text\\), where a whole number belongs'),
+    (_set('train', 'epochs', 2.5), 'has train.epochs = 2.5'),
+    (_set('model', 'ibp', 1), 'has model.ibp = 1 .*where true/false belongs'),
+    (_set('model', 'seed_cnn_filters', '4,8'), 'has .*where a list belongs'),
+    (_set('data', 'batch_size', None), 'has data.batch_size = null'),
+], ids=['no_model', 'no_data', 'no_train', 'model_list', 'epochs_text',
+        'epochs_fraction', 'ibp_number', 'filters_text', 'batch_null'])
+def test_a_partial_config_json_is_named_not_the_users_flags(tmp_path, edit,
+                                                            problem):
+  run_folder.RunFolder(str(tmp_path)).write_config(tiny(tmp_path))
+  (tmp_path / 'checkpoints').mkdir()
+  (tmp_path / 'checkpoints' / 'ckpt-4.index').write_text('')
+  saved = json.loads((tmp_path / 'config.json').read_text())
+  edit(saved)
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  for args in ([], ['--mode=evaluate'], ['--mode=export']):
+    config, given = parsed(*args, f'--output_dir={tmp_path}')
+    with pytest.raises(run_folder.RunFolderError,
+                       match=f'config.json {problem}') as err:
+      run_folder.RunFolder(str(tmp_path)).settings_for(config, given)
+    message = str(err.value)
+    assert '\n' not in message and 'Put back the config.json' in message
+  # What older runs lack is not a problem: a section added since, a field.
+  saved = tiny(tmp_path).to_dict()
+  del saved['serve'], saved['model']['seed_cnn_batch_norm']
+  saved['train']['learning_rate'] = 1  # A whole number for a float.
+  assert run_folder.settings_problem(saved) is None
+
+
 def test_cut_metrics_line_is_set_aside_and_training_goes_on(tmp_path, capsys):
   loop.train(tiny(tmp_path), ONE_DEVICE())
   path = tmp_path / 'metrics.jsonl'
@@ -222,6 +271,158 @@ def test_damaged_newest_checkpoint_falls_back_to_an_intact_one(
   if damage == 'truncated':  # Kept aside, not deleted.
     assert sorted(os.listdir(directory / 'damaged')) == sorted(
         p.name for p in newest)
+
+
+def _files(folder):
+  """{relative path: bytes} of every file under `folder`."""
+  return {os.path.relpath(os.path.join(root, name), folder):
+          open(os.path.join(root, name), 'rb').read()
+          for root, _, names in os.walk(folder) for name in names}
+
+
+def _truncate_checkpoints(directory, steps):
+  for step in steps:
+    data = directory / f'ckpt-{step}.data-00000-of-00001'
+    data.write_bytes(data.read_bytes()[:100])
+
+
+def test_a_run_with_no_intact_checkpoint_is_refused_and_left_as_it_is(
+    tmp_path):
+  loop.train(tiny(tmp_path), ONE_DEVICE())  # Checkpoints 2 and 4.
+  directory = tmp_path / 'checkpoints'
+  _truncate_checkpoints(directory, (2, 4))
+  before = _files(tmp_path)
+  for attempt in (lambda: loop.train(tiny(tmp_path, epochs=2), ONE_DEVICE()),
+                  lambda: evaluate_mode.evaluate_checkpoint(tiny(tmp_path),
+                                                            ONE_DEVICE())):
+    with pytest.raises(checkpoints.NoIntactCheckpoint) as err:
+      attempt()
+    message = str(err.value)
+    assert '\n' not in message
+    assert 'every checkpoint in' in message and 'ckpt-4: ' in message
+    assert 'ckpt-2: ' in message and 'Nothing was changed' in message
+    assert f'delete {tmp_path} to start over' in message
+    assert _files(tmp_path) == before  # Records and checkpoints untouched.
+
+
+def test_checkpoints_gone_from_a_trained_run_are_refused(tmp_path):
+  loop.train(tiny(tmp_path), ONE_DEVICE())
+  directory = tmp_path / 'checkpoints'
+  for name in os.listdir(directory):  # The state file stays behind.
+    if name.startswith('ckpt-'):
+      os.remove(directory / name)
+  with pytest.raises(checkpoints.NoIntactCheckpoint,
+                     match=r'gone from .* \(ckpt-2, ckpt-4\)'):
+    loop.train(tiny(tmp_path, epochs=2), ONE_DEVICE())
+  # Damaged ones moved aside by an earlier run count as the run's too.
+  os.remove(directory / 'checkpoint')
+  (directory / 'damaged').mkdir()
+  (directory / 'damaged' / 'ckpt-4.index').write_text('')
+  with pytest.raises(checkpoints.NoIntactCheckpoint,
+                     match=r'\(damaged/ckpt-4\)'):
+    loop.train(tiny(tmp_path, epochs=2), ONE_DEVICE())
+
+
+@pytest.mark.parametrize('content,problem', [
+    (bytes(range(256)) * 2, 'not text'),
+    (b'model_checkpoint_path: "ckpt-4"\nall_model_chec', 'not a checkpoint'),
+    (b'', 'it names no checkpoint')])
+def test_a_damaged_checkpoint_state_file_is_set_aside_and_rebuilt(
+    tmp_path, capsys, content, problem):
+  loop.train(tiny(tmp_path), ONE_DEVICE())
+  state_file = tmp_path / 'checkpoints' / 'checkpoint'
+  state_file.write_bytes(content)
+  capsys.readouterr()
+  record = loop.train(tiny(tmp_path, epochs=2), ONE_DEVICE())
+  out = capsys.readouterr().out
+  assert f'checkpoint is damaged ({problem}' in out
+  assert 'Resumed' in out and 'ckpt-4 (step 4' in out
+  assert record['epoch'] == 2 and record['step'] == 8
+  assert (tmp_path / 'checkpoints' / 'checkpoint.damaged').read_bytes() == (
+      content)
+  assert tf.train.latest_checkpoint(str(tmp_path / 'checkpoints')).endswith(
+      'ckpt-8')
+
+
+def _stopped_at(output_dir, step, epochs_recorded):
+  """Makes a 3-epoch run (4 steps an epoch) look stopped at `step`.
+
+  Removes the checkpoints after `step`, the metrics lines after epoch
+  `epochs_recorded` and results.json, as a kill would have left them.
+  """
+  loop.train(tiny(output_dir, epochs=3), ONE_DEVICE())
+  directory = output_dir / 'checkpoints'
+  for name in os.listdir(directory):
+    if name.startswith('ckpt-') and int(name.split('.')[0][5:]) > step:
+      os.remove(directory / name)
+  os.remove(directory / 'checkpoint')  # Rebuilt from the files.
+  os.remove(output_dir / 'results.json')
+  metrics = (output_dir / 'metrics.jsonl').read_text().splitlines()
+  (output_dir / 'metrics.jsonl').write_text(
+      ''.join(l + '\n' for l in metrics[:epochs_recorded]))
+
+
+@pytest.mark.parametrize('step,recorded,expected', [
+    (6, 1, 'stopped at step 6 of 12 (3 epochs of 4 steps): epoch 2 of 3 not '
+           'finished'),
+    # Killed between epoch 2's metrics line and its checkpoint.
+    (4, 2, 'stopped at step 4 of 12 (3 epochs of 4 steps): 1 of 3 epochs '
+           'trained'),
+    # No metrics line: the steps per epoch come from config.json.
+    (6, 0, 'stopped at step 6 of 12 (3 epochs of 4 steps): epoch 2 of 3 not '
+           'finished'),
+    (12, 3, 'trained 3 epochs (step 12)')])
+def test_an_unfinished_run_is_told_from_its_folder(tmp_path, step, recorded,
+                                                   expected):
+  _stopped_at(tmp_path, step, recorded)
+  status = run_folder.training_status(str(tmp_path))
+  assert status.description == expected
+  assert status.finished == (step == 12)
+  assert (status.warning is None) == (step == 12)
+  assert 'tensorflow' not in run_folder.__dict__  # Plain Python.
+
+
+def test_modes_and_the_report_warn_of_an_unfinished_run(tmp_path, capsys,
+                                                        monkeypatch):
+  from tf_slwta.modes import audit as audit_mode  # pylint: disable=g-import-not-at-top
+  from tf_slwta.modes import certify as certify_mode  # pylint: disable=g-import-not-at-top
+  from tf_slwta.modes import export as export_mode  # pylint: disable=g-import-not-at-top
+  from tf_slwta.training import state as state_lib  # pylint: disable=g-import-not-at-top
+  _stopped_at(tmp_path, 6, 1)
+  config = dataclasses.replace(tiny(tmp_path, epochs=3), mode='evaluate',
+                               attack=config_lib.AttackConfig(attacks=()))
+  folder = run_folder.RunFolder(str(tmp_path))
+  capsys.readouterr()
+  evaluate_mode.run(config, folder, ONE_DEVICE())
+  warning = ('warning: the training of {} is not finished: stopped at step 6 '
+             'of 12 (3 epochs of 4 steps): epoch 2 of 3 not finished; the model '
+             'is used as it stands. Run python main.py '
+             '--output_dir={} to finish it.'.format(tmp_path, tmp_path))
+  assert warning in capsys.readouterr().out.splitlines()
+  page = (tmp_path / 'report.html').read_text()
+  assert '<div class="warning"><p><b>Warning: training is not finished' in page
+  assert page.index('training is not finished') < page.index('<h2>Settings')
+  assert ('<td>stopped at step 6 of 12 (3 epochs of 4 steps): epoch 2 of 3 '
+          'not finished, mixture clean</td>') in page
+  # The other modes say it before they load the model.
+  def stop(*args, **kwargs):
+    raise RuntimeError('stopped here')
+  monkeypatch.setattr(state_lib, 'restore_model', stop)
+  for mode, runner in (('audit', audit_mode.run), ('certify', certify_mode.run),
+                       ('export', export_mode.run)):
+    mode_config = dataclasses.replace(config, mode=mode, export=(
+        config_lib.ExportConfig(export_dir=str(tmp_path / 'exports'))))
+    with pytest.raises(RuntimeError, match='stopped here'):
+      runner(mode_config, folder, *([ONE_DEVICE()] if mode != 'export' else []))
+    assert warning in capsys.readouterr().out.splitlines(), mode
+  # Finished: no warning, and the page says the epochs.
+  loop.train(tiny(tmp_path, epochs=3), ONE_DEVICE())
+  monkeypatch.undo()
+  capsys.readouterr()
+  evaluate_mode.run(config, folder, ONE_DEVICE())
+  assert 'warning' not in capsys.readouterr().out
+  page = (tmp_path / 'report.html').read_text()
+  assert 'not finished' not in page and '<td>3 epochs, mixture clean' in page
 
 
 def test_checkpoints_of_another_model_are_refused(tmp_path):

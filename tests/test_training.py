@@ -273,3 +273,30 @@ def test_kl_of_a_stochastic_model_is_recorded(tmp_path):
   # (BatchNorm's per-replica statistics move the two runs apart by ~0.1%;
   # a sum over replicas would double it.)
   assert two['train/kl'] == pytest.approx(one['train/kl'], rel=1e-2)
+
+
+def test_each_epoch_prints_a_line_a_person_reads(tmp_path, capsys):
+  """Loss, accuracy, images, KL of stochastic layers, time; JSON in the file."""
+  for activation in ('relu', 'lwta'):
+    cfg = small_config(tmp_path / activation, epochs=2, train_examples=128)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(
+        cfg.model, activation=activation))
+    capsys.readouterr()
+    loop.train(cfg, ONE_DEVICE())
+    lines = [l for l in capsys.readouterr().out.splitlines()
+             if l.startswith('Epoch 2/2:')]
+    record = read_metrics(tmp_path / activation)[-1]
+    assert lines == [loop.epoch_line(record, 2, activation == 'lwta')]
+    line = lines[0]
+    assert line.startswith(
+        f'Epoch 2/2: train loss {record["train/loss"]:.4f}, accuracy '
+        f'{100 * record["train/accuracy"]:.2f}%; test loss '
+        f'{record["test/loss"]:.4f}, accuracy '
+        f'{100 * record["test/accuracy"]:.2f}% on 256 images')
+    assert line.endswith(' images/s') and ' s, ' in line and '{' not in line
+    assert ('; KL ' in line) == (activation == 'lwta')
+  record = {**record, 'train/epoch_seconds': 3725.2, 'train/kl': 1234.5678,
+            'train/kl_term': 0.00241}
+  assert loop.epoch_line(record, 10, True).endswith(
+      '; KL 1235 (0.00241 in the loss); 1:02:05, '
+      f'{record["train/images_per_sec"]:.0f} images/s')

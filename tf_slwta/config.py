@@ -9,6 +9,8 @@ import dataclasses
 import json
 import math
 import os
+import re
+import unicodedata
 from typing import Any, Dict, Optional, Tuple
 
 DATASETS = ('fashion_mnist', 'mnist', 'cifar10', 'synthetic')
@@ -583,11 +585,26 @@ class CertifyConfig:
                        f'{list(self.radii)}.')
 
 
-# TF Serving puts the model name in its REST paths; keep it URL- and file-safe.
+# TF Serving's REST API matches the model name in the raw request path
+# (/v1/models/NAME:predict, NAME = [^/:]+) and never percent-decodes it, so a
+# name a URL must encode (a space, an accent, %, ?, #) reaches no model over
+# REST; keep names URL- and file-safe.
 _MODEL_NAME_CHARS = frozenset(
     'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-')
 SERVING_PROTOCOLS = ('rest', 'grpc')
 EXPORT_SAMPLING = ('auto', 'batched', 'per_example')
+
+
+def usable_model_name(text: str) -> str:
+  """A TF Serving model name close to `text` (e.g. 'my run' -> 'my_run').
+
+  Accents are dropped ('modèle' -> 'modele'), every other run of characters
+  outside letters, digits, '_', '.' and '-' becomes '_'; 'model' when
+  nothing is left.
+  """
+  plain = unicodedata.normalize('NFKD', text).encode('ascii', 'ignore')
+  name = re.sub(r'[^A-Za-z0-9_.-]+', '_', plain.decode('ascii')).strip('._')
+  return name or 'model'
 
 
 def check_model_name(name: str) -> None:
@@ -596,7 +613,7 @@ def check_model_name(name: str) -> None:
     raise ValueError(
         f'model name {name!r} is not usable by TF Serving: use letters, '
         f'digits, "_", "." and "-" only, not starting with "." (e.g. '
-        f'--export_name=quickstart).')
+        f'--export_name={usable_model_name(name)}).')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -638,9 +655,25 @@ class ExportConfig:
     _check_choice('export_sampling', self.sampling, EXPORT_SAMPLING)
 
   def model_name(self, output_dir: str) -> str:
-    """`name`, or the last part of `output_dir` when `name` is ''."""
-    name = self.name or os.path.basename(os.path.normpath(output_dir))
-    check_model_name(name)
+    """`name`, or the last part of `output_dir` when `name` is ''.
+
+    Raises:
+      ValueError: that part is not a usable model name (a space, an accent:
+        TF Serving's REST API could not reach it); the message gives the
+        --export_name to pass.
+    """
+    if self.name:
+      check_model_name(self.name)
+      return self.name
+    name = os.path.basename(os.path.normpath(output_dir))
+    try:
+      check_model_name(name)
+    except ValueError as e:
+      raise ValueError(
+          f'the model would be named {name!r} after --output_dir, and TF '
+          f'Serving cannot serve that name over REST (letters, digits, "_", '
+          f'"." and "-" only); pass --export_name={usable_model_name(name)} '
+          f'to --mode=export and --mode=predict.') from e
     return name
 
 

@@ -22,8 +22,11 @@ system instead; such a folder has no lock, and a rename there is a copy.
 """
 
 import contextlib
+import dataclasses
 import json
 import os
+import re
+import shlex
 import tempfile
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -37,6 +40,8 @@ LOCK_FILE = folder_lock.LOCK_FILE
 CHECKPOINTS_DIR = 'checkpoints'
 SUMMARIES_DIR = 'summaries'
 DAMAGED_SUFFIX = '.damaged'
+# A checkpoint's index file; its number is the global step it was saved at.
+_CHECKPOINT_INDEX = re.compile(r'^ckpt-(\d+)\.index$')
 
 # What each mode takes from the command line over the run's config.json:
 # 'section.field' keys, or 'section.*' for a whole section. Model settings
@@ -233,6 +238,76 @@ def check_transfer_source(path: str, recipe: Optional[str] = None) -> None:
         f'--output_dir={path}')
 
 
+# The sections every run's config.json has had; the others may be missing
+# in a run made before they existed, and take their defaults.
+REQUIRED_SECTIONS = ('data', 'model', 'train')
+
+
+def _kind(value: Any) -> str:
+  """What a JSON value is, as a user would say it."""
+  if isinstance(value, bool):
+    return 'true/false'
+  if isinstance(value, int):
+    return 'a whole number'
+  if isinstance(value, float):
+    return 'a number'
+  if isinstance(value, str):
+    return 'text'
+  if isinstance(value, (list, tuple)):
+    return 'a list'
+  if isinstance(value, dict):
+    return 'a section'
+  return 'null'
+
+
+def _fits(value: Any, default: Any) -> bool:
+  """Whether a config.json value has the type of the field's `default`."""
+  if default is None:
+    return True  # Optional fields (grid_overrides) hold anything or null.
+  if isinstance(default, bool) or not isinstance(default, (int, float)):
+    kind = tuple if isinstance(default, tuple) else type(default)
+    return isinstance(value, (list, tuple) if kind is tuple else kind)
+  # A whole number may stand for a float; never true/false for a number.
+  wanted = int if isinstance(default, int) else (int, float)
+  return isinstance(value, wanted) and not isinstance(value, bool)
+
+
+def settings_problem(saved: Any) -> Optional[str]:
+  """What makes a config.json value unusable as a run's settings, or None.
+
+  Checks the shape only: a JSON object, the sections every run has
+  (`REQUIRED_SECTIONS`) as objects, and each known field of the type its
+  default has. Values are checked when the settings are built.
+
+  Args:
+    saved: the parsed JSON of a config.json.
+
+  Returns:
+    A phrase completing "config.json ...", e.g. 'has no "model" section'.
+  """
+  if not isinstance(saved, dict):
+    return f'holds {_kind(saved)}, not an object of settings sections'
+  defaults = config_lib.ExperimentConfig().to_dict()
+  missing = [s for s in REQUIRED_SECTIONS if s not in saved]
+  if missing:
+    listed = ', '.join(f'"{s}"' for s in missing)
+    return (f'has no {listed} section{"s" * (len(missing) > 1)} (it is cut '
+            f'short or was edited)')
+  for name, value in saved.items():
+    default = defaults.get(name)
+    if isinstance(default, dict):
+      if not isinstance(value, dict):
+        return f'has {_kind(value)} for its "{name}" section, not a section'
+      for field, item in value.items():
+        if field in default and not _fits(item, default[field]):
+          return (f'has {name}.{field} = {json.dumps(item)[:40]} '
+                  f'({_kind(item)}), where {_kind(default[field])} belongs')
+    elif name in defaults and not _fits(value, default):
+      return (f'has {name} = {json.dumps(value)[:40]} ({_kind(value)}), '
+              f'where {_kind(default)} belongs')
+  return None
+
+
 class RunFolder:
   """The files of one run, under `path`.
 
@@ -282,7 +357,16 @@ class RunFolder:
     Raises:
       RunFolderError: config.json is empty or damaged.
     """
-    return read_json(self.file(CONFIG_FILE), "the run's settings")
+    path = self.file(CONFIG_FILE)
+    saved = read_json(path, "the run's settings")
+    problem = None if saved is None else settings_problem(saved)
+    if problem:
+      raise RunFolderError(
+          f'{path} {problem}, so it no longer says how the run was made. '
+          f'Put back the config.json that came with the run, or delete it '
+          f'and pass the flags (or flagfile) the run was trained with: the '
+          f'checkpoints check that they match.')
+    return saved
 
   def write_config(self, config: config_lib.ExperimentConfig) -> None:
     """Writes config.json atomically (creating the folder).
@@ -474,3 +558,132 @@ def _shown(value: Any) -> str:
   if isinstance(value, (list, tuple)):
     return ','.join(str(v) for v in value) or "''"
   return str(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingStatus:
+  """How far a run's training got, told from its folder alone.
+
+  Attributes:
+    output_dir: the run's folder.
+    step: the global step of its newest checkpoint (by file name; 0 when
+      there is none): what the model there has trained and a resume
+      continues from.
+    epochs: the epochs it is set to train (config.json's train.epochs).
+    steps_per_epoch: optimizer steps per epoch, or None when the folder
+      does not tell (no epoch finished, and config.json gives no size).
+  """
+  output_dir: str
+  step: int
+  epochs: int
+  steps_per_epoch: Optional[int]
+
+  @property
+  def finished(self) -> bool:
+    """Whether the newest checkpoint is at (or past) the last epoch's end."""
+    if self.steps_per_epoch is None:
+      return False  # Epoch 1 never ended: metrics.jsonl has no line.
+    return self.step >= self.epochs * self.steps_per_epoch
+
+  @property
+  def description(self) -> str:
+    """One phrase, e.g. 'stopped at step 6 of 24 (3 epochs of 8 steps):
+    epoch 1 of 3 not finished' or 'trained 3 epochs (step 24)'."""
+    if self.finished:
+      return f'trained {self.epochs} epochs (step {self.step})'
+    if not self.step:
+      return f'not trained yet (no checkpoint; set to {self.epochs} epochs)'
+    if self.steps_per_epoch is None:
+      return (f'stopped at step {self.step}: epoch 1 of {self.epochs} not '
+              f'finished')
+    done, within = divmod(self.step, self.steps_per_epoch)
+    total = (f'{self.epochs * self.steps_per_epoch} ({self.epochs} epochs of '
+             f'{self.steps_per_epoch} steps)')
+    if within:
+      return (f'stopped at step {self.step} of {total}: epoch {done + 1} of '
+              f'{self.epochs} not finished')
+    return (f'stopped at step {self.step} of {total}: {done} of '
+            f'{self.epochs} epochs trained')
+
+  @property
+  def warning(self) -> Optional[str]:
+    """A one-line warning for a run whose training stopped part-way, or None.
+
+    None too for a run with no checkpoint: there is no model to warn about.
+    """
+    if self.finished or not self.step:
+      return None
+    command = shlex.quote(f'--output_dir={self.output_dir}')
+    return (f'warning: the training of {self.output_dir} is not finished: '
+            f'{self.description}; the model is used as it stands. Run '
+            f'python main.py {command} to finish it.')
+
+
+def _steps_per_epoch(folder: RunFolder,
+                     saved: Optional[Dict[str, Any]]) -> Optional[int]:
+  """Steps per epoch from metrics.jsonl, else from config.json's sizes.
+
+  Each metrics line is written at the end of an epoch with `step` =
+  epoch x steps per epoch, so any intact line tells; results.json is left
+  from the last call that returned, and may be older than the checkpoints.
+  """
+  for record in reversed(folder.read_metrics()):
+    step, epoch = record.get('step'), record.get('epoch')
+    if (isinstance(step, int) and isinstance(epoch, int) and epoch > 0 and
+        step > 0 and step % epoch == 0):
+      return step // epoch
+  data = (saved or {}).get('data', {})
+  examples = data.get('train_examples') or 0
+  split = config_lib.SPLIT_SIZES.get(data.get('dataset'), (0, 0))[0]
+  if split and not data.get('data_dir'):  # Files of data_dir may hold fewer.
+    examples = min(examples, split) if examples else split
+  batch = data.get('batch_size') or 0
+  if examples and batch and examples >= batch and (
+      split or data.get('dataset') == 'synthetic'):
+    return examples // batch
+  return None
+
+
+def newest_checkpoint_step(output_dir: str) -> int:
+  """The step of the newest `ckpt-<step>` in `<output_dir>/checkpoints`, or 0.
+
+  By file name only (no TensorFlow): the checkpoint may still be damaged.
+  """
+  folder = checkpoint_dir(output_dir)
+  if not _isdir(folder):
+    return 0
+  steps = [int(m.group(1)) for m in map(_CHECKPOINT_INDEX.match,
+                                       _listdir(folder)) if m]
+  return max(steps, default=0)
+
+
+def training_status(output_dir: str) -> Optional[TrainingStatus]:
+  """Whether the run in `output_dir` finished training, and how far it got.
+
+  Plain Python: reads the checkpoint file names, config.json and
+  metrics.jsonl, never TensorFlow. The newest checkpoint's step is what was
+  trained (a run killed mid-epoch resumes from there); config.json says how
+  many epochs were asked for; metrics.jsonl says how many steps an epoch
+  has.
+
+  Returns:
+    A `TrainingStatus`, or None when `output_dir` holds no run (no
+    config.json) or a config.json that does not say its epochs.
+
+  Raises:
+    RunFolderError: config.json is damaged.
+  """
+  folder = RunFolder(output_dir)
+  saved = folder.saved_settings()
+  epochs = ((saved or {}).get('train') or {}).get('epochs')
+  if not isinstance(epochs, int):
+    return None
+  return TrainingStatus(output_dir, newest_checkpoint_step(output_dir),
+                        epochs, _steps_per_epoch(folder, saved))
+
+
+def warn_if_unfinished(output_dir: str, announce=print) -> None:
+  """Announces `TrainingStatus.warning` when the run's training is unfinished."""
+  status = training_status(output_dir)
+  if status is not None and status.warning:
+    announce(status.warning)

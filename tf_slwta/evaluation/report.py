@@ -23,6 +23,7 @@ row's report.
 import html
 import json
 import os
+import shlex
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import keras
@@ -136,10 +137,12 @@ def _settings_section(config: config_lib.ExperimentConfig,
   attack = saved.get('attack_settings') or config.to_dict()['attack']
   examples = saved.get('eval_examples', config.data.eval_examples)
   mixture = ', '.join(f'{b}:{w:g}' for b, w in config.train.mixture) or 'clean'
+  status = run_folder.training_status(config.output_dir)
+  length = (f'{config.train.epochs} epochs' if status is None or
+            status.finished else status.description)
   rows = [('data set', config.data.dataset),
           ('test images', examples or 'all'),
-          ('model', described), ('training', f'{config.train.epochs} epochs, '
-                                 f'mixture {mixture}'),
+          ('model', described), ('training', f'{length}, mixture {mixture}'),
           ('checkpoint', checkpoint or 'none'),
           ('attacks', ', '.join(attack['attacks']) or 'none'),
           ('attack settings', ', '.join(f'{k}={v}' for k, v in
@@ -152,6 +155,18 @@ def _settings_section(config: config_lib.ExperimentConfig,
              f'checkpoint {html.escape(latest)}: run --mode=evaluate to '
              f'score the latest.</strong></p>\n')
   return '<h2>Settings</h2>\n' + _table(('setting', 'value'), rows) + stale
+
+
+def _unfinished_warning(output_dir: str) -> str:
+  """A warning box for a run whose training stopped part-way, or ''."""
+  status = run_folder.training_status(output_dir)
+  if status is None or status.warning is None:
+    return ''
+  return (f'<div class="warning"><p><b>Warning: training is not '
+          f'finished</b> ({html.escape(status.description)}). Everything on '
+          f'this page is for the model as it stands; run <code>python '
+          f'main.py {html.escape(shlex.quote("--output_dir=" + output_dir))}'
+          f'</code> to finish it.</p></div>\n')
 
 
 def _robustness_section(output_dir: str, figures_dir: str, saved: dict,
@@ -349,7 +364,8 @@ def write_report(config: config_lib.ExperimentConfig,
     test_images, _ = data_lib.load_arrays(config.data, 'test')
     images = data_lib.to_float_image(test_images[:WINNER_IMAGES]).numpy()
   warning, audit_html = _audit_section(output_dir)
-  body, drawn = warning + _settings_section(config, saved), []
+  body = _unfinished_warning(output_dir) + warning
+  body, drawn = body + _settings_section(config, saved), []
   for section, paths in (
       _robustness_section(output_dir, figures_dir, saved, info.class_names)
       if saved else ('', []),

@@ -10,19 +10,25 @@ dict of NumPy arrays keyed by the signature's output names:
   * gRPC: `tensorflow.serving.PredictionService/Predict` on HOST:8500 with a
     `PredictRequest` built from `tensorflow-serving-api`'s protos.
 
-Every failure (server down, timeout, unknown model, a rejected input) is
-raised as `ServingError` with the server's message and what to do.
+Every failure (server down, timeout, unknown model, a rejected input, a
+dropped connection) is raised as `ServingError` with the server's message
+and what to do. No reply is trusted: each is checked (`check_outputs`: one
+answer per image sent, shapes, finite probabilities summing to 1, classes
+in range and equal to the probabilities' argmax) and refused as
+`BAD_REPLY` otherwise. `timeout` is a deadline for the whole request, REST
+(a server trickling its answer is cut off) as gRPC.
 
   client = make_client('rest', 'localhost:8501', 'quickstart')
   outputs = client.predict(images)   # images float32 [B, H, W, C] in [0, 1]
   outputs['probabilities'], outputs['classes']
 """
 
+import http.client
 import json
 import socket
-import urllib.error
+import ssl
+import threading
 import urllib.parse
-import urllib.request
 from typing import Dict, Optional, Tuple
 
 import numpy as np
@@ -38,6 +44,11 @@ _START_SERVER = (
     'start it with: docker run --rm -p 8500:8500 -p 8501:8501 -v '
     '"$PWD/saved_models:/models" tensorflow/serving '
     '--model_config_file=/models/models.config (see README.md)')
+_CHECK_SERVER = ('check that --server and --export_name name a model '
+                 'tf_slwta exported (--mode=export), and the server\'s log')
+# How far the probabilities of one image may sum from 1 (float32 averages
+# of softmaxes, and their JSON text, are within 1e-5).
+_SUM_TOLERANCE = 1e-3
 
 
 class ServingError(RuntimeError):
@@ -46,7 +57,8 @@ class ServingError(RuntimeError):
   Attributes:
     code: the gRPC status name ('INVALID_ARGUMENT', 'NOT_FOUND',
       'UNAVAILABLE', 'DEADLINE_EXCEEDED', ...) or, for REST, the same name
-      where it can be told, else 'HTTP <status>'.
+      where it can be told, else 'HTTP <status>'; 'BAD_REPLY' when the
+      server answered something that is not a valid answer (`check_outputs`).
   """
 
   def __init__(self, code: str, message: str):
@@ -66,6 +78,104 @@ def _host_port(server: str, default_port: int) -> Tuple[str, int]:
     raise ValueError(f'server {server!r} names no host; use HOST:PORT, '
                      f'e.g. localhost:{default_port}.')
   return parsed.hostname, port
+
+
+def _bad_reply(source: str, problem: str) -> ServingError:
+  return ServingError('BAD_REPLY', f'{source} {problem}; {_CHECK_SERVER}.')
+
+
+def _first(mask: np.ndarray) -> int:
+  return int(np.flatnonzero(mask)[0])
+
+
+def check_outputs(outputs: Dict[str, np.ndarray], sent: int,
+                  signature_name: str, source: str,
+                  num_classes: Optional[int] = None
+                  ) -> Dict[str, np.ndarray]:
+  """Refuses a reply that is not a valid answer for `sent` images.
+
+  Args:
+    outputs: {output name: array} as the server sent it.
+    sent: images in the request, >= 1.
+    signature_name: the signature asked for; 'serving_default' needs
+      'probabilities' `[sent, K]` (finite, in [0, 1], each row summing to 1)
+      and 'classes' `[sent]` (whole numbers in [0, K), each a most probable
+      class of its row); 'logits' needs finite 'logits' `[sent, K]`; others
+      one row per image in every output.
+    source: who answered (a URL or HOST:PORT), for the message.
+    num_classes: K, when the caller knows how many classes the model has.
+
+  Returns:
+    `outputs` with 'classes' as int64 and every other output as float32.
+
+  Raises:
+    ServingError: code 'BAD_REPLY', naming the first problem found.
+  """
+  wanted = SIGNATURE_OUTPUTS.get(signature_name, ())
+  missing = [name for name in wanted if name not in outputs]
+  if missing:
+    return_names = ', '.join(sorted(outputs)) or 'none'
+    raise _bad_reply(source, f'sent no "{missing[0]}" (its outputs: '
+                     f'{return_names})')
+  arrays = {}
+  for name, value in outputs.items():
+    try:
+      arrays[name] = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+      raise _bad_reply(source, f'sent "{name}" that is not an array of '
+                       f'numbers') from None
+  for name, array in arrays.items():
+    if array.ndim == 0:
+      raise _bad_reply(source, f'sent "{name}" as one number, not one per '
+                       f'image ({sent} sent)')
+    if len(array) != sent:
+      raise _bad_reply(source, f'answered {len(array)} of the {sent} '
+                       f'image(s) sent ("{name}" has shape '
+                       f'{list(array.shape)})')
+  for name in ('probabilities', 'logits'):
+    if name not in wanted:
+      continue
+    array = arrays[name]
+    if array.ndim != 2 or (num_classes and array.shape[1] != num_classes):
+      expected = f'[{sent}, {num_classes or "classes"}]'
+      raise _bad_reply(source, f'sent "{name}" of shape {list(array.shape)}, '
+                       f'not {expected}')
+    bad = ~np.isfinite(array).all(axis=1)
+    if bad.any():
+      raise _bad_reply(source, f'sent "{name}" with NaN or infinite values '
+                       f'for {int(bad.sum())} of {sent} image(s) (the first: '
+                       f'image {_first(bad)})')
+  if 'probabilities' in wanted:
+    probabilities, classes = arrays['probabilities'], arrays['classes']
+    sums = probabilities.sum(axis=1)
+    bad = ((probabilities < 0) | (probabilities > 1)).any(axis=1) | (
+        np.abs(sums - 1) > _SUM_TOLERANCE)
+    if bad.any():
+      i = _first(bad)
+      raise _bad_reply(source, f'sent probabilities for image {i} that are '
+                       f'not a distribution (they sum to {sums[i]:.4g})')
+    k = probabilities.shape[1]
+    if classes.ndim != 1:
+      raise _bad_reply(source, f'sent "classes" of shape '
+                       f'{list(classes.shape)}, not [{sent}]')
+    bad = classes != np.round(classes)
+    if bad.any():
+      i = _first(bad)
+      raise _bad_reply(source, f'sent class {classes[i]:g} for image {i}, '
+                       f'not a whole number')
+    bad = (classes < 0) | (classes >= k)
+    if bad.any():
+      i = _first(bad)
+      raise _bad_reply(source, f'sent class {classes[i]:g} for image {i}, '
+                       f'outside 0..{k - 1}')
+    picked = probabilities[np.arange(sent), classes.astype(np.int64)]
+    bad = picked < probabilities.max(axis=1)
+    if bad.any():
+      i = _first(bad)
+      raise _bad_reply(source, f'sent class {int(classes[i])} for image {i}, '
+                       f'but its probabilities favour class '
+                       f'{int(probabilities[i].argmax())}')
+  return _typed(arrays)
 
 
 def _check_images(images) -> np.ndarray:
@@ -135,39 +245,49 @@ class RestClient:
     return f'{self.model_url}:predict', body
 
   def predict(self, images, signature_name: str = SERVING_SIGNATURE,
-              request_format: str = 'instances') -> Dict[str, np.ndarray]:
+              request_format: str = 'instances',
+              num_classes: Optional[int] = None) -> Dict[str, np.ndarray]:
     """Runs a signature on `images` through the server.
 
     Args:
       images: float32 `[B, H, W, C]` in [0, 1].
       signature_name: 'serving_default' or 'logits'.
       request_format: 'instances' or 'inputs' (see `predict_request`).
+      num_classes: the model's class count K, if known (checked).
 
     Returns:
       {output name: array with a leading batch axis}; for serving_default
-      'probabilities' float32 `[B, K]` and 'classes' int64 `[B]`.
+      'probabilities' float32 `[B, K]` and 'classes' int64 `[B]`, checked
+      by `check_outputs`.
 
     Raises:
-      ServingError: the server rejected the request or was not reached.
+      ServingError: the server rejected the request, was not reached, took
+        longer than `timeout` in all, dropped the connection, or answered
+        something that is not a valid answer ('BAD_REPLY').
     """
     url, body = self.predict_request(images, signature_name, request_format)
     reply = self._call(url, json.dumps(body).encode('utf-8'))
     names = SIGNATURE_OUTPUTS.get(signature_name, ('output',))
-    if 'predictions' in reply:
+    outputs = None
+    if isinstance(reply, dict) and 'predictions' in reply:
       rows = reply['predictions']
-      if rows and isinstance(rows[0], dict):
-        outputs = {k: np.asarray([row[k] for row in rows]) for k in rows[0]}
-      else:  # One output: TF Serving leaves its name out.
-        outputs = {names[0]: np.asarray(rows)}
-    elif 'outputs' in reply:
+      if isinstance(rows, list) and rows and all(
+          isinstance(row, dict) for row in rows):
+        keys = set(rows[0]).intersection(*rows)
+        outputs = {k: [row[k] for row in rows] for k in keys}
+      elif isinstance(rows, list) and not any(isinstance(row, dict)
+                                              for row in rows):
+        outputs = {names[0]: rows}  # One output: TF Serving leaves its name out.
+    elif isinstance(reply, dict) and 'outputs' in reply:
       columns = reply['outputs']
-      outputs = ({k: np.asarray(v) for k, v in columns.items()}
-                 if isinstance(columns, dict) else
-                 {names[0]: np.asarray(columns)})
-    else:
-      raise ServingError('INTERNAL', f'response from {url} has neither '
-                         f'"predictions" nor "outputs": {str(reply)[:200]}')
-    return _typed(outputs)
+      outputs = (dict(columns) if isinstance(columns, dict) else
+                 {names[0]: columns})
+    if outputs is None:
+      raise _bad_reply(url, f'answered neither "predictions" nor "outputs" '
+                       f'in TF Serving\'s form: {str(reply)[:200]}')
+    sent = len(body['instances'] if 'instances' in body else
+               body['inputs'][INPUT_KEY])
+    return check_outputs(outputs, sent, signature_name, url, num_classes)
 
   def model_status(self) -> Dict[str, object]:
     """`GET /v1/models/NAME[/versions/V]`: the versions and their states."""
@@ -176,34 +296,90 @@ class RestClient:
   def close(self) -> None:
     """Nothing to release: each request opens its own connection."""
 
-  def _call(self, url: str, data: Optional[bytes]) -> Dict[str, object]:
-    request = urllib.request.Request(
-        url, data=data, method='POST' if data is not None else 'GET',
-        headers={'Content-Type': 'application/json'})
+  def _call(self, url: str, data: Optional[bytes]) -> object:
+    """One request; its JSON reply, all of it within `timeout` seconds.
+
+    A socket timeout alone bounds each read, so a server sending a byte a
+    second never times out; a timer shuts the connection down at the
+    deadline instead. Connects directly (no proxy), as to a local server.
+    """
+    parts = urllib.parse.urlsplit(url)
+    path = parts.path + (f'?{parts.query}' if parts.query else '')
+    if parts.scheme == 'https':
+      connection = http.client.HTTPSConnection(
+          parts.hostname, parts.port, timeout=self.timeout,
+          context=ssl.create_default_context())
+    else:
+      connection = http.client.HTTPConnection(parts.hostname, parts.port,
+                                              timeout=self.timeout)
+    expired = threading.Event()
+
+    def cut_off():
+      expired.set()
+      if connection.sock is not None:
+        try:
+          connection.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+          pass  # Already closed.
+
+    timer = threading.Timer(self.timeout, cut_off)
+    timer.daemon = True
+    timer.start()
+    connected = False
     try:
-      with urllib.request.urlopen(request, timeout=self.timeout) as response:
-        return json.loads(response.read().decode('utf-8'))
-    except urllib.error.HTTPError as e:
-      text = e.read().decode('utf-8', 'replace')
+      connection.connect()
+      connected = True
+      connection.request('POST' if data is not None else 'GET', path,
+                         body=data,
+                         headers={'Content-Type': 'application/json'})
+      response = connection.getresponse()
+      text = response.read()
+      if expired.is_set():
+        raise TimeoutError()
+      status = response.status
+    except (socket.timeout, TimeoutError) as e:
+      raise ServingError('DEADLINE_EXCEEDED', f'{url} gave no full answer '
+                         f'in {self.timeout:g} s; raise --serving_timeout '
+                         f'or send smaller batches (--serving_batch_size).'
+                         ) from e
+    except (OSError, http.client.HTTPException) as e:
+      if expired.is_set():
+        raise ServingError(
+            'DEADLINE_EXCEEDED', f'{url} gave no full answer in '
+            f'{self.timeout:g} s; raise --serving_timeout or send smaller '
+            f'batches (--serving_batch_size).') from e
+      if not connected:
+        raise ServingError('UNAVAILABLE', f'cannot reach TF Serving at '
+                           f'{self.base_url} ({e}); {_START_SERVER}.') from e
+      if isinstance(e, http.client.BadStatusLine) and not isinstance(
+          e, http.client.RemoteDisconnected):
+        raise ServingError('UNAVAILABLE', f'{self.base_url} does not answer '
+                           f'HTTP ({e!r}); is it TF Serving\'s REST port '
+                           f'({REST_PORT})? For its gRPC port pass '
+                           f'--serving_protocol=grpc.') from e
+      raise ServingError(
+          'UNAVAILABLE', f'{url} dropped the connection before its answer '
+          f'was complete ({type(e).__name__}); the server may have crashed '
+          f'or restarted: check its log, then run the same command '
+          f'again.') from e
+    finally:
+      timer.cancel()
+      connection.close()
+    if status >= 400:
+      message = text.decode('utf-8', 'replace')
       try:
-        message = json.loads(text)['error']
+        message = json.loads(message)['error']
       except (ValueError, KeyError, TypeError):
-        message = text.strip() or e.reason
-      code = self._HTTP_CODES.get(e.code, f'HTTP {e.code}')
+        message = message.strip() or response.reason
+      code = self._HTTP_CODES.get(status, f'HTTP {status}')
       hint = (' (the server gave up; raise its timeout or send smaller '
               'batches)' if code == 'DEADLINE_EXCEEDED' else '')
-      raise ServingError(code, f'{url}: {message}{hint}') from e
-    except (socket.timeout, TimeoutError) as e:
-      raise ServingError('DEADLINE_EXCEEDED', f'{url} gave no answer in '
-                         f'{self.timeout:g} s; raise --serving_timeout or '
-                         f'send smaller batches.') from e
-    except urllib.error.URLError as e:
-      if isinstance(e.reason, (socket.timeout, TimeoutError)):
-        raise ServingError('DEADLINE_EXCEEDED', f'{url} gave no answer in '
-                           f'{self.timeout:g} s.') from e
-      raise ServingError('UNAVAILABLE', f'cannot reach TF Serving at '
-                         f'{self.base_url} ({e.reason}); {_START_SERVER}.'
-                         ) from e
+      raise ServingError(code, f'{url}: {message}{hint}')
+    try:
+      return json.loads(text.decode('utf-8'))
+    except ValueError as e:
+      raise _bad_reply(url, f'answered {len(text)} bytes that are not JSON '
+                       f'({e})') from e
 
 
 class GrpcClient:
@@ -244,20 +420,23 @@ class GrpcClient:
         tf.make_tensor_proto(_check_images(images)))
     return request
 
-  def predict(self, images, signature_name: str = SERVING_SIGNATURE
-              ) -> Dict[str, np.ndarray]:
+  def predict(self, images, signature_name: str = SERVING_SIGNATURE,
+              num_classes: Optional[int] = None) -> Dict[str, np.ndarray]:
     """Runs a signature on `images` through the server.
 
     Args:
       images: float32 `[B, H, W, C]` in [0, 1].
       signature_name: 'serving_default' or 'logits'.
+      num_classes: the model's class count K, if known (checked).
 
     Returns:
       {output name: array with a leading batch axis}; for serving_default
-      'probabilities' float32 `[B, K]` and 'classes' int64 `[B]`.
+      'probabilities' float32 `[B, K]` and 'classes' int64 `[B]`, checked
+      by `check_outputs`.
 
     Raises:
-      ServingError: with the gRPC status name as its code.
+      ServingError: with the gRPC status name as its code (the call's
+        deadline is `timeout`), or 'BAD_REPLY'.
     """
     import grpc  # pylint: disable=g-import-not-at-top
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -266,13 +445,24 @@ class GrpcClient:
       response = self._stub.Predict(request, timeout=self.timeout)
     except grpc.RpcError as e:
       code = e.code().name if e.code() else 'UNKNOWN'
-      hint = {'UNAVAILABLE': f'; {_START_SERVER}',
+      details = e.details() or ''
+      dropped = ('; the connection dropped: the server may have crashed or '
+                 'restarted; check its log, then run the same command again')
+      hint = {'UNAVAILABLE': (f'; {_START_SERVER}' if 'connect' in
+                              details.lower() else dropped),
               'DEADLINE_EXCEEDED': (f' (after {self.timeout:g} s); raise '
                                     f'--serving_timeout or send smaller '
                                     f'batches')}.get(code, '')
-      raise ServingError(code, f'{self.target}: {e.details()}{hint}') from e
-    return _typed({name: tf.make_ndarray(proto)
-                   for name, proto in response.outputs.items()})
+      raise ServingError(code, f'{self.target}: {details}{hint}') from e
+    try:
+      outputs = {name: tf.make_ndarray(proto)
+                 for name, proto in response.outputs.items()}
+    except (TypeError, ValueError) as e:
+      raise _bad_reply(self.target, f'sent outputs that are not tensors '
+                       f'({e})') from e
+    return check_outputs(outputs, int(request.inputs[INPUT_KEY].tensor_shape
+                                      .dim[0].size), signature_name,
+                         self.target, num_classes)
 
   def close(self) -> None:
     """Closes the channel."""
@@ -280,7 +470,7 @@ class GrpcClient:
 
 
 def _typed(outputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-  """JSON numbers back to the signature's dtypes."""
+  """Checked numbers back to the signature's dtypes."""
   typed = {}
   for name, value in outputs.items():
     typed[name] = (value.astype(np.int64) if name == 'classes'

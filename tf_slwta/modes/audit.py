@@ -30,6 +30,7 @@ def run(config: config_lib.ExperimentConfig, folder: run_folder.RunFolder,
     The audit result (`audit.run_audit`).
   """
   strategy = strategy or common.make_strategy(config)
+  run_folder.warn_if_unfinished(config.output_dir)
   with common.chief_lock(folder, strategy):
     model = state.restore_model(config, strategy)
     images, labels = data_lib.load_arrays(config.data, 'test')

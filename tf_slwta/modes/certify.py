@@ -21,6 +21,7 @@ def run(config: config_lib.ExperimentConfig, folder: run_folder.RunFolder,
     The result dict of `certify.certify_dataset`.
   """
   strategy = strategy or common.make_strategy(config)
+  run_folder.warn_if_unfinished(config.output_dir)
   with common.chief_lock(folder, strategy):
     model = state.restore_model(config, strategy)
     certify.check_independent_votes(noise.batch_shared_layers(model),

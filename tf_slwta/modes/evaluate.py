@@ -226,6 +226,7 @@ def run(config: config_lib.ExperimentConfig, folder: run_folder.RunFolder,
     None).
   """
   strategy = strategy or common.make_strategy(config)
+  run_folder.warn_if_unfinished(config.output_dir)
   with common.chief_lock(folder, strategy):
     model = state.restore_model(config, strategy)
     clean = clean_metrics(config, strategy, model)

@@ -19,8 +19,9 @@ def run(config: config_lib.ExperimentConfig,
     The version folder written.
   """
   del folder  # config.output_dir names it.
-  run_folder.probe_writable(config.export.export_dir, '--export_dir')
   name = config.export.model_name(config.output_dir)
+  run_folder.warn_if_unfinished(config.output_dir)
+  run_folder.probe_writable(config.export.export_dir, '--export_dir')
   # One device: the export holds plain variables, whatever trained them.
   model = state.restore_model(config, tf.distribute.get_strategy())
   info = data_lib.dataset_info(config.data.dataset)

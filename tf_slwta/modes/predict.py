@@ -37,7 +37,7 @@ def run(config: config_lib.ExperimentConfig,
     for start in range(0, len(images), serve.batch_size):
       chunk = images[start:start + serve.batch_size]
       progress.start(f'{serve.protocol} requests to {serve.server}')
-      outputs = client.predict(chunk)
+      outputs = client.predict(chunk, num_classes=info.num_classes)
       probabilities.append(outputs['probabilities'])
       classes.append(outputs['classes'])
       progress.advance(len(chunk))

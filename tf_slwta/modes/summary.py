@@ -42,6 +42,14 @@ def _attacks(config: config_lib.ExperimentConfig) -> str:
           f'{a.mc_samples}, gradient modes {modes}')
 
 
+def _served_name(config: config_lib.ExperimentConfig) -> str:
+  """The export's model name, or the folder's if unusable (the mode says so)."""
+  try:
+    return config.export.model_name(config.output_dir)
+  except ValueError:
+    return os.path.basename(os.path.normpath(config.output_dir))
+
+
 def line(config: config_lib.ExperimentConfig) -> str:
   """One line: the mode, the run and its main settings."""
   d, t = config.data, config.train
@@ -74,13 +82,13 @@ def line(config: config_lib.ExperimentConfig) -> str:
   elif config.mode == 'export':
     e = config.export
     text = (f'{_model(config)} -> {e.export_dir}/'
-            f'{e.model_name(where)}/{e.version or "next"}, '
+            f'{_served_name(config)}/{e.version or "next"}, '
             f'{config.attack.mc_samples} pass(es) per request')
   elif config.mode == 'predict':
     s = config.serve
     source = (f'{len(s.images)} image file(s)' if s.images else
               f'{_examples(d.eval_examples)} {d.dataset} test images')
-    name = s.model_name or config.export.model_name(where)
+    name = s.model_name or _served_name(config)
     return f'predict: {source} through {name} at {s.server} ({s.protocol})'
   else:
     return f'grid: {len(config.grid) or "the seed table"} row pattern(s)'

@@ -11,8 +11,8 @@ Shape of a run (after google/uncertainty-baselines):
 """
 
 import dataclasses
+import datetime
 import errno
-import json
 import os
 import time
 from typing import Callable, Dict, Optional, Tuple
@@ -25,6 +25,7 @@ from tf_slwta import config as config_lib
 from tf_slwta import data as data_lib
 from tf_slwta import progress as progress_lib
 from tf_slwta import run_folder
+from tf_slwta.layers import layout
 from tf_slwta.training import checkpoints
 from tf_slwta.training import distribute
 from tf_slwta.training import interrupts
@@ -73,6 +74,35 @@ class _Progress:
 
   def close(self) -> None:
     self.bar.close()
+
+
+def epoch_line(record: Dict[str, float], epochs: int, with_kl: bool) -> str:
+  """One line a person reads for an epoch's record (metrics.jsonl keeps all).
+
+  Args:
+    record: the epoch's metrics ('epoch', 'train/loss', 'train/accuracy' and
+      'test/accuracy' in [0, 1], 'test/loss', 'test/examples',
+      'train/kl', 'train/kl_term', 'train/epoch_seconds',
+      'train/images_per_sec').
+    epochs: the epochs the run trains.
+    with_kl: show the KL (models with stochastic LWTA or IBP layers).
+
+  Returns:
+    e.g. 'Epoch 2/3: train loss 2.2707, accuracy 22.07%; test loss 2.2806,
+    accuracy 17.97% on 256 images; 1.1 s, 4892 images/s'.
+  """
+  seconds = record['train/epoch_seconds']
+  took = (f'{seconds:.1f} s' if seconds < 60 else
+          str(datetime.timedelta(seconds=round(seconds))))
+  kl = (f'; KL {record["train/kl"]:.4g} ({record["train/kl_term"]:.4g} in '
+        f'the loss)' if with_kl else '')
+  return (f'Epoch {record["epoch"]}/{epochs}: train loss '
+          f'{record["train/loss"]:.4f}, accuracy '
+          f'{100 * record["train/accuracy"]:.2f}%; test loss '
+          f'{record["test/loss"]:.4f}, accuracy '
+          f'{100 * record["test/accuracy"]:.2f}% on '
+          f'{record["test/examples"]} images{kl}; {took}, '
+          f'{record["train/images_per_sec"]:.0f} images/s')
 
 
 def _mean_kl(state: state_lib.TrainingState) -> Dict[str, float]:
@@ -226,12 +256,13 @@ def _epoch(run: _Run, epoch: int, first: int, pending) -> Dict[str, float]:
     for key in ('test/loss', 'test/accuracy', 'train/epoch_seconds'):
       tf.summary.scalar(key, record[key])
   run.writer.flush()
+  line = epoch_line(record, cfg.train.epochs,
+                    with_kl=layout.uses_blocks(state.model))
   if run.chief:
     run.folder.append_metrics(record)
-    print(json.dumps(record, sort_keys=True), flush=True)
+    print(line, flush=True)
   else:
-    print(f'Worker {distribute.task_id(run.strategy)} finished epoch '
-          f'{epoch + 1}: {json.dumps(record, sort_keys=True)}', flush=True)
+    print(f'Worker {distribute.task_id(run.strategy)}: {line}', flush=True)
   _check_finite(state, f'at the end of epoch {epoch + 1}')
   _save(state, record['step'])
   return record
