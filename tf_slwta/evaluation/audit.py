@@ -325,7 +325,7 @@ def _strongest_mode(rows: Sequence[dict], modes: Sequence[str]) -> str:
 
 def markdown(result: Dict[str, object]) -> str:
   """The audit as Markdown: failed checks first, then the table and sweeps."""
-  lines = ['# Gradient-masking audit', '']
+  lines = ['# Gradient-masking audit', '', *result.get('notes', [])]
   failed = [c for c in result['checks'] if not c['passed']]
   lines.append(f'{len(failed)} of {len(result["checks"])} checks failed.'
                if failed else f'All {len(result["checks"])} checks passed.')
@@ -337,7 +337,8 @@ def markdown(result: Dict[str, object]) -> str:
             f'({result["examples"]} images; sweeps on the first '
             f'{result["sweep_examples"]}, gradient mode '
             f'{result["sweep_mode"]}):', '',
-            robustness.markdown_table(result['rows']), '| eps | accuracy (%) |',
+            robustness.markdown_table(result['rows']),
+            '| eps | accuracy (%) |',
             '|---|---|']
   lines += [f'| {p["eps"]:g} | {100 * p["accuracy"]:.2f} |'
             for p in result['eps_sweep']]

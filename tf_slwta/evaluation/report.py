@@ -174,9 +174,11 @@ def _robustness_section(output_dir: str, figures_dir: str, saved: dict,
   rows = saved['rows']
   headers, cells = robustness.table_cells(rows)
   scoring = html.escape(saved.get('scoring', ''))
+  notes = ''.join(f'<p>{html.escape(note)}</p>\n'
+                  for note in saved.get('notes', []))
   body = (f'<h2>Robustness</h2>\n<p>Scoring: {scoring}; decisions by the '
           'mean probabilities over mc_samples passes.</p>\n'
-          + _table(headers, cells))
+          + _table(headers, cells) + notes)
   examples = robustness.Examples.load(output_dir)
   if examples is None:
     return body + ('<p>No figures_data.npz beside the table (an evaluation '
@@ -320,24 +322,29 @@ def _history_section(output_dir: str) -> str:
       continue  # Unfinished: its batches wait to be resumed.
     path = os.path.join(root, name, f'{robustness.FILE_STEM}.json')
     rows = {r['attack']: r for r in saved.get('rows', [])}
-    worst = rows.get('combined', {}).get('accuracy')
-    found.append((tf.io.gfile.stat(path).mtime_nsec, name, saved, worst))
+    found.append((tf.io.gfile.stat(path).mtime_nsec, name, saved,
+                  rows.get('combined', {})))
   if not found:
     return ''
   lines = []
-  for _, name, saved, worst in sorted(found, reverse=True):
+  for _, name, saved, combined in sorted(found, key=lambda f: f[0],
+                                        reverse=True):
     attack = saved.get('attack_settings', {})
     link = html.escape(
         f'{records.EVALUATIONS_DIR}/{name}/{robustness.FILE_STEM}.md')
-    lines.append(
-        f'<tr><td><a href="{link}">{html.escape(name)}</a></td>'
-        f'<td>{html.escape(str(saved.get("checkpoint")))}</td>'
-        f'<td>{html.escape(",".join(attack.get("attacks", [])))}</td>'
-        f'<td>{"-" if worst is None else f"{100 * worst:.2f}"}</td></tr>\n')
+    worst = combined.get('accuracy')
+    cells = [html.escape(str(saved.get('checkpoint'))),
+             html.escape(','.join(attack.get('attacks', []))),
+             html.escape(str(combined.get('threat', '-'))),
+             str(combined.get('examples', saved.get('eval_examples', '-'))),
+             '-' if worst is None else f'{100 * worst:.2f}']
+    lines.append(f'<tr><td><a href="{link}">{html.escape(name)}</a></td>' +
+                 ''.join(f'<td>{c}</td>' for c in cells) + '</tr>\n')
   return ('<h2>Every evaluation of this run</h2>\n<p>Newest first; the '
           'tables above are the newest one\'s.</p>\n<table>\n<tr><th>'
-          'evaluation</th><th>checkpoint</th><th>attacks</th><th>worst case '
-          '(%)</th></tr>\n' + ''.join(lines) + '</table>\n')
+          'evaluation</th><th>checkpoint</th><th>attacks</th><th>threat '
+          'model</th><th>images</th><th>worst case (%)</th></tr>\n' +
+          ''.join(lines) + '</table>\n')
 
 
 def write_report(config: config_lib.ExperimentConfig,

@@ -47,9 +47,10 @@ def run(config: config_lib.ExperimentConfig, folder: run_folder.RunFolder,
         examples=examples, folder=where, **evaluate.scale_out(config, strategy))
     if not distribute.is_chief(strategy):
       return result
+    result['notes'] = evaluate.table_notes(config.output_dir)
     for folder_ in (where, config.output_dir):  # History, and the latest.
       robustness.write_report(result['rows'], folder_, meta=meta,
-                              examples=examples)
+                              examples=examples, notes=result['notes'])
       paths = audit.write(result, folder_, meta=meta)
     robustness.write_summaries(result['rows'], folder.summary_dir,
                                step=report.checkpoint_step(config.output_dir),

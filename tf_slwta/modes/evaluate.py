@@ -127,6 +127,15 @@ def evaluation_folder(config: config_lib.ExperimentConfig, kind: str,
                       f'-{records.key(identity)}')
 
 
+def table_notes(output_dir: str) -> List[str]:
+  """Notes for a run's robustness tables: that its training is unfinished,
+  if it is (`run_folder.training_status`)."""
+  status = run_folder.training_status(output_dir)
+  if status is None or status.warning is None:
+    return []
+  return [f'Made on a partly trained model: {status.description}.']
+
+
 def scale_out(config: config_lib.ExperimentConfig,
               strategy: tf.distribute.Strategy) -> dict:
   """How an evaluation spreads over the strategy: one model copy per local
@@ -188,7 +197,8 @@ def attack_and_report(config: config_lib.ExperimentConfig,
         return None
       meta = evaluation_meta(config)
       for where in (folder, config.output_dir):  # History, and the latest.
-        robustness.write_report(rows, where, meta=meta, examples=examples)
+        robustness.write_report(rows, where, meta=meta, examples=examples,
+                                notes=table_notes(config.output_dir))
       robustness.write_summaries(
           rows, run_folder.RunFolder(config.output_dir).summary_dir,
           step=report.checkpoint_step(config.output_dir),
@@ -202,7 +212,7 @@ def attack_and_report(config: config_lib.ExperimentConfig,
     print(f'\nRobustness on {rows[0]["examples"]} test images (also in '
           f'{os.path.join(config.output_dir, "robustness.md")}, .csv, '
           f'.json):')
-    robustness.print_table(rows)
+    robustness.print_table(rows, notes=table_notes(config.output_dir))
   if config.model.ibp and model is not None:
     pruned = ibp.pruned_fractions(model)
     run_folder.RunFolder(config.output_dir).write_json('ibp_pruned.json',

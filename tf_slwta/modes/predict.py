@@ -4,8 +4,8 @@ import numpy as np
 
 from tf_slwta import config as config_lib
 from tf_slwta import data as data_lib
+from tf_slwta import progress as progress_lib
 from tf_slwta import run_folder
-from tf_slwta.evaluation import progress as progress_lib
 from tf_slwta.export import client as client_lib
 
 
@@ -32,7 +32,7 @@ def run(config: config_lib.ExperimentConfig,
     images = data_lib.to_float_image(images).numpy()
     source = f'{len(images)} {info.name} test images'
   probabilities, classes = [], []
-  progress = progress_lib.WorkProgress(len(images), 'predict', unit='image')
+  progress = progress_lib.Progress('predict', len(images), unit='image')
   try:
     for start in range(0, len(images), serve.batch_size):
       chunk = images[start:start + serve.batch_size]
