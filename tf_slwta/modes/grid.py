@@ -63,10 +63,11 @@ def run(config: config_lib.ExperimentConfig, folder: run_folder.RunFolder,
                     'flagfile': path, 'output_dir': row_config.output_dir,
                     'clean_accuracy': clean['accuracy'],
                     'attacks': attack_rows})
-  # The table goes beside the runs it sums up (runs/seed_table/ by default).
-  paths = robustness.write_grid(
-      results, os.path.commonpath([r['output_dir'] for r in results])
-      if len(results) > 1 else config.output_dir)
+  # The table goes beside the runs it sums up (runs/seed_table/ by default),
+  # for one row as for several: never into another run's folder.
+  paths = robustness.write_grid(results, os.path.commonpath(
+      [os.path.dirname(os.path.normpath(r['output_dir'])) or '.'
+       for r in results]))
   paths['html'] = report.write_grid_report(paths['json'])  # Links each row.
   print(f'\nGrid of {len(results)} runs (also in {paths["md"]}, '
         f'{paths["csv"]}, {paths["json"]}, {paths["html"]}):\n')
