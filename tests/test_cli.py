@@ -183,7 +183,7 @@ def test_main_trains_and_evaluates_end_to_end(tmp_path):
   trained = run_main(SMOKE, f'--output_dir={out}')
   assert trained.returncode == 0, trained.stderr[-3000:]
   assert 'Results of' in trained.stdout and 'accuracy (%)' in trained.stdout
-  assert 'epoch 2 step 8/8' in trained.stdout  # Progress lines.
+  assert 'epoch 2/2: 100%, 8/8 steps' in trained.stdout  # Progress lines.
   with open(out / 'results.json') as f:
     results = json.load(f)
   assert results['epoch'] == 2 and results['test/examples'] == 256

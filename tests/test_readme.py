@@ -1,11 +1,15 @@
-"""Every README command that fits in seconds, run as written on tiny data.
+"""Every README command that fits in seconds, run as written on tiny data,
+in a terminal.
 
 The repository's tracked files are copied to a temporary folder (a fresh
 clone) whose flagfiles get tiny overrides appended (synthetic data, one
 epoch, small models, short attacks); then each `python main.py ...` of the
 README runs there, in README order after the default job, through
 `main.run` (the whole command without a process of its own: TensorFlow
-loads once). `--help` and a run from another folder run as processes.
+loads once), with a pseudo-terminal as its output, as a person runs it:
+the default job, evaluate, audit, certify, grid and export; then predict,
+through a stand-in TF Serving. `--help` and a run from another folder run
+as processes.
 """
 
 import json
@@ -18,6 +22,9 @@ import sys
 from cli_fixtures import copy_repository
 import numpy as np
 import pytest
+from serving_standin import ServingStandIn
+import tensorflow as tf
+import terminal
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = """
@@ -48,13 +55,15 @@ TINY = """
 --audit_steps=1,2
 --audit_eps_multiples=1,2
 --audit_noise_draws=1
+--certify_n0=5
+--certify_n=20
+--certify_batch_size=20
 """
 # Commands left out, and why.
 SKIPPED = {
     'cifar10': 'CIFAR-10 recipes are sized for a GPU (tensorflow-datasets)',
     'wrn34': 'WRN-34 recipes are sized for a GPU',
     'multi_worker': 'needs several machines (tested in test_cli)',
-    '--mode=predict': 'needs a TF Serving (tested in test_export)',
     '--helpfull': "absl's full help exits the process (see --help below)",
 }
 # The seven seed-table rows take minutes even on tiny data; the two-row grid
@@ -130,6 +139,27 @@ for args in json.load(open(sys.argv[1])):
 """
 
 
+def _run_in_terminal(commands, clone, listing):
+  """Runs README commands through `_DRIVER` with a pseudo-terminal as their
+  output; returns one record per command: 'args', 'code', 'seconds',
+  'written', 'mode' (from the settings line each prints first), 'output'."""
+  listing.write_text(json.dumps(commands))
+  code, text = terminal.in_terminal(
+      [sys.executable, '-c', _DRIVER, str(listing)], clone)
+  ran = []
+  for output in text.split('README-START\n')[1:]:
+    output, _, record = output.rpartition('\nREADME-COMMAND ')
+    ran.append(json.loads(record.splitlines()[0]))
+    settings = _SETTINGS_LINE.search(output)  # Printed first by every mode.
+    ran[-1]['mode'] = settings.group(1) if settings else None
+    ran[-1]['output'] = output
+  failed = [r for r in ran if r['code']]
+  assert code == 0 and not failed and len(ran) == len(commands), (
+      f'{failed or "stopped"}\n{text[-4000:]}')
+  assert 'Traceback' not in text, text[-4000:]
+  return ran
+
+
 @pytest.mark.slow
 def test_every_readme_command_runs_as_written(tmp_path, capsys):
   clone = tmp_path / 'clone'
@@ -148,22 +178,31 @@ def test_every_readme_command_runs_as_written(tmp_path, capsys):
     reason = next((why for key, why in SKIPPED.items() if key in line),
                   'seven trainings' if line in SKIPPED_EXACTLY else None)
     (skipped if reason else chosen).append(args)
-  (tmp_path / 'commands.json').write_text(json.dumps(chosen))
-  result = subprocess.run(
-      [sys.executable, '-c', _DRIVER, str(tmp_path / 'commands.json')],
-      cwd=clone, capture_output=True, text=True, timeout=1200,
-      env={**os.environ, 'PYTHONPATH': REPO})
-  ran = []
-  for output in result.stdout.split('README-START\n')[1:]:
-    output, _, record = output.rpartition('\nREADME-COMMAND ')
-    ran.append(json.loads(record.splitlines()[0]))
-    settings = _SETTINGS_LINE.search(output)  # Printed first by every mode.
-    ran[-1]['mode'] = settings.group(1) if settings else None
-    ran[-1]['output'] = output
-  failed = [r for r in ran if r['code']]
-  assert not failed and len(ran) == len(chosen), (
-      f'{failed or "stopped"}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}')
+  predicts = [c for c in chosen if '--mode=predict' in c]
+  ran = _run_in_terminal([c for c in chosen if c not in predicts], clone,
+                         tmp_path / 'commands.json')
+  # Then predict, through a stand-in TF Serving on what export wrote, at
+  # the stand-in's address; the image files the README names are made.
+  for name, encode in (('shoe.png', tf.io.encode_png),
+                       ('bag.jpg', tf.io.encode_jpeg)):
+    (clone / name).write_bytes(encode(tf.zeros([28, 28, 1], tf.uint8)).numpy())
+  with ServingStandIn({'quickstart': str(clone / 'saved_models' /
+                                         'quickstart')}) as server:
+    address = {'rest': server.rest_address, 'grpc': server.grpc_address}
+    ran += _run_in_terminal([[
+        f'--server={address["grpc" if "--serving_protocol=grpc" in c else "rest"]}'
+        if a.startswith('--server=') else a for a in c] for c in predicts],
+                            clone, tmp_path / 'predicts.json')
+  assert len(predicts) == 2
+  assert len(ran) == len(chosen)
   assert len(ran) >= 9
+  # In a terminal, every mode that runs long drew its progress line.
+  drawn = {r['mode'] for r in ran if any(
+      re.match(r'(epoch \d+/\d+|robustness|audit table|certify|predict) +'
+               r'\d+% \[', f) for f in terminal.frames(r['output']))}
+  assert {'train', 'evaluate', 'audit', 'certify', 'predict'} <= drawn, drawn
+  assert any('accuracy' in r['output'] and r['mode'] == 'predict'
+             for r in ran)
   for r in ran:  # Each did what its text says, and only training records.
     line = 'python ' + ' '.join(r['args'])
     if '--help' in r['args']:
@@ -182,8 +221,9 @@ def test_every_readme_command_runs_as_written(tmp_path, capsys):
              for line in lines)
   # What they leave behind, as the README says.
   for name in ('config.json', 'metrics.jsonl', 'results.json',
-               'robustness.md', 'report.html'):
+               'robustness.md', 'report.html', 'certify.md'):
     assert (clone / 'runs' / 'quickstart' / name).exists(), name
+  assert (clone / 'runs' / 'slwta_fashion_mnist' / 'audit.md').exists()
   assert (clone / 'saved_models' / 'quickstart' / '1' / 'saved_model.pb').exists()
   assert (clone / 'runs' / 'seed_table' / 'grid.md').exists()  # Two rows.
 
