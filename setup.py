@@ -61,6 +61,7 @@ setuptools.setup(
         'tensorflow-serving-api>=2.21,<2.22',
     ],
     extras_require={
-        'test': ['pytest>=8,<10', 'adversarial-robustness-toolbox>=1.17,<2'],
+        'test': ['pytest>=8,<10', 'pytest-xdist>=3.5,<4',
+                 'adversarial-robustness-toolbox>=1.17,<2'],
     },
 )

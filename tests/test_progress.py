@@ -120,6 +120,7 @@ def test_an_evaluation_shows_each_attack_moving_on_a_terminal(monkeypatch):
                                 apgd_steps=40)
   out = Terminal()
   monkeypatch.setattr(sys, 'stdout', out)
+  monkeypatch.setenv('COLUMNS', '200')  # Lines are cut to the terminal.
   robustness.evaluate_robustness(logits_fn(), images, y, cfg, batch_size=20)
   frames = out.getvalue().split('\r')
   # Each attack on each batch is named, with its own progress inside it.
