@@ -398,10 +398,27 @@ def test_kl_annealing_ramps_both_weights():
   assert weights(50, anneal_steps=10) == pytest.approx([0.1, 0.01])
 
 
-def test_utility_kl_is_the_bernoulli_kl():
-  q, p = tf.constant([0.2, 0.9]), tf.constant([0.5, 0.1])
-  expected = (q * np.log(q / p) + (1 - q) * np.log((1 - q) / (1 - p))).numpy()
-  np.testing.assert_allclose(ibp.bernoulli_kl(q, p), expected, rtol=1e-5)
+def test_utility_kl_is_the_bernoulli_kl_in_logs():
+  q = np.array([0.2, 0.9, 0.98, 0.5])
+  p = np.array([0.5, 0.1, 1e-30, 1e-200])  # The last below float32.
+  expected = q * np.log(q / p) + (1 - q) * np.log((1 - q) / (1 - p))
+  logits = tf.constant(np.log(q / (1 - q)), tf.float32)
+  log_p = tf.constant(np.log(p), tf.float32)
+  np.testing.assert_allclose(ibp.bernoulli_kl_logits(logits, log_p), expected,
+                             rtol=1e-5)
+
+
+def test_every_stick_of_a_wide_layer_gets_the_kl_gradient():
+  # 256 channels, 128 blocks: the prior pi = v_1 ... v_k of most blocks is
+  # far below 1e-6; clipped there, those sticks got no gradient at all.
+  layer = ibp.IBPMask(competitors=2, seed=0)
+  layer.build((None, 256))
+  with tf.GradientTape() as tape:
+    kl = layer.kl()
+  grads = tape.gradient(kl, [layer.stick_a, layer.stick_b])
+  assert np.isfinite(float(kl))
+  for grad in grads:
+    assert np.all(np.isfinite(grad)) and np.all(grad.numpy() != 0.0)
 
 
 def _train_losses(model_config, steps=40, learning_rate=0.05, seed=0):

@@ -35,7 +35,10 @@ trained by their own optimizer without weight decay
     units (structured pruning, a smaller and faster network at test time);
     per-pair ones only zero single weights.
   * The utility KL is the full Bernoulli KL, q log(q / pi) + (1 - q)
-    log((1 - q) / (1 - pi)); the reference keeps only the first term.
+    log((1 - q) / (1 - pi)); the reference keeps only the first term. It is
+    computed in logs (log pi = cumsum(log v)), as the reference's
+    log(pi + 1e-8) also lets the gradient through: a prior pi clipped
+    into [1e-6, 1 - 1e-6] gave most sticks of a wide layer no gradient.
   * At test time z is the utility's mean sigmoid(t) instead of a draw at
     temperature 0.01: which blocks exist is not part of the defense's
     randomness (the LWTA winners are), and a pruned network stays one
@@ -54,7 +57,6 @@ from tf_slwta.layers import lwta
 from tf_slwta.layers import randomness
 
 _EULER = 0.5772156649015329
-_EPS = 1e-6
 
 # Names of the variational parameters (on their own optimizer, no decay).
 VARIABLE_NAMES = ('ibp_stick_a', 'ibp_stick_b', 'ibp_utility_logits')
@@ -79,16 +81,27 @@ def kumaraswamy_beta_kl(a: tf.Tensor, b: tf.Tensor, alpha: float) -> tf.Tensor:
           + tf.math.log(a * b) - np.log(alpha) - (b - 1.0) / b)
 
 
-def bernoulli_kl(q: tf.Tensor, p: tf.Tensor) -> tf.Tensor:
-  """KL(Bernoulli(q) || Bernoulli(p)) elementwise (TFP's registered KL).
+def bernoulli_kl_logits(logits: tf.Tensor, log_p: tf.Tensor) -> tf.Tensor:
+  """KL(Bernoulli(sigmoid(logits)) || Bernoulli(p)) elementwise, in logs.
+
+  q log(q / p) + (1 - q) log((1 - q) / (1 - p)) with log q and log(1 - q)
+  from the logits and log(1 - p) = log1mexp(log p): finite and with a
+  gradient for any p in (0, 1), however small (clipping p into [1e-6,
+  1 - 1e-6] would leave a clipped p with no gradient).
 
   Args:
-    q, p: probabilities, clipped into (0, 1) so the KL stays finite.
+    logits: the posterior's logits t, any shape.
+    log_p: log of the prior's probability, < 0, the same shape.
+
+  Returns:
+    float, the shape of `logits`, >= 0.
   """
-  clip = lambda v: tf.clip_by_value(v, _EPS, 1 - _EPS)
-  return tfp.distributions.kl_divergence(
-      tfp.distributions.Bernoulli(probs=clip(q)),
-      tfp.distributions.Bernoulli(probs=clip(p)))
+  q = tf.sigmoid(logits)
+  # p = 1 exactly (a stick drawn as 1.0) would make log(1 - p) -inf.
+  log_p = tf.minimum(log_p, -1e-7)
+  log_one_minus_p = tfp.math.log1mexp(log_p)
+  return (q * (tf.math.log_sigmoid(logits) - log_p) +
+          (1.0 - q) * (tf.math.log_sigmoid(-logits) - log_one_minus_p))
 
 
 @keras.saving.register_keras_serializable(package='tf_slwta')
@@ -169,9 +182,11 @@ class IBPMask(keras.layers.Layer):
     b = tf.nn.softplus(self.stick_b)
     sticks = tfp.distributions.Kumaraswamy(a, b).sample(
         seed=randomness.next_seed(self.seed_generator))
-    prior_pi = tf.math.cumprod(tf.clip_by_value(sticks, _EPS, 1.0))
-    kl_z = tf.reduce_sum(bernoulli_kl(tf.sigmoid(self.utility_logits),
-                                      prior_pi))
+    # log pi_k = sum_{j <= k} log v_j: the 100th stick's prior is far below
+    # any float's smallest step above 0, and its log is not; no clip, so
+    # every stick gets the KL's gradient.
+    log_pi = tf.math.cumsum(tf.math.log(sticks))
+    kl_z = tf.reduce_sum(bernoulli_kl_logits(self.utility_logits, log_pi))
     return kl_z + tf.reduce_sum(kumaraswamy_beta_kl(a, b, self.prior_alpha))
 
   def call(self, inputs, training=None):
