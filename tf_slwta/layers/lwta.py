@@ -37,10 +37,6 @@ training loss weights it by `--lwta_kl_weight` (training/losses.py says
 exactly how it enters the objective).
 """
 
-import contextlib
-import threading
-from typing import Iterator
-
 import keras
 import ml_dtypes
 import numpy as np
@@ -55,28 +51,20 @@ LAYOUT_VERSION = 2
 # Name of the checkpoint entry that records LAYOUT_VERSION.
 LAYOUT_CHECKPOINT_KEY = 'channel_layout'
 
-_state = threading.local()
 
-
-@contextlib.contextmanager
-def sampling_at_training_temperature() -> Iterator[None]:
+def sampling_at_training_temperature():
   """Within the block, LWTA layers called with training=False sample at
-  their training temperature instead of the test one.
+  their training temperature instead of the test one: the surrogate mode
+  'training_temperature' (`surrogate.gradient_surrogate`).
 
   For the attacks of adversarial training (`defenses/mixture.py`,
   `--mixture_gradient=training_temperature`): at the test temperature 0.01
   a pass's input gradient is the 0/1 winner mask with rare spikes; at the
   training temperature it is informative (BENCHMARKS.md, "Adversarial
   training of LWTA models"). BatchNorm and the KL stay in inference mode.
-  Like `surrogate.gradient_surrogate`, it is read when a layer's call is
-  traced.
+  It is read when a layer's call is traced.
   """
-  previous = getattr(_state, 'training_temperature', False)
-  _state.training_temperature = True
-  try:
-    yield
-  finally:
-    _state.training_temperature = previous
+  return surrogate.gradient_surrogate('training_temperature')
 
 
 def categorical_kl_from_uniform(logits: tf.Tensor, axis: int = -1) -> tf.Tensor:
@@ -339,10 +327,11 @@ class LWTA(keras.layers.Layer):
                          blocks.dtype)
     return tf.nn.softmax((blocks + noise) / temperature, axis=-1)
 
-  def _sample(self, x, training, with_kl):
-    """(sampled outputs `[..., C]`, per-example KL `[B]` or None)."""
-    temperature = self.temperature if training or getattr(
-        _state, 'training_temperature', False) else self.test_temperature
+  def _sample(self, x, training, with_kl, temperature=None):
+    """(sampled outputs `[..., C]`, per-example KL `[B]` or None), at
+    `temperature` (default: the training or the test one)."""
+    if temperature is None:
+      temperature = self.temperature if training else self.test_temperature
     noise = None
     half = self.competitors == 2
     if not self.deterministic:
@@ -366,6 +355,11 @@ class LWTA(keras.layers.Layer):
     mode = surrogate.current()
     if mode == 'sample':
       return self._sample(inputs, False, with_kl=False)[0]
+    if mode == 'training_temperature':
+      return self._sample(inputs, False, False, self.temperature)[0]
+    if mode == 'soft_temperature':
+      soft = float(np.sqrt(self.temperature * self.test_temperature))
+      return self._sample(inputs, False, False, soft)[0]
     expected = expected_output(inputs, self.competitors)
     if mode == 'expected':
       return expected

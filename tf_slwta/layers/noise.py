@@ -60,7 +60,8 @@ class _AlphaMixin:
     """v + alpha * N(0, std(v)^2) when noise is on, else v."""
     if not (training or self.noise_at_test):
       return v
-    mode = 'sample' if training else surrogate.current()
+    mode = ('sample' if training else
+            surrogate.current(surrogate.EXPECTATION_MODES))
     if mode == 'expected':  # The noise's mean.
       return v
     noise = tf.random.stateless_normal(
