@@ -84,15 +84,19 @@ def test_apgd_targeted_reaches_the_optimum_exactly(linear, norm):
   assert _check_against_closed_form(fooled, critical, eps, 0.02) == 1.0
 
 
-@pytest.mark.parametrize('norm', ['inf', 2])
-def test_square_nearly_reaches_the_optimum_without_gradients(linear, norm):
+@pytest.mark.parametrize('norm,share', [('inf', 0.95), (2, 0.9)])
+def test_square_nearly_reaches_the_optimum_without_gradients(linear, norm,
+                                                             share):
   fn, x, y, linf, l2 = linear
   critical = linf if norm == 'inf' else l2
   eps = float(np.median(critical))
   adv = attacks.square(fn, x, y, eps, norm=norm, queries=1000, seed=3)
   fooled = attacks.predict(fn, adv).numpy() != y
-  # A random search gets close, not exactly, to the optimum.
-  assert _check_against_closed_form(fooled, critical, eps, 0.3) >= 0.95
+  # A random search gets close, not exactly, to the optimum: over seeds
+  # 0-5, 1.0 of the examples agree with the closed form in L-inf, 0.93 to
+  # 1.0 in L2 (the same before and after the search's random stream
+  # changed).
+  assert _check_against_closed_form(fooled, critical, eps, 0.3) >= share
 
 
 @pytest.mark.parametrize('norm,eps', [('inf', 0.03), (2, 0.5)])
@@ -163,3 +167,40 @@ def test_bad_arguments_are_refused():
     attacks.apgd(two_classes, x, y % 2, 0.1, steps=2, loss='dlr')
   np.testing.assert_array_equal(attacks.apgd(fn, x, y, 0.0), x)
   np.testing.assert_array_equal(attacks.square(fn, x, y, 0.0), x)
+
+
+def test_square_finds_the_optimum_of_a_model_that_answers_with_noise():
+  # A linear model (weights constant on 4x4 blocks) whose every logit gets
+  # Gaussian noise of s.d. 0.5 on every pass (benchmarks/
+  # square_noisy_toy.py); the best L-inf attack is a known corner. One
+  # noisy verdict proves nothing, so the search must neither stop at it
+  # nor keep a margin that was low by luck (before: 68.8% on one pass per
+  # estimate, optimum 45.2%).
+  rng = np.random.default_rng(0)
+  blocks = rng.normal(size=(2, 2, 3)).astype(np.float32) / 4
+  weights = np.repeat(np.repeat(blocks, 4, 0), 4, 1).reshape(64, 3) * 32
+  x = rng.uniform(0.3, 0.7, size=(200, 8, 8, 1)).astype(np.float32)
+  y = (x.reshape(200, -1) @ weights).argmax(1)
+  w, eps = tf.constant(weights), 0.016
+  mean_fn = lambda v: tf.reshape(v, [tf.shape(v)[0], -1]) @ w
+  noisy = lambda v: mean_fn(v) + tf.random.normal([tf.shape(v)[0], 3],
+                                                   stddev=0.5)
+  corners = []
+  for image, label in zip(x.reshape(200, -1), y):
+    # Towards class j, the corner lowers z_y - z_j the most; take the j
+    # whose corner's margin is lowest.
+    gaps = [weights[:, label] - weights[:, j] for j in range(3) if j != label]
+    corners.append(min(((image - eps * np.sign(d)) for d in gaps),
+                       key=lambda c: min(c @ d for d in gaps)))
+  optimum = np.clip(np.array(corners), 0, 1).reshape(x.shape)
+  tf.random.set_seed(0)
+  score = lambda images: accuracy(noisy, images, y, mc_samples=4)
+  best = score(optimum)
+  one_pass = score(attacks.square(noisy, x, y, eps, queries=2000, seed=0))
+  four = score(attacks.square(noisy, x, y, eps, queries=2000, seed=0,
+                              mc_samples=4))
+  stand_in = score(attacks.square(noisy, x, y, eps, queries=2000, seed=0,
+                                  score_fn=mean_fn))
+  assert 0.3 < best < 0.6
+  assert four <= best + 0.05 and one_pass <= best + 0.08
+  assert stand_in <= best + 0.03

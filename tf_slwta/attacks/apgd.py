@@ -8,16 +8,22 @@ halves an example's step and restarts it from its best point when either
      checkpoint, or
   2. the step was not halved at the last checkpoint and the best loss has
      not improved since.
-The loss is the cross-entropy (APGD-CE) or the difference of logits ratio
+The loss is the cross-entropy (APGD-CE), the difference of logits ratio
 (APGD-DLR, invariant to the logits' scale, so a model cannot hide behind
-saturated softmax); APGD-T runs the targeted DLR loss towards each of the
+saturated softmax) or the decision's margin (loss 'margin': log p-bar_j -
+log p-bar_y of the softmax averaged over the passes, what the decision rule
+sees; `eot.decision_margin_gradient`; for one deterministic pass the logit
+margin); APGD-T runs the targeted DLR loss towards each of the
 `target_classes` most likely wrong classes in turn. With `eot_samples` > 1
 every gradient and loss is averaged over that many passes (the "rand"
 version AutoAttack uses for randomized defenses).
 
-Each example keeps its best point: a success (on the gradient passes' mean
-softmax) over a failure, then the higher loss. Restarts and target classes
-are compared with the decision rule (fresh `mc_samples` passes).
+A run keeps two points per example: the last one its gradient passes called
+a success and the one of highest loss. Which is returned, and which restart
+or target class wins, the decision rule decides (fresh `mc_samples` passes
+of `logits_fn`, never the gradient passes: in a surrogate gradient mode
+those are a stand-in's, whose "success" the model may not share): a
+success over a failure, then the higher attacker loss.
 """
 
 from typing import List, Optional, Tuple
@@ -29,7 +35,7 @@ from tf_slwta.attacks import common
 from tf_slwta.attacks import eot
 from tf_slwta.attacks import reporting
 
-LOSSES = ('ce', 'dlr')
+LOSSES = ('ce', 'dlr', 'margin')
 
 
 def checkpoints(steps: int) -> List[Tuple[int, int]]:
@@ -66,7 +72,7 @@ def apgd(logits_fn: eot.LogitsFn, x, y, eps: float, *, norm='inf',
     eps: radius >= 0 of the L-inf or L2 ball.
     norm: np.inf / 'inf' or 2.
     steps: iterations N >= 1 per restart (100 in AutoAttack).
-    loss: 'ce' or 'dlr' (needs K >= 3).
+    loss: 'ce', 'dlr' (needs K >= 3) or 'margin'.
     restarts: random starts >= 1; each example keeps the best by the
       decision rule.
     rho: the step-halving threshold in (0, 1) (0.75).
@@ -171,30 +177,49 @@ def _apgd(logits_fn, gradient_fn, x, y, target_classes, eps, norm, steps,
   for index, targets in runs:
     # One run after the other (not side by side), so progress is in order.
     with tf.control_dependencies([best]):
-      adv = _run(gradient_fn, x, y, targets, eps, norm, steps, loss, rho,
-                 clip_min, clip_max, eot_samples,
-                 tf.stack([seed, tf.constant(index, tf.int64)]),
-                 lambda i, at=index * steps: reporting.report(
-                     token, at + i, len(runs) * steps))
-    if len(runs) == 1:
-      return adv
-    probs = eot.mean_probabilities(logits_fn, adv, mc_samples)
-    success = common.is_success(tf.argmax(probs, -1), y, False)
-    attacker_loss = common.decision_loss(probs, y, False)
-    if best_loss is None:
-      take = tf.ones_like(success)
-      best_loss = attacker_loss
-    else:
-      take = common.better(success, attacker_loss, best_success, best_loss)
-      best_loss = tf.where(take, attacker_loss, best_loss)
-    best = common.keep_better(take, adv, best)
-    best_success = tf.logical_or(best_success, success)
+      candidates = _run(gradient_fn, x, y, targets, eps, norm, steps, loss,
+                        rho, clip_min, clip_max, eot_samples,
+                        tf.stack([seed, tf.constant(index, tf.int64)]),
+                        lambda i, at=index * steps: reporting.report(
+                            token, at + i, len(runs) * steps))
+    for adv in candidates:  # Judged by the decision rule.
+      probs = eot.mean_probabilities(logits_fn, adv, mc_samples)
+      success = common.is_success(tf.argmax(probs, -1), y, False)
+      attacker_loss = common.decision_loss(probs, y, False)
+      if best_loss is None:
+        take = tf.ones_like(success)
+        best_loss = attacker_loss
+      else:
+        take = common.better(success, attacker_loss, best_success, best_loss)
+        best_loss = tf.where(take, attacker_loss, best_loss)
+      best = common.keep_better(take, adv, best)
+      best_success = tf.logical_or(best_success, success)
   return best
 
 
+def halving(at_check, rises, window, rho, reduced, best_at_check,
+            best_loss) -> tf.Tensor:
+  """Which examples halve their step (and go back to their best point).
+
+  At a checkpoint (`at_check`, bool scalar), where either
+    1. the loss rose in at most `rho` of the `window` steps since the last
+       checkpoint (`rises` float `[B]` of them), or
+    2. the step was not halved at the last checkpoint (`reduced` bool `[B]`)
+       and the best loss has not improved since (`best_at_check` >=
+       `best_loss`, float `[B]`).
+
+  Returns:
+    bool `[B]`.
+  """
+  oscillating = rises <= window * rho
+  stalled = tf.logical_and(tf.logical_not(reduced), best_at_check >= best_loss)
+  return tf.logical_and(at_check, tf.logical_or(oscillating, stalled))
+
+
 def _loss_fn(loss, y, targets):
-  """logits `[B, K]` -> the attacker's per-example loss `[B]`."""
-  if loss == 'ce':
+  """logits `[B, K]` -> the attacker's per-example loss `[B]` (not used for
+  'margin', whose gradient `eot.decision_margin_gradient` takes)."""
+  if loss in ('ce', 'margin'):
     return lambda logits: common.cross_entropy(y, logits)
   needed = 3 if targets is None else 4
 
@@ -214,9 +239,13 @@ def _loss_fn(loss, y, targets):
 
 def _run(gradient_fn, x, y, targets, eps, norm, steps, loss, rho, clip_min,
          clip_max, eot_samples, seed, report):
-  """One APGD run from a random start; each example's best point.
+  """One APGD run from a random start.
 
-  `report(i)` is called in the loop with the iterations done (1..steps).
+  Returns:
+    (the last point the gradient passes called a success, else the start's
+    best; the point of highest loss), each float32 `[B, H, W, C]`: the
+    candidates `_apgd` judges. `report(i)` is called in the loop with the
+    iterations done (1..steps).
   """
   shape = tf.shape(x)
   if norm == 'inf':
@@ -231,12 +260,23 @@ def _run(gradient_fn, x, y, targets, eps, norm, steps, loss, rho, clip_min,
 
   loss_fn = _loss_fn(loss, y, targets)
 
-  def evaluate(point):
-    grad, probs, value = eot.loss_gradient(gradient_fn, loss_fn, point,
-                                           eot_samples)
-    return grad, common.is_success(tf.argmax(probs, -1), y, False), value
+  def evaluate(point, lag):
+    """(gradient, success by the gradient passes, loss, log p-bar)."""
+    if loss == 'margin':
+      grad, log_p, value = eot.decision_margin_gradient(
+          gradient_fn, point, y, lag, eot_samples)
+    else:
+      grad, probs, value = eot.loss_gradient(gradient_fn, loss_fn, point,
+                                             eot_samples)
+      log_p = lag  # Unused.
+      return (grad, common.is_success(tf.argmax(probs, -1), y, False), value,
+              log_p)
+    return (grad, common.is_success(tf.argmax(log_p, -1), y, False), value,
+            log_p)
 
-  grad, success, value = evaluate(adv)
+  lag = (eot.mean_log_probabilities(gradient_fn, adv, eot_samples)
+         if loss == 'margin' else tf.zeros([tf.shape(x)[0], 1]))
+  grad, success, value, lag = evaluate(adv, lag)
   # Checkpoint table: is iteration i a checkpoint, and its window.
   table = checkpoints(steps)
   is_check = np.zeros(steps, bool)
@@ -249,9 +289,11 @@ def _run(gradient_fn, x, y, targets, eps, norm, steps, loss, rho, clip_min,
       i=tf.constant(0), adv=adv, previous=adv, grad=grad,
       step=tf.fill(step_shape, 2.0 * eps),
       best=adv, best_grad=grad, best_loss=value,
-      found=success, found_adv=adv, last_loss=value,
+      # As the reference, the first step's loss is compared with 0 (its
+      # loss history starts as zeros).
+      found=success, found_adv=adv, last_loss=tf.zeros_like(value),
       rises=tf.zeros_like(value), reduced=tf.ones_like(success),
-      best_at_check=value)
+      best_at_check=value, lag=lag)
 
   def body(s):
     i = s['i']
@@ -260,7 +302,7 @@ def _run(gradient_fn, x, y, targets, eps, norm, steps, loss, rho, clip_min,
         s['grad'], norm))
     moved = project(s['adv'] + momentum * (z - s['adv'])
                     + (1.0 - momentum) * (s['adv'] - s['previous']))
-    grad, success, value = evaluate(moved)
+    grad, success, value, lag = evaluate(moved, s['lag'])
     report(i + 1)
     found_adv = common.keep_better(success, moved, s['found_adv'])
     rises = s['rises'] + tf.cast(value > s['last_loss'], tf.float32)
@@ -271,10 +313,8 @@ def _run(gradient_fn, x, y, targets, eps, norm, steps, loss, rho, clip_min,
     # At a checkpoint: halve the step and go back to the best point where
     # the loss rose too rarely, or stalled after a step that was not halved.
     at_check = is_check[i]
-    oscillating = rises <= window[i] * rho
-    stalled = tf.logical_and(tf.logical_not(s['reduced']),
-                             s['best_at_check'] >= best_loss)
-    halve = tf.logical_and(at_check, tf.logical_or(oscillating, stalled))
+    halve = halving(at_check, rises, window[i], rho, s['reduced'],
+                    s['best_at_check'], best_loss)
     return [dict(
         i=i + 1,
         adv=common.keep_better(halve, best, moved), previous=s['adv'],
@@ -284,8 +324,10 @@ def _run(gradient_fn, x, y, targets, eps, norm, steps, loss, rho, clip_min,
         found=tf.logical_or(s['found'], success), found_adv=found_adv,
         last_loss=value, rises=tf.where(at_check, 0.0, rises),
         reduced=tf.where(at_check, halve, s['reduced']),
-        best_at_check=tf.where(at_check, best_loss, s['best_at_check']))]
+        best_at_check=tf.where(at_check, best_loss, s['best_at_check']),
+        lag=lag)]
 
   s = tf.while_loop(lambda s: s['i'] < steps, body, [state])[0]
-  return common.keep_better(s['found'], s['found_adv'], s['best'])
+  return (common.keep_better(s['found'], s['found_adv'], s['best']),
+          s['best'])
 

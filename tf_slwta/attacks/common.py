@@ -148,6 +148,16 @@ def dlr_targeted_loss(labels: tf.Tensor, targets: tf.Tensor,
       ranked[:, 0] - 0.5 * (ranked[:, 2] + ranked[:, 3]) + 1e-12)
 
 
+def log_margin(log_probs: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+  """log p_y - max_{i != y} log p_i of log-probabilities (or logits) `[B, K]`;
+  `[B]`, negative once the decision is wrong. On one pass's logits it is
+  the logit margin z_y - max_{i != y} z_i (shift invariant)."""
+  one_hot = tf.one_hot(labels, tf.shape(log_probs)[-1]) > 0.5
+  label = tf.reduce_max(tf.where(one_hot, log_probs, -float('inf')), axis=-1)
+  other = tf.reduce_max(tf.where(one_hot, -float('inf'), log_probs), axis=-1)
+  return label - other
+
+
 def log_probability_margin(probs: tf.Tensor, labels: tf.Tensor,
                            targeted: bool = False) -> tf.Tensor:
   """log p_y - max_{i != y} log p_i of (mean) probabilities `[B, K]`; `[B]`.

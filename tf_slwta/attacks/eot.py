@@ -52,6 +52,33 @@ def mean_probabilities(logits_fn: LogitsFn, x: tf.Tensor,
   return mean_over_samples(lambda: tf.nn.softmax(logits_fn(x)), mc_samples)
 
 
+def mean_log_probabilities(logits_fn: LogitsFn, x: tf.Tensor,
+                           samples: int = 1) -> tf.Tensor:
+  """log of `mean_probabilities`, computed stably in log space.
+
+  log((1/S) sum_s softmax(z_s)) = logsumexp_s(log_softmax(z_s)) - log S: no
+  probability is ever rounded to 0, so a margin of it keeps telling points
+  apart however saturated the logits are (log(softmax + tiny) goes flat).
+
+  Args:
+    logits_fn: images `[B, H, W, C]` -> logits `[B, K]`.
+    x: float32 images `[B, H, W, C]`.
+    samples: passes, >= 1.
+
+  Returns:
+    float32 `[B, K]`, each row's logsumexp 0.
+  """
+  first = tf.nn.log_softmax(logits_fn(x))
+  if samples == 1:
+    return first
+  _, total = tf.while_loop(
+      lambda i, _: i < samples,
+      lambda i, acc: (i + 1, tf.math.reduce_logsumexp(
+          tf.stack([acc, tf.nn.log_softmax(logits_fn(x))]), axis=0)),
+      (tf.constant(1), first))
+  return total - tf.math.log(tf.cast(samples, total.dtype))
+
+
 def predict(logits_fn: LogitsFn, x: tf.Tensor, mc_samples: int = 1) -> tf.Tensor:
   """The decision rule: argmax of `mean_probabilities`; int64 `[B]`."""
   return tf.argmax(mean_probabilities(logits_fn, x, mc_samples), axis=-1)
@@ -121,3 +148,65 @@ def loss_gradient(logits_fn: LogitsFn,
       lambda i, *acc: (i + 1, *[a + b for a, b in zip(acc, one_pass())]),
       (tf.constant(1), *first))
   return tuple(t / eot_samples for t in totals)
+
+
+def decision_margin_gradient(logits_fn: LogitsFn, x: tf.Tensor,
+                             y: tf.Tensor, lag: tf.Tensor,
+                             samples: int = 1):
+  """The gradient of the decision's margin, EOT aimed at the decision rule.
+
+  The decision is the argmax of the softmax averaged over passes, p-bar; the
+  attacker maximizes m = log p-bar_j - log p-bar_y (j: the likeliest wrong
+  class), which is what the decision sees, where plain EOT averages each
+  pass's own loss. Since p-bar is a mean, grad log p-bar_k is
+  sum_s p_{s,k} grad log p_{s,k} / (S p-bar_k): each pass's log-softmax
+  gradient weighted by its share of p-bar. The weights use `lag`, log p-bar
+  at a nearby point (the previous iterate's), so each pass needs one
+  backward pass and no pass is kept in memory; the weights are ratios taken
+  in log space, so saturated logits do not underflow them. For one
+  deterministic pass (with lag = that pass) this is the logit margin
+  z_j - z_y.
+
+  Args:
+    logits_fn: images `[B, ...]` -> logits `[B, K]` (a surrogate for an
+      adaptive attack).
+    x: float32 `[B, ...]`, where the gradient is taken.
+    y: int64 labels `[B]`.
+    lag: float32 `[B, K]`, log p-bar at a nearby point (e.g.
+      `mean_log_probabilities` there); its likeliest wrong class is j.
+    samples: passes S, >= 1.
+
+  Returns:
+    (gradient float32 `[B, ...]` of m, log p-bar float32 `[B, K]` of these
+    passes (stable), m float32 `[B]` from them).
+  """
+  classes = tf.shape(lag)[-1]
+  label = tf.one_hot(y, classes) > 0.5
+  other = tf.argmax(tf.where(label, -float('inf'), lag), axis=-1)
+  pick = lambda values, k: tf.gather(values, k, batch_dims=1)
+
+  def one_pass():
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      log_p = tf.nn.log_softmax(logits_fn(x))
+      on_y, on_j = pick(log_p, y), pick(log_p, other)
+      weight_y = tf.stop_gradient(tf.exp(on_y - pick(lag, y)))
+      weight_j = tf.stop_gradient(tf.exp(on_j - pick(lag, other)))
+      objective = tf.reduce_sum(weight_j * on_j - weight_y * on_y)
+    grad = tape.gradient(objective, x)
+    if grad is None:  # No path from the input (e.g. a hard quantizer).
+      grad = tf.zeros_like(x)
+    return grad, log_p
+
+  grad, log_p = one_pass()
+  if samples > 1:
+    _, grad, log_p = tf.while_loop(
+        lambda i, *_: i < samples,
+        lambda i, g, lp: (i + 1, *(
+            lambda new: (g + new[0], tf.math.reduce_logsumexp(
+                tf.stack([lp, new[1]]), axis=0)))(one_pass())),
+        (tf.constant(1), grad, log_p))
+    grad = grad / samples
+    log_p = log_p - tf.math.log(float(samples))
+  wrong = tf.reduce_max(tf.where(label, -float('inf'), log_p), axis=-1)
+  return grad, log_p, wrong - pick(log_p, y)

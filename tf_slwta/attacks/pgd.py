@@ -20,12 +20,13 @@ def pgd(logits_fn: eot.LogitsFn, x, y, eps: float, alpha: float, steps: int,
   dir = sign for L-inf and grad/||grad||_2 for L2. Every example runs all
   its steps and keeps its best iterate: a success (judged on the mean
   softmax of the passes that gave the gradient) over a failure, then the
-  higher loss. Nothing stops at a success that one noisy pass saw: on a
-  stochastic model that verdict is often undone by the next decision, and a
-  stopped attack would never resume. More steps therefore never help a
-  deterministic model. With several restarts each example keeps the
-  restart the decision rule (mean softmax over fresh `mc_samples` passes)
-  judges best.
+  higher loss; and its iterate of highest loss. Nothing stops at a success
+  that one noisy pass saw: on a stochastic model that verdict is often
+  undone by the next decision, and a stopped attack would never resume.
+  More steps therefore never help a deterministic model. Of those two
+  points, over every restart, each example keeps the one the decision rule
+  (mean softmax over fresh `mc_samples` passes of `logits_fn`, never the
+  gradient passes, which may be a surrogate's) judges best.
 
   Args:
     logits_fn: images `[B, H, W, C]` -> logits `[B, K]`, the model whose
@@ -91,27 +92,35 @@ def _pgd(logits_fn, gradient_fn, x, y, eps, alpha, steps, norm, random_start,
       noise = common.random_in_ball(tf.shape(x), eps, norm,
                                     tf.stack([seed, restart]))
       adv = tf.clip_by_value(x + noise, clip_min, clip_max)
-    adv = _iterate(gradient_fn, x, y, adv, eps, alpha, steps, norm, clip_min,
-                   clip_max, targeted, eot_samples,
-                   lambda i, at=restart: reporting.report(
-                       token, at * steps + i, restarts * steps))
-    if restarts == 1:
-      return adv
-    probs = eot.mean_probabilities(logits_fn, adv, mc_samples)
-    success = common.is_success(tf.argmax(probs, -1), y, targeted)
-    loss = common.decision_loss(probs, y, targeted)
-    take = common.better(success, loss, best_success, best_loss)
-    best = common.keep_better(take, adv, best)
-    best_success = tf.logical_or(best_success, success)
-    best_loss = tf.where(take, loss, best_loss)
+    candidates = _iterate(gradient_fn, x, y, adv, eps, alpha, steps, norm,
+                          clip_min, clip_max, targeted, eot_samples,
+                          lambda i, at=restart: reporting.report(
+                              token, at * steps + i, restarts * steps))
+    if restarts == 1 and gradient_fn is logits_fn and mc_samples == 1:
+      # The decision is one pass of the model the gradient passes ran:
+      # their verdict is the decision's (adversarial training's case).
+      return candidates[0]
+    for adv in candidates:  # Judged by the decision rule.
+      probs = eot.mean_probabilities(logits_fn, adv, mc_samples)
+      success = common.is_success(tf.argmax(probs, -1), y, targeted)
+      loss = common.decision_loss(probs, y, targeted)
+      take = common.better(success, loss, best_success, best_loss)
+      best = common.keep_better(take, adv, best)
+      best_success = tf.logical_or(best_success, success)
+      best_loss = tf.where(take, loss, best_loss)
   return best
 
 
 def _iterate(gradient_fn, x, y, adv, eps, alpha, steps, norm, clip_min,
              clip_max, targeted, eot_samples, report):
-  """`steps` projected steps from `adv`; returns each example's best iterate
-  (a success over a failure, then the higher loss, by the gradient passes).
-  `report(i)` is called in the loop with the steps done."""
+  """`steps` projected steps from `adv`.
+
+  Returns:
+    (each example's best iterate by the gradient passes: a success over a
+    failure, then the higher loss; its iterate of highest loss): the
+    candidates `_pgd` judges with the decision rule. `report(i)` is called
+    in the loop with the steps done.
+  """
   loss_fn = lambda logits: (-1.0 if targeted else 1.0) * common.cross_entropy(
       y, logits)
 
@@ -122,22 +131,29 @@ def _iterate(gradient_fn, x, y, adv, eps, alpha, steps, norm, clip_min,
             tf.logical_or(best_success, success),
             tf.where(take, loss, best_loss))
 
-  def body(i, adv, best, best_success, best_loss):
+  def highest(point, loss, top, top_loss):
+    take = loss > top_loss
+    return common.keep_better(take, point, top), tf.where(take, loss, top_loss)
+
+  def body(i, adv, best, best_success, best_loss, top, top_loss):
     grad, probs, loss = eot.loss_gradient(gradient_fn, loss_fn, adv,
                                           eot_samples)
     best, best_success, best_loss = judge(adv, probs, loss, best,
                                           best_success, best_loss)
+    top, top_loss = highest(adv, loss, top, top_loss)
     report(i + 1)
     moved = adv + alpha * common.steepest_direction(grad, norm)
     moved = tf.clip_by_value(x + common.project(moved - x, eps, norm),
                              clip_min, clip_max)
-    return i + 1, moved, best, best_success, best_loss
+    return i + 1, moved, best, best_success, best_loss, top, top_loss
 
-  init = (tf.constant(0), adv, adv, tf.zeros_like(y, tf.bool),
-          tf.fill(tf.shape(y), -float('inf')))
-  _, adv, best, best_success, best_loss = tf.while_loop(
+  lowest = tf.fill(tf.shape(y), -float('inf'))
+  init = (tf.constant(0), adv, adv, tf.zeros_like(y, tf.bool), lowest, adv,
+          lowest)
+  _, adv, best, best_success, best_loss, top, top_loss = tf.while_loop(
       lambda i, *_: i < steps, body, init)
   # The last step's point is judged too (forward passes only).
   probs, loss = eot.probabilities_and_loss(gradient_fn, loss_fn, adv,
                                           eot_samples)
-  return judge(adv, probs, loss, best, best_success, best_loss)[0]
+  return (judge(adv, probs, loss, best, best_success, best_loss)[0],
+          highest(adv, loss, top, top_loss)[0])
