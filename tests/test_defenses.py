@@ -219,9 +219,12 @@ def test_certify_abstains_when_two_classes_tie():
 
 
 def test_certify_draws_fresh_noise_for_selection_and_estimation():
-  # Votes by the sign of the noise on one pixel: if the n0 selection draw
-  # replayed the start of the n estimation draw, these counts would match.
-  sign = lambda x: tf.one_hot(tf.cast(x[:, 0, 0, 0] > 0.5, tf.int32), 10)
+  # Votes by which of 10 bins the noise on one pixel falls in: if the n0
+  # selection draw replayed the start of the n estimation draw, these
+  # counts would match; two fresh draws of 100 match with a chance of
+  # about 1e-7 (a sign's two bins would match 8% of the time).
+  sign = lambda x: tf.one_hot(tf.cast(tf.clip_by_value(
+      tf.floor((x[:, 0, 0, 0] - 0.5) / 0.25) + 5, 0, 9), tf.int32), 10)
   image = np.full((2, 2, 1), 0.5, np.float32)
   generator = tf.random.Generator.from_seed(3)
   first = certify.sample_counts(sign, image, 100, 0.5, 100, 10, generator)

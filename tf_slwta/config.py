@@ -353,13 +353,15 @@ class TrainConfig:
 
 
 ATTACKS = ('fgsm', 'pgd_linf', 'pgd_l2', 'cw', 'apgd_ce', 'apgd_dlr', 'apgd_t',
-           'square', 'transfer')
-# Attacks that follow a gradient, so they run once per gradient mode.
+           'apgd_margin', 'square', 'transfer')
+# Attacks that run once per gradient mode (Square follows a mode's
+# surrogate's margin instead of its gradient).
 GRADIENT_ATTACKS = ('fgsm', 'pgd_linf', 'pgd_l2', 'cw', 'apgd_ce', 'apgd_dlr',
-                    'apgd_t')
+                    'apgd_t', 'apgd_margin')
 COMBINED_MODES = ('worst_case', 'sequential')
 # How gradient attacks differentiate a stochastic model (layers/surrogate.py).
-GRADIENT_MODES = ('sample', 'expected', 'straight_through')
+GRADIENT_MODES = ('sample', 'expected', 'straight_through',
+                  'training_temperature', 'soft_temperature')
 AA_NORMS = ('inf', '2')
 
 
@@ -527,26 +529,40 @@ class AuditConfig:
     tolerance: how far in [0, 1] one number may beat another it must not
       beat before a check fails (at least twice their Monte Carlo standard
       errors are allowed too).
-    zero_accuracy: the accuracy at the largest eps that counts as "about 0".
+    chance_share: the accuracy at the largest eps that counts as "about 0",
+      as a share of chance (1 / classes): 0.5 is 5% for 10 classes, 0.5%
+      for 100.
+    escalate: when a check says the gradients are masked, attack the
+      images that survived with what does not need the model's gradients
+      (a larger Square, transfer from a network distilled from the model),
+      round after round, until the worst case stops moving.
+    escalation_rounds: at most this many rounds, >= 1.
+    escalation_queries: Square's queries per restart in escalation (0:
+      ten times --square_queries, at least 1,000).
   """
   sweep_examples: int = 200
   eps_multiples: Tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
   sweep_steps: Tuple[int, ...] = (10, 25, 50, 100)
   noise_draws: int = 20
   tolerance: float = 0.02
-  zero_accuracy: float = 0.05
+  chance_share: float = 0.5
+  escalate: bool = True
+  escalation_rounds: int = 3
+  escalation_queries: int = 0
 
   def __post_init__(self):
     _check_finite(self)
     _check_at_least('audit_sweep_examples', self.sweep_examples, 1)
     _check_at_least('audit_noise_draws', self.noise_draws, 1)
+    _check_at_least('audit_escalation_rounds', self.escalation_rounds, 1)
+    _check_at_least('audit_escalation_queries', self.escalation_queries, 0)
     for name, values in (('audit_eps_multiples', self.eps_multiples),
                          ('audit_steps', self.sweep_steps)):
       if (not values or list(values) != sorted(set(values))
           or min(values) <= 0):
         raise ValueError(f'{name} must be increasing positive numbers, got '
                          f'{list(values)}.')
-    for name in ('tolerance', 'zero_accuracy'):
+    for name in ('tolerance', 'chance_share'):
       if not 0 <= getattr(self, name) < 1:
         raise ValueError(f'audit_{name} must be in [0, 1), got '
                          f'{getattr(self, name)}.')

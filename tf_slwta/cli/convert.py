@@ -32,7 +32,10 @@ _RENAMED = {
     'audit_steps': ('audit', 'sweep_steps'),
     'audit_noise_draws': ('audit', 'noise_draws'),
     'audit_tolerance': ('audit', 'tolerance'),
-    'audit_zero_accuracy': ('audit', 'zero_accuracy'),
+    'audit_chance_share': ('audit', 'chance_share'),
+    'audit_escalate': ('audit', 'escalate'),
+    'audit_escalation_rounds': ('audit', 'escalation_rounds'),
+    'audit_escalation_queries': ('audit', 'escalation_queries'),
 }
 # Flags that set a field in a second section: {flag: (section, field)}.
 # --export_name and --export_version name the export and, for
@@ -120,7 +123,9 @@ def _audit_config(v) -> config_lib.AuditConfig:
       sweep_examples=v['audit_sweep_examples'], eps_multiples=multiples,
       sweep_steps=_int_list('audit_steps', v['audit_steps']),
       noise_draws=v['audit_noise_draws'], tolerance=v['audit_tolerance'],
-      zero_accuracy=v['audit_zero_accuracy'])
+      chance_share=v['audit_chance_share'], escalate=v['audit_escalate'],
+      escalation_rounds=v['audit_escalation_rounds'],
+      escalation_queries=v['audit_escalation_queries'])
 
 
 def _certify_config(v) -> config_lib.CertifyConfig:

@@ -35,7 +35,9 @@ SECTIONS = {
               'clean_loss_weight', 'lwta_kl_weight', 'ibp_kl_weight',
               'ibp_learning_rate', 'mixture_gradient'),
     'audit': ('audit_sweep_examples', 'audit_eps_multiples', 'audit_steps',
-              'audit_noise_draws', 'audit_tolerance', 'audit_zero_accuracy'),
+              'audit_noise_draws', 'audit_tolerance', 'audit_chance_share',
+              'audit_escalate', 'audit_escalation_rounds',
+              'audit_escalation_queries'),
     'certify': ('certify_sigma', 'certify_n0', 'certify_n', 'certify_alpha',
                 'certify_batch_size', 'certify_radii'),
     'export': ('export_dir', 'export_name', 'export_version',
@@ -234,9 +236,20 @@ def define(fv: flags.FlagValues) -> None:
   flags.DEFINE_float('audit_tolerance', d_audit.tolerance,
                      'How far one number may beat another it must not beat '
                      'before an audit check fails.', flag_values=fv)
-  flags.DEFINE_float('audit_zero_accuracy', d_audit.zero_accuracy,
-                     'Accuracy at the largest eps that counts as about 0.',
-                     flag_values=fv)
+  flags.DEFINE_float('audit_chance_share', d_audit.chance_share,
+                     'Accuracy at the largest eps that counts as about 0, '
+                     'as a share of chance (1 / classes).', flag_values=fv)
+  flags.DEFINE_boolean('audit_escalate', d_audit.escalate,
+                       'When a check finds masked gradients, attack the '
+                       'surviving images with a larger Square and a transfer '
+                       'from a distilled network until the worst case stops '
+                       'moving.', flag_values=fv)
+  flags.DEFINE_integer('audit_escalation_rounds', d_audit.escalation_rounds,
+                       'At most this many escalation rounds.', flag_values=fv)
+  flags.DEFINE_integer('audit_escalation_queries', d_audit.escalation_queries,
+                       'Square queries per restart in escalation (0: ten '
+                       'times --square_queries, at least 1000).',
+                       flag_values=fv)
   d_certify = config_lib.CertifyConfig()
   flags.DEFINE_float('certify_sigma', d_certify.sigma,
                      'Randomized smoothing noise std (--mode=certify).',
@@ -366,11 +379,15 @@ def define(fv: flags.FlagValues) -> None:
                      'Square attack initial window share.', flag_values=fv)
   flags.DEFINE_list('gradient_modes', list(d_attack.gradient_modes),
                     'How gradient attacks differentiate a stochastic model: '
-                    'auto (every mode if the model is stochastic), or some of '
+                    'auto (every mode the model\'s layers respond to, if it '
+                    'is stochastic), or some of '
                     f'{",".join(config_lib.GRADIENT_MODES)} (sample: EOT '
                     'over the sampled passes; expected: the layers\' '
                     'expectation; straight_through: sampled forward, '
-                    'expected backward).', flag_values=fv)
+                    'expected backward; training_temperature and '
+                    'soft_temperature: LWTA sampled at its training '
+                    'temperature, or between that and the test one).',
+                    flag_values=fv)
   flags.DEFINE_string('transfer_from', d_attack.transfer_from,
                       'Run folder of the source model for --attacks=transfer '
                       '(e.g. the ReLU twin).', flag_values=fv)

@@ -13,7 +13,7 @@ cost, so progress can say how long is left.
 """
 
 import dataclasses
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -114,11 +114,68 @@ def deterministic_modes(logits_fn: eot.LogitsFn, modes: Sequence[str],
 
 
 def resolve_modes(cfg: config_lib.AttackConfig, stochastic: bool) -> List[str]:
-  """The gradient modes to run: cfg.gradient_modes, or for ('auto',) every
-  mode on a stochastic model and 'sample' on a deterministic one."""
+  """The gradient modes asked for: cfg.gradient_modes, or for ('auto',)
+  every mode on a stochastic model and 'sample' on a deterministic one."""
   if tuple(cfg.gradient_modes) != ('auto',):
     return list(cfg.gradient_modes)
   return list(config_lib.GRADIENT_MODES) if stochastic else ['sample']
+
+
+@dataclasses.dataclass(frozen=True)
+class GradientModes:
+  """The gradient modes one model copy is attacked in.
+
+  Attributes:
+    functions: {mode: the logits function whose gradient (or, for Square,
+      margin) the attacks follow}, in order; 'sample' is the model itself.
+    deterministic: the modes whose function has no randomness (their
+      attacks take one pass per gradient).
+    inert: modes asked for that the model does not respond to (no layer of
+      this project applies them): running them would repeat 'sample'.
+  """
+  functions: Dict[str, eot.LogitsFn]
+  deterministic: Tuple[str, ...] = ()
+  inert: Tuple[str, ...] = ()
+
+  @property
+  def names(self) -> List[str]:
+    """The modes run, in order."""
+    return list(self.functions)
+
+
+def gradient_modes(logits_fn: eot.LogitsFn, cfg: config_lib.AttackConfig,
+                   stochastic: bool, probe: tf.Tensor,
+                   extra: Optional[Dict[str, eot.LogitsFn]] = None
+                   ) -> GradientModes:
+  """The modes to attack `logits_fn` in, and their functions.
+
+  Args:
+    logits_fn: images `[B, H, W, C]` in [0, 1] -> logits `[B, K]`.
+    cfg: attack settings (`gradient_modes`).
+    stochastic: whether the model's passes differ.
+    probe: float32 images `[b, H, W, C]` to probe the model with.
+    extra: more {mode name: logits function} whose gradients the attacks
+      follow as modes of their own (the caller's adaptive attacks, e.g. a
+      BPDA stand-in of a non-differentiable layer).
+
+  Returns:
+    `GradientModes`: the modes asked for that the model responds to
+    (`surrogate.responsive_modes`; one the caller named explicitly is run
+    even so), then `extra`.
+  """
+  asked = resolve_modes(cfg, stochastic)
+  responsive = surrogate.responsive_modes(logits_fn, asked, probe)
+  explicit = tuple(cfg.gradient_modes) != ('auto',)
+  run = [m for m in asked if m in responsive or explicit]
+  functions = {m: surrogate.surrogate_logits_fn(logits_fn, m) for m in run}
+  for name, fn in (extra or {}).items():
+    if name in functions:
+      raise ValueError(f'gradient function {name!r} has the name of a '
+                       f'built-in gradient mode; name it otherwise.')
+    functions[name] = fn
+  quiet = [m for m, fn in functions.items() if not is_stochastic(fn, probe)]
+  return GradientModes(functions, tuple(quiet),
+                       tuple(m for m in asked if m not in run))
 
 
 def _gradient_attack(name: str, logits_fn, gradient_fn,
@@ -149,6 +206,9 @@ def _gradient_attack(name: str, logits_fn, gradient_fn,
       'apgd_dlr': lambda x, y, s: attacks.apgd(
           logits_fn, x, y, cfg.aa_eps, loss='dlr',
           restarts=cfg.apgd_restarts, seed=s, **aa),
+      'apgd_margin': lambda x, y, s: attacks.apgd(
+          logits_fn, x, y, cfg.aa_eps, loss='margin',
+          restarts=cfg.apgd_restarts, seed=s, **aa),
       'apgd_t': lambda x, y, s: attacks.apgd_targeted(
           logits_fn, x, y, cfg.aa_eps, target_classes=min(
               cfg.apgd_target_classes, num_classes - 1), seed=s, **aa),
@@ -157,10 +217,10 @@ def _gradient_attack(name: str, logits_fn, gradient_fn,
 
 
 def attack_variants(logits_fn: eot.LogitsFn, cfg: config_lib.AttackConfig,
-                    modes: Sequence[str],
+                    modes: GradientModes,
                     transfer_logits_fn: Optional[eot.LogitsFn] = None,
-                    deterministic_modes: Sequence[str] = (),
-                    num_classes: int = 10) -> List[Variant]:
+                    num_classes: int = 10,
+                    stochastic: bool = False) -> List[Variant]:
   """Every configured attack, in `cfg.attacks` order, as variants.
 
   Build them once per evaluation and call them on every batch: the
@@ -170,47 +230,38 @@ def attack_variants(logits_fn: eot.LogitsFn, cfg: config_lib.AttackConfig,
   Args:
     logits_fn: images `[B, H, W, C]` in [0, 1] -> logits `[B, K]`.
     cfg: attack settings.
-    modes: gradient modes for the gradient attacks (`resolve_modes`).
+    modes: the gradient modes (`gradient_modes`): every gradient attack and
+      Square run once in each.
     transfer_logits_fn: the source model of 'transfer' (needed if listed).
-    deterministic_modes: modes whose surrogate has no randomness left
-      (`deterministic_modes`); their attacks take one pass per gradient.
     num_classes: K (APGD-T targets at most K - 1 classes).
+    stochastic: whether the model's decisions are random.
 
   Returns:
-    [Variant, ...]: one per gradient attack and mode, one for square and
-    transfer.
+    [Variant, ...]: one per gradient attack and mode, one per mode for
+    Square, one for transfer.
   """
-  gradient_fns = {mode: surrogate.surrogate_logits_fn(logits_fn, mode)
-                  for mode in modes}
-  # EOT over a surrogate without randomness (the expectation of LWTA or
+  # EOT over a function without randomness (the expectation of LWTA or
   # noise layers) would repeat one pass: one is enough.
-  settings = {mode: cfg if mode not in (deterministic_modes or ()) else
-              dataclasses.replace(cfg, eot_samples=1) for mode in modes}
+  settings = {mode: cfg if mode not in modes.deterministic else
+              dataclasses.replace(cfg, eot_samples=1) for mode in modes.names}
   variants = []
   for name in cfg.attacks:
     if name in config_lib.GRADIENT_ATTACKS:
-      for mode in modes:
+      for mode, fn in modes.functions.items():
         variants.append(Variant(
             name, mode, compiled(_gradient_attack(
-                name, logits_fn, gradient_fns[mode], settings[mode],
-                num_classes)),
+                name, logits_fn, fn, settings[mode], num_classes)),
             cost=attack_cost(name, settings[mode], num_classes)))
     elif name == 'square':
-      variants.append(Variant(name, '', compiled(
-          lambda x, y, s: attacks.square(
-              logits_fn, x, y, cfg.aa_eps, norm=cfg.aa_norm,
-              queries=cfg.square_queries, p_init=cfg.square_p_init,
-              mc_samples=cfg.mc_samples, seed=s)),
-                              cost=attack_cost(name, cfg, num_classes)))
+      variants += square_variants(logits_fn, cfg, modes, stochastic,
+                                  num_classes)
     elif name == 'transfer':
       if transfer_logits_fn is None:
         raise ValueError(
             'attacks includes transfer but no source model was given: pass '
             'the source run with --transfer_from=RUN_DIR (or, from Python, '
             'transfer_logits_fn).')
-      variants.append(Variant(name, '', compiled(
-          _transfer(transfer_logits_fn, cfg)), cost=attack_cost(
-              name, cfg, num_classes)))
+      variants.append(transfer_variant(transfer_logits_fn, cfg, num_classes))
   return variants
 
 
@@ -235,10 +286,47 @@ def attack_cost(name: str, cfg: config_lib.AttackConfig,
       'apgd_dlr': cfg.apgd_restarts * (apgd + decide),
       'apgd_t': min(cfg.apgd_target_classes, num_classes - 1) * (apgd +
                                                                  decide),
+      'apgd_margin': cfg.apgd_restarts * (apgd + decide),
       'square': (cfg.square_queries + 1) * decide,
       'transfer': cfg.apgd_restarts * (cfg.apgd_steps + 1) * 3.0 + decide,
   }
   return max(costs.get(name, gradient), 1.0)
+
+
+def square_variants(logits_fn: eot.LogitsFn, cfg: config_lib.AttackConfig,
+                    modes: GradientModes, stochastic: bool,
+                    num_classes: int = 10, queries: Optional[int] = None,
+                    restarts: int = 1, name: str = 'square') -> List[Variant]:
+  """Square with the aa_* budget, once per mode: in 'sample' its search
+  lowers the model's own margin, in the others that of the mode's function
+  (the layers' expectation, say); the model decides either way.
+
+  Args:
+    queries, restarts: the budget (default `cfg.square_queries`, one
+      search).
+    name: the row (e.g. 'square_escalated').
+    Others as `attack_variants`.
+  """
+  queries = queries or cfg.square_queries
+  budget = dataclasses.replace(cfg, square_queries=queries)
+  variants = []
+  for mode, fn in modes.functions.items():
+    noisy = mode not in modes.deterministic
+    variants.append(Variant(name, mode if len(modes.names) > 1 else '',
+                            compiled(
+        lambda x, y, s, fn=fn, noisy=noisy: attacks.square(
+            logits_fn, x, y, cfg.aa_eps, norm=cfg.aa_norm, queries=queries,
+            p_init=cfg.square_p_init, mc_samples=cfg.mc_samples, seed=s,
+            restarts=restarts, score_fn=fn, stochastic=stochastic,
+            score_stochastic=noisy)),
+                            settings=(f'{queries} queries, p_init='
+                                      f'{cfg.square_p_init:g}' +
+                                      (f', {restarts} restarts'
+                                       if restarts > 1 else '')),
+                            cost=restarts * attack_cost(
+                                'square', budget, num_classes) *
+                            (2 if noisy else 1)))
+  return variants
 
 
 def _transfer(source_fn: eot.LogitsFn,
@@ -248,6 +336,14 @@ def _transfer(source_fn: eot.LogitsFn,
   return lambda x, y, s: attacks.apgd(
       source_gradient, x, y, cfg.aa_eps, norm=cfg.aa_norm,
       steps=cfg.apgd_steps, loss='ce', restarts=cfg.apgd_restarts, seed=s)
+
+
+def transfer_variant(source_fn: eot.LogitsFn, cfg: config_lib.AttackConfig,
+                     num_classes: int = 10) -> Variant:
+  """'transfer': APGD-CE with the aa_* budget on `source_fn` (a plain
+  logits function, e.g. another run's model), judged on the attacked one."""
+  return Variant('transfer', '', compiled(_transfer(source_fn, cfg)),
+                 cost=attack_cost('transfer', cfg, num_classes))
 
 
 def random_noise_variant(logits_fn: eot.LogitsFn,
@@ -262,14 +358,13 @@ def random_noise_variant(logits_fn: eot.LogitsFn,
 
 
 def single_step_variants(logits_fn: eot.LogitsFn,
-                         cfg: config_lib.AttackConfig, modes: Sequence[str],
-                         deterministic: Sequence[str] = ()) -> List[Variant]:
+                         cfg: config_lib.AttackConfig,
+                         modes: GradientModes) -> List[Variant]:
   """'single_step': FGSM with the aa_* budget, one variant per mode (one
-  pass per gradient for the `deterministic` modes)."""
+  pass per gradient for the deterministic modes)."""
   variants = []
-  for mode in modes:
-    eot_samples = 1 if mode in deterministic else cfg.eot_samples
-    fn = surrogate.surrogate_logits_fn(logits_fn, mode)
+  for mode, fn in modes.functions.items():
+    eot_samples = 1 if mode in modes.deterministic else cfg.eot_samples
     variants.append(Variant(
         'single_step', mode, compiled(
             lambda x, y, s, fn=fn, eot_samples=eot_samples: attacks.fgsm(
@@ -310,6 +405,8 @@ def attack_settings(name: str, cfg: config_lib.AttackConfig) -> str:
              f'{cfg.cw_binary_search_steps} search step(s)'),
       'apgd_ce': f'{cfg.apgd_steps} steps, {cfg.apgd_restarts} restart(s)',
       'apgd_dlr': f'{cfg.apgd_steps} steps, {cfg.apgd_restarts} restart(s)',
+      'apgd_margin': (f'{cfg.apgd_steps} steps, {cfg.apgd_restarts} '
+                      f'restart(s), margin of the averaged softmax'),
       'apgd_t': (f'{cfg.apgd_steps} steps, {cfg.apgd_target_classes} '
                  f'target classes'),
       'square': f'{cfg.square_queries} queries, p_init={cfg.square_p_init:g}',

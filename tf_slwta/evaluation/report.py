@@ -285,12 +285,15 @@ def _audit_section(output_dir: str) -> Tuple[str, str]:
   if failed:
     items = ''.join(f'<li><b>{html.escape(c["name"])}</b>: '
                     f'{html.escape(c["detail"])}</li>\n' for c in failed)
+    notes = ''.join(f'<p>{html.escape(n)}</p>\n'
+                    for n in saved.get('notes', []))
     warning = (f'<div class="warning"><p><b>Warning: {len(failed)} of '
                f'{len(checks)} gradient-masking checks failed</b> (audit of '
                f'{where}). The robustness table keeps the worst case found, '
                f'but read it with these in mind:</p>\n<ul>\n{items}</ul>'
-               f'</div>\n')
-  rows = [('FAILED' if not c['passed'] else 'passed', c['name'], c['detail'])
+               f'{notes}</div>\n')
+  rows = [('FAILED' if not c['passed'] else c.get('status') or 'passed',
+           c['name'], c['detail'])
           for c in checks]
   sweeps = _table(['eps', 'accuracy (%)'], [
       (f'{p["eps"]:g}', f'{100 * p["accuracy"]:.2f}')

@@ -212,18 +212,20 @@ class _BatchEvaluator:
 
   def __init__(self, replica: Replica, cfg: config_lib.AttackConfig,
                stochastic: bool, probe, transfer_logits_fn, extra_attacks,
-               rows_per_mode: bool):
+               rows_per_mode: bool, gradient_fns=None):
     fn = replica.logits_fn
     self.replica, self.cfg, self.stochastic = replica, cfg, stochastic
-    self.modes = attack_suite.resolve_modes(cfg, stochastic)
+    self.gradient_modes = attack_suite.gradient_modes(fn, cfg, stochastic,
+                                                      probe, gradient_fns)
+    self.modes = self.gradient_modes.names
     self.repeats = cfg.decision_repeats if stochastic else 1
-    deterministic = (attack_suite.deterministic_modes(fn, self.modes, probe)
-                     if stochastic else self.modes)
+    self.num_classes = int(fn(probe[:1]).shape[-1])
     self.variants = attack_suite.attack_variants(
-        fn, cfg, self.modes, transfer_logits_fn, deterministic,
-        num_classes=int(fn(probe[:1]).shape[-1]))
+        fn, cfg, self.gradient_modes, transfer_logits_fn, self.num_classes,
+        stochastic)
+    self.keep_picks = False
     if extra_attacks is not None:
-      self.variants += extra_attacks(fn, self.modes, deterministic)
+      self.variants += extra_attacks(fn, self.gradient_modes)
     self.grouped = attack_suite.variants_by_attack(self.variants)
     self.per_mode = [v.label for v in self.variants if rows_per_mode and
                      v.mode and len(self.grouped[v.name]) > 1]
@@ -311,12 +313,16 @@ class _BatchEvaluator:
     self._reseed(index, len(self.variants) + 1)
     with progress.task(f'scoring {where}'.strip(), kind='scoring',
                        cost=self.scoring_cost() * len(y), counted=False):
-      self._score(x, y, xt, yt, seed, clean_ok, clean_probs, outputs, score)
+      pick = self._score(x, y, xt, yt, seed, clean_ok, clean_probs, outputs,
+                         score)
+    if self.keep_picks:  # Every image's worst-case pick, for the caller.
+      out['combined/picks'] = pick
     return out
 
   def _score(self, x, y, xt, yt, seed, clean_ok, clean_probs, outputs,
-             score) -> None:
-    """Every row's pick per image, scored by fresh decisions (`score`)."""
+             score) -> np.ndarray:
+    """Every row's pick per image, scored by fresh decisions (`score`);
+    returns the combined row's picks `[b, H, W, C]`."""
     # The combined worst case chooses among each attack's pick, judged by
     # the fresh decisions that scored it (unbiased by its own selection).
     picks = scoring.Candidates([x], [clean_ok], [clean_probs])
@@ -331,15 +337,15 @@ class _BatchEvaluator:
               [clean_probs, made['probs']]))
       picks.add(*score(name, pool))
     if self.cfg.combined == 'worst_case':
-      score('combined', picks)
+      return score('combined', picks)[0]
     else:
       chained = xt
       for group in self.grouped.values():  # Each from the last one's output.
         chained = group[0].run(chained, yt, seed)
       chained = chained.numpy()
       ok, probs = self.decide(chained, y)
-      score('combined', scoring.Candidates([x, chained], [clean_ok, ok],
-                                           [clean_probs, probs]))
+      return score('combined', scoring.Candidates(
+          [x, chained], [clean_ok, ok], [clean_probs, probs]))[0]
 
 
 def evaluate_robustness(logits_fn: Optional[attacks.eot.LogitsFn],
@@ -357,7 +363,10 @@ def evaluate_robustness(logits_fn: Optional[attacks.eot.LogitsFn],
                         replicas: Sequence[Replica] = (),
                         record: Optional[records_lib.BatchRecords] = None,
                         shard: Shard = Shard(), wait_seconds: float = 3600.0,
-                        title: str = 'robustness'
+                        title: str = 'robustness',
+                        gradient_fns: Optional[Dict[
+                            str, attacks.eot.LogitsFn]] = None,
+                        picks: Optional[Dict[str, np.ndarray]] = None
                         ) -> List[Dict[str, object]]:
   """Scores a model on clean images and under each configured attack.
 
@@ -384,10 +393,11 @@ def evaluate_robustness(logits_fn: Optional[attacks.eot.LogitsFn],
     stochastic: whether the model's passes differ; None finds out with two
       passes on the first images. A deterministic model gets one decision
       and the 'sample' gradient mode (unless cfg.gradient_modes says else).
-    extra_attacks: extra_attacks(logits_fn, modes, deterministic_modes) ->
-      more `attack_suite.Variant`s (e.g. the audit's random noise), called
-      once per replica; each a row of its own after the configured ones and
-      a candidate of the combined worst case.
+    extra_attacks: extra_attacks(logits_fn, gradient_modes) -> more
+      `attack_suite.Variant`s (e.g. the audit's random noise), called once
+      per replica with its `attack_suite.GradientModes`; each a row of its
+      own after the configured ones and a candidate of the combined worst
+      case.
     rows_per_mode: also a row per gradient attack and mode, named like
       'pgd_linf/expected' (the worst of the clean image and that mode's
       output), after the combined row.
@@ -402,6 +412,12 @@ def evaluate_robustness(logits_fn: Optional[attacks.eot.LogitsFn],
     wait_seconds: how long the chief of several workers waits for a new
       batch of the others before giving up (TimeoutError).
     title: what the progress calls the evaluation.
+    gradient_fns: more {name: logits function} whose gradients every
+      gradient attack also follows, as modes of their own (the caller's
+      adaptive attacks); one replica only.
+    picks: if given (with cfg.combined 'worst_case'), filled with
+      {'combined': float32 `[N, H, W, C]`}, the image each test image's
+      worst case picked.
 
   Returns:
     One dict per row (natural, each attack, the extra ones, combined, then
@@ -418,9 +434,14 @@ def evaluate_robustness(logits_fn: Optional[attacks.eot.LogitsFn],
   if shard.count > 1 and record is None:
     raise ValueError('Sharing an evaluation among workers needs a record '
                      'folder the chief can read their batches from.')
+  if gradient_fns and len(replicas) > 1:
+    raise ValueError('gradient_fns belong to one model copy: pass one '
+                     'replica (or logits_fn) with them.')
   evaluators = [_BatchEvaluator(r, cfg, stochastic, probe, transfer_logits_fn,
-                                extra_attacks, rows_per_mode)
+                                extra_attacks, rows_per_mode, gradient_fns)
                 for r in replicas]
+  for evaluator in evaluators:
+    evaluator.keep_picks = picks is not None and cfg.combined == 'worst_case'
   first = evaluators[0]
   count = -(-len(images) // batch_size)
   bounds = [(i * batch_size, min((i + 1) * batch_size, len(images)))
@@ -487,6 +508,9 @@ def evaluate_robustness(logits_fn: Optional[attacks.eot.LogitsFn],
       if k.startswith('seconds/'):
         attack = k.split('/', 1)[1]
         seconds[attack] = seconds.get(attack, 0.0) + float(v)
+  if first.keep_picks:
+    picks['combined'] = np.concatenate(
+        [done[index]['combined/picks'] for index in range(count)])
   return _table(first, rows, seconds, cfg, len(images), outcomes)
 
 
@@ -552,6 +576,7 @@ def _table(evaluator, rows, seconds, cfg, examples, outcomes):
                   **numbers, 'examples': examples,
                   'repeats': evaluator.repeats,
                   'gradient_modes': ','.join(evaluator.modes),
+                  'inert_modes': ','.join(evaluator.gradient_modes.inert),
                   'seconds': spent})
   return table
 
@@ -578,6 +603,12 @@ def table_notes(rows: Sequence[Dict[str, object]]) -> List[str]:
   else:
     notes.append(f'{count} test images; the model is deterministic (one '
                  'decision per image); ± image s.e. is sqrt(p (1 - p) / N).')
+  inert = rows[0].get('inert_modes') if rows else ''
+  if inert:
+    notes.append(
+        f'The model does not respond to the gradient mode(s) {inert} (it has '
+        'no layers of this project that apply them): attacked in them, it '
+        'would repeat the attacks of mode sample, so they were not run.')
   combined = by_name.get('combined')
   singles = [r for r in rows if r['attack'] not in ('natural', 'combined')
              and '/' not in r['attack']]

@@ -47,7 +47,7 @@ def run(config: config_lib.ExperimentConfig, folder: run_folder.RunFolder,
         examples=examples, folder=where, **evaluate.scale_out(config, strategy))
     if not distribute.is_chief(strategy):
       return result
-    result['notes'] = evaluate.table_notes(config.output_dir)
+    result['notes'] = evaluate.table_notes(config.output_dir) + result['notes']
     for folder_ in (where, config.output_dir):  # History, and the latest.
       robustness.write_report(result['rows'], folder_, meta=meta,
                               examples=examples, notes=result['notes'])
@@ -58,6 +58,11 @@ def run(config: config_lib.ExperimentConfig, folder: run_folder.RunFolder,
     print(f'\nAudit of {config.output_dir} (also in {paths["md"]}, '
           f'{paths["json"]}):\n')
     print(audit.markdown(result))
+    worst = result['worst_case']
+    print(f'Strongest number found: {100 * worst["accuracy"]:.2f}% '
+          f'({worst["attack"]}, {worst["threat"]}, {worst["examples"]} '
+          f'images)' + (', an upper bound only.' if result['upper_bound']
+                        else '.'))
     if result['failed']:
       print(f'WARNING: {len(result["failed"])} audit check(s) failed: '
             f'{", ".join(result["failed"])}. See above; the table keeps the '
