@@ -38,7 +38,9 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if '--audit_only' not in sys.argv:  # Else the checkout on PYTHONPATH.
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+      __file__))))
 
 import keras  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -138,8 +140,11 @@ def main():
   parser.add_argument('--outside_queries', type=int, default=3000)
   parser.add_argument('--output', default='runs/masking_zoo.json')
   parser.add_argument('--no_transfer', action='store_true')
+  parser.add_argument('--audit_only', action='store_true',
+                      help='skip the outside attacks (e.g. for the numbers '
+                      'of an older checkout, on PYTHONPATH)')
   args = parser.parse_args()
-  info = data_lib.DataConfig(dataset='fashion_mnist')
+  info = config_lib.DataConfig(dataset='fashion_mnist')
   train_x, train_y = data_lib.load_arrays(info, 'train')
   test_x, test_y = data_lib.load_arrays(info, 'test')
   images, labels = test_x[:args.examples], test_y[:args.examples]
@@ -171,7 +176,9 @@ def main():
       row[key] = worst['accuracy']
       row[f'{key}_failed'] = result['failed']
       row[f'{key}_seconds'] = round(time.perf_counter() - start, 1)
-    row['outside'] = outside(fn, bpda, x, labels, cfg, args.outside_queries)
+    if not args.audit_only:
+      row['outside'] = outside(fn, bpda, x, labels, cfg,
+                               args.outside_queries)
     results.append(row)
     print(json.dumps(row), flush=True)
   print('\n| model | audit (%) | with transfer (%) | outside (%) | failed '
@@ -179,7 +186,8 @@ def main():
   for r in results:
     print(f'| {r["model"]} | {100 * r["audit"]:.1f} | '
           f'{100 * r.get("with_transfer", float("nan")):.1f} | '
-          f'{100 * r["outside"]:.1f} | {", ".join(r["audit_failed"]) or "none"} |')
+          f'{100 * r.get("outside", float("nan")):.1f} | '
+          f'{", ".join(r["audit_failed"]) or "none"} |')
   os.makedirs(os.path.dirname(args.output) or '.', exist_ok=True)
   with open(args.output, 'w') as f:
     json.dump(results, f, indent=2)

@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tf_slwta.attacks import common
+
 # The module (tf_slwta.attacks re-exports its function of the same name).
 apgd_lib = importlib.import_module('tf_slwta.attacks.apgd')
 
@@ -114,12 +116,13 @@ def test_a_run_follows_the_reference_iterate_for_iterate(steps, seed):
   images = tf.constant(x.reshape(n, 4, 4, 1))
   labels = tf.constant(y, tf.int64)
   run_seed = tf.constant([seed, 0], tf.int64)
+  ids = tf.range(n, dtype=tf.int64)
   # The same start as the run's: x + eps * unit(uniform(-1, 1)).
-  start = tf.random.stateless_uniform(images.shape, run_seed, -1.0, 1.0)
+  start = common.uniform_draws(images.shape, run_seed, ids, -1.0, 1.0)
   start = images + eps * apgd_lib._unit(start, 'inf')  # pylint: disable=protected-access
   _, best = apgd_lib._run(  # pylint: disable=protected-access
       logits, images, labels, None, tf.constant(eps), 'inf', steps, 'ce',
-      0.75, 0.0, 1.0, 1, run_seed, lambda i: None)
+      0.75, 0.0, 1.0, 1, run_seed, ids, lambda i: None)
   expected, loss_best, _ = _reference_apgd(
       w, b, x, y, eps, steps, start.numpy().reshape(n, d))
   np.testing.assert_allclose(best.numpy().reshape(n, d), expected, atol=1e-5)

@@ -60,8 +60,8 @@ def apgd(logits_fn: eot.LogitsFn, x, y, eps: float, *, norm='inf',
          steps: int = 100, loss: str = 'ce', restarts: int = 1,
          rho: float = 0.75, clip_min: float = 0.0, clip_max: float = 1.0,
          eot_samples: int = 1, mc_samples: int = 1, seed: int = 0,
-         gradient_fn: Optional[eot.LogitsFn] = None) -> tf.Tensor:
-  """Untargeted APGD with the CE or DLR loss.
+         gradient_fn: Optional[eot.LogitsFn] = None, ids=None) -> tf.Tensor:
+  """Untargeted APGD with the CE, DLR or decision-margin loss.
 
   Args:
     logits_fn: images `[B, H, W, C]` -> logits `[B, K]`, the model whose
@@ -82,6 +82,10 @@ def apgd(logits_fn: eot.LogitsFn, x, y, eps: float, *, norm='inf',
     seed: int or int64 scalar tensor; restart r starts from seed (seed, r).
     gradient_fn: the logits function whose gradient the attack follows
       (default `logits_fn`; a surrogate for an adaptive attack).
+    ids: int `[B]`, the examples' ids, or None: with ids, an example's
+      random draws depend on the seed and its id alone, so a run on part of
+      a batch attacks each example as the whole batch would (the
+      evaluation's cascade).
 
   Returns:
     float32 `[B, H, W, C]` within eps of x, inside [clip_min, clip_max].
@@ -97,7 +101,8 @@ def apgd(logits_fn: eot.LogitsFn, x, y, eps: float, *, norm='inf',
   return _apgd(logits_fn, gradient_fn or logits_fn, x, y, None,
                tf.constant(float(eps)), norm, steps, loss, restarts,
                float(rho), float(clip_min), float(clip_max), eot_samples,
-               mc_samples, tf.cast(seed, tf.int64), reporting.token())
+               mc_samples, tf.cast(seed, tf.int64), reporting.token(),
+               None if ids is None else tf.cast(ids, tf.int64))
 
 
 def apgd_targeted(logits_fn: eot.LogitsFn, x, y, eps: float, *, norm='inf',
@@ -105,7 +110,8 @@ def apgd_targeted(logits_fn: eot.LogitsFn, x, y, eps: float, *, norm='inf',
                   rho: float = 0.75, clip_min: float = 0.0,
                   clip_max: float = 1.0, eot_samples: int = 1,
                   mc_samples: int = 1, seed: int = 0,
-                  gradient_fn: Optional[eot.LogitsFn] = None) -> tf.Tensor:
+                  gradient_fn: Optional[eot.LogitsFn] = None,
+                  ids=None) -> tf.Tensor:
   """APGD-T: targeted DLR towards each of the most likely wrong classes.
 
   For t = 1 .. target_classes, the target of each example is its t-th most
@@ -128,7 +134,8 @@ def apgd_targeted(logits_fn: eot.LogitsFn, x, y, eps: float, *, norm='inf',
   return _apgd(logits_fn, gradient_fn or logits_fn, x, y, target_classes,
                tf.constant(float(eps)), norm, steps, 'dlr', 1, float(rho),
                float(clip_min), float(clip_max), eot_samples, mc_samples,
-               tf.cast(seed, tf.int64), reporting.token())
+               tf.cast(seed, tf.int64), reporting.token(),
+               None if ids is None else tf.cast(ids, tf.int64))
 
 
 def _check(x, y, eps, norm, steps, restarts, rho, clip_min, clip_max,
@@ -158,7 +165,7 @@ def _unit(v: tf.Tensor, norm: str) -> tf.Tensor:
 @tf.function(reduce_retracing=True)
 def _apgd(logits_fn, gradient_fn, x, y, target_classes, eps, norm, steps,
           loss, restarts, rho, clip_min, clip_max, eot_samples, mc_samples,
-          seed, token):
+          seed, token, ids):
   runs = []  # (restart index, targets or None)
   if target_classes is None:
     runs = [(r, None) for r in range(restarts)]
@@ -179,7 +186,7 @@ def _apgd(logits_fn, gradient_fn, x, y, target_classes, eps, norm, steps,
     with tf.control_dependencies([best]):
       candidates = _run(gradient_fn, x, y, targets, eps, norm, steps, loss,
                         rho, clip_min, clip_max, eot_samples,
-                        tf.stack([seed, tf.constant(index, tf.int64)]),
+                        tf.stack([seed, tf.constant(index, tf.int64)]), ids,
                         lambda i, at=index * steps: reporting.report(
                             token, at + i, len(runs) * steps))
     for adv in candidates:  # Judged by the decision rule.
@@ -238,7 +245,7 @@ def _loss_fn(loss, y, targets):
 
 
 def _run(gradient_fn, x, y, targets, eps, norm, steps, loss, rho, clip_min,
-         clip_max, eot_samples, seed, report):
+         clip_max, eot_samples, seed, ids, report):
   """One APGD run from a random start.
 
   Returns:
@@ -249,9 +256,9 @@ def _run(gradient_fn, x, y, targets, eps, norm, steps, loss, rho, clip_min,
   """
   shape = tf.shape(x)
   if norm == 'inf':
-    start = tf.random.stateless_uniform(shape, seed, -1.0, 1.0)
+    start = common.uniform_draws(shape, seed, ids, -1.0, 1.0)
   else:
-    start = tf.random.stateless_normal(shape, seed)
+    start = common.normal_draws(shape, seed, ids)
   adv = tf.clip_by_value(x + eps * _unit(start, norm), clip_min, clip_max)
 
   def project(point):

@@ -94,7 +94,37 @@ def project(delta: tf.Tensor, eps, norm: str) -> tf.Tensor:
   return delta * tf.minimum(1.0, eps / (_per_example_norm(delta) + _TINY))
 
 
-def random_in_ball(shape, eps, norm: str, seed) -> tf.Tensor:
+def uniform_draws(shape, seed, ids=None, minval=0.0, maxval=1.0,
+                  dtype=tf.float32) -> tf.Tensor:
+  """Uniform draws of `shape` `[B, ...]` in [minval, maxval), from `seed`.
+
+  With `ids` (int `[B]`, each example's position in its whole batch), row b
+  is row ids[b] of the draws the whole batch would get: stateless draws
+  are a function of the seed and each number's index, so the first rows of
+  a larger draw are those of a smaller one. An attack run on a subset of a
+  batch (`evaluate_robustness`'s cascade) thus draws for each example what
+  it would have drawn on the whole batch.
+  """
+  if ids is None:
+    return tf.random.stateless_uniform(shape, seed, minval, maxval, dtype)
+  rows = tf.cast(tf.reduce_max(ids), tf.int32) + 1
+  whole = tf.random.stateless_uniform(
+      tf.concat([[rows], tf.cast(shape[1:], tf.int32)], 0), seed, minval,
+      maxval, dtype)
+  return tf.gather(whole, ids)
+
+
+def normal_draws(shape, seed, ids=None) -> tf.Tensor:
+  """Standard normal draws of `shape` `[B, ...]` (see `uniform_draws`)."""
+  if ids is None:
+    return tf.random.stateless_normal(shape, seed)
+  rows = tf.cast(tf.reduce_max(ids), tf.int32) + 1
+  whole = tf.random.stateless_normal(
+      tf.concat([[rows], tf.cast(shape[1:], tf.int32)], 0), seed)
+  return tf.gather(whole, ids)
+
+
+def random_in_ball(shape, eps, norm: str, seed, ids=None) -> tf.Tensor:
   """A uniform random point of the norm ball of radius `eps` per example.
 
   Args:
@@ -102,16 +132,18 @@ def random_in_ball(shape, eps, norm: str, seed) -> tf.Tensor:
     eps: radius.
     norm: 'inf' or '2'.
     seed: int `[2]` stateless seed.
+    ids: int `[B]`, the examples' positions in their batch, or None (see
+      `uniform_draws`).
   """
   if norm == 'inf':
-    return tf.random.stateless_uniform(shape, seed, -eps, eps)
+    return uniform_draws(shape, seed, ids, -1.0, 1.0) * eps
   direction_seed, radius_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, num=2))
-  direction = tf.random.stateless_normal(shape, direction_seed)
+  direction = normal_draws(shape, direction_seed, ids)
   direction /= _per_example_norm(direction) + _TINY
   dims = tf.cast(tf.reduce_prod(shape[1:]), tf.float32)
-  u = tf.random.stateless_uniform(
-      tf.concat([shape[:1], tf.ones_like(shape[1:])], 0), radius_seed)
+  u = uniform_draws(tf.concat([shape[:1], tf.ones_like(shape[1:])], 0),
+                    radius_seed, ids)
   return direction * eps * u ** (1.0 / dims)
 
 

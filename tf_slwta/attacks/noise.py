@@ -9,7 +9,8 @@ from tf_slwta.attacks import reporting
 
 def random_noise(logits_fn: eot.LogitsFn, x, y, eps: float, *, norm='inf',
                  draws: int = 10, mc_samples: int = 1, seed: int = 0,
-                 clip_min: float = 0.0, clip_max: float = 1.0) -> tf.Tensor:
+                 clip_min: float = 0.0, clip_max: float = 1.0,
+                 ids=None) -> tf.Tensor:
   """The worst of `draws` random points on the eps sphere, per example.
 
   L-inf draws are random corners (every pixel +-eps), L2 draws uniform
@@ -28,6 +29,10 @@ def random_noise(logits_fn: eot.LogitsFn, x, y, eps: float, *, norm='inf',
     mc_samples: passes per decision, >= 1.
     seed: int or int64 scalar tensor.
     clip_min, clip_max: valid pixel range.
+    ids: int `[B]`, the examples' ids, or None: with ids, an example's
+      random draws depend on the seed and its id alone, so a run on part of
+      a batch attacks each example as the whole batch would (the
+      evaluation's cascade).
 
   Returns:
     float32 `[B, H, W, C]` within eps of x, inside [clip_min, clip_max].
@@ -40,22 +45,23 @@ def random_noise(logits_fn: eot.LogitsFn, x, y, eps: float, *, norm='inf',
   y = common.check_labels(y, x.shape[0])
   return _random_noise(logits_fn, x, y, tf.constant(eps), norm, draws,
                        mc_samples, tf.cast(seed, tf.int64), float(clip_min),
-                       float(clip_max), reporting.token())
+                       float(clip_max), reporting.token(),
+                       None if ids is None else tf.cast(ids, tf.int64))
 
 
 @tf.function(reduce_retracing=True)
 def _random_noise(logits_fn, x, y, eps, norm, draws, mc_samples, seed,
-                  clip_min, clip_max, token):
+                  clip_min, clip_max, token, ids):
   best = x
   best_margin = tf.fill(tf.shape(y), float('inf'))
   for d in range(draws):
     with tf.control_dependencies([best]):  # In order, for the progress.
       draw_seed = tf.stack([seed, tf.constant(d, tf.int64)])
     if norm == 'inf':
-      delta = eps * tf.sign(tf.random.stateless_uniform(
-          tf.shape(x), draw_seed, -1.0, 1.0))
+      delta = eps * tf.sign(common.uniform_draws(tf.shape(x), draw_seed, ids,
+                                                 -1.0, 1.0))
     else:
-      delta = tf.random.stateless_normal(tf.shape(x), draw_seed)
+      delta = common.normal_draws(tf.shape(x), draw_seed, ids)
       delta = common.project(delta * 1e6, eps, '2')  # Onto the sphere.
     point = tf.clip_by_value(x + delta, clip_min, clip_max)
     margin = common.log_probability_margin(

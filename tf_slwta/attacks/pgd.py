@@ -13,7 +13,7 @@ def pgd(logits_fn: eot.LogitsFn, x, y, eps: float, alpha: float, steps: int,
         *, norm='inf', random_start: bool = True, restarts: int = 1,
         clip_min: float = 0.0, clip_max: float = 1.0, targeted: bool = False,
         eot_samples: int = 1, mc_samples: int = 1, seed: int = 0,
-        gradient_fn: Optional[eot.LogitsFn] = None) -> tf.Tensor:
+        gradient_fn: Optional[eot.LogitsFn] = None, ids=None) -> tf.Tensor:
   """Iterated steepest-ascent steps projected onto the eps ball around x.
 
   Each step: x' = clip(x + project(x' + alpha * dir(grad) - x, eps)), with
@@ -49,6 +49,10 @@ def pgd(logits_fn: eot.LogitsFn, x, y, eps: float, alpha: float, steps: int,
     gradient_fn: the logits function whose gradient the attack follows
       (default `logits_fn`); an adaptive attack passes a surrogate, e.g.
       `layers.surrogate.surrogate_logits_fn(logits_fn, 'expected')`.
+    ids: int `[B]`, the examples' ids, or None: with ids, an example's
+      random draws depend on the seed and its id alone, so a run on part of
+      a batch attacks each example as the whole batch would (the
+      evaluation's cascade).
 
   Returns:
     float32 `[B, H, W, C]` adversarial images within eps of x and inside
@@ -74,13 +78,14 @@ def pgd(logits_fn: eot.LogitsFn, x, y, eps: float, alpha: float, steps: int,
               tf.constant(alpha), tf.constant(steps), norm, random_start,
               restarts, float(clip_min), float(clip_max), targeted,
               eot_samples, mc_samples, tf.cast(seed, tf.int64),
-              reporting.token())
+              reporting.token(),
+              None if ids is None else tf.cast(ids, tf.int64))
 
 
 @tf.function(reduce_retracing=True)
 def _pgd(logits_fn, gradient_fn, x, y, eps, alpha, steps, norm, random_start,
          restarts, clip_min, clip_max, targeted, eot_samples, mc_samples,
-         seed, token):
+         seed, token, ids):
   best = x
   best_success = tf.zeros_like(y, tf.bool)
   best_loss = tf.fill(tf.shape(y), -float('inf'))
@@ -90,7 +95,7 @@ def _pgd(logits_fn, gradient_fn, x, y, eps, alpha, steps, norm, random_start,
       adv = tf.identity(x)
     if random_start:
       noise = common.random_in_ball(tf.shape(x), eps, norm,
-                                    tf.stack([seed, restart]))
+                                    tf.stack([seed, restart]), ids)
       adv = tf.clip_by_value(x + noise, clip_min, clip_max)
     candidates = _iterate(gradient_fn, x, y, adv, eps, alpha, steps, norm,
                           clip_min, clip_max, targeted, eot_samples,

@@ -20,9 +20,11 @@ A margin of log(softmax + tiny) would go flat once a model saturates its
 logits, and Square would see nothing to climb.
 
 Because it never looks at a gradient, Square is the audit's check that a
-model's gradients are not merely masked. The window position is shared by
-the batch in an iteration and the signs are drawn per example, as in the
-reference code. The search may follow a stand-in of the model (`score_fn`,
+model's gradients are not merely masked. Each example draws its own
+windows and signs, from the seed and its id (the reference code shares the
+window's position across a batch): an example's search is the same
+whatever batch it is in, as the evaluation's cascade needs. The window's
+side follows the schedule for the batch. The search may follow a stand-in of the model (`score_fn`,
 e.g. the expectation of its stochastic layers, as the gradient attacks'
 surrogates); whatever it follows, the caller's decision rule judges the
 result.
@@ -98,7 +100,7 @@ def square(logits_fn: eot.LogitsFn, x, y, eps: float, *, norm='inf',
            seed: int = 0, clip_min: float = 0.0, clip_max: float = 1.0,
            restarts: int = 1, score_fn: Optional[eot.LogitsFn] = None,
            stochastic: Optional[bool] = None,
-           score_stochastic: Optional[bool] = None) -> tf.Tensor:
+           score_stochastic: Optional[bool] = None, ids=None) -> tf.Tensor:
   """Square Attack, untargeted, L-inf or L2.
 
   Args:
@@ -127,6 +129,11 @@ def square(logits_fn: eot.LogitsFn, x, y, eps: float, *, norm='inf',
     score_stochastic: whether `score_fn`'s passes differ (then the
       incumbent is re-estimated; see the module docstring); None finds out
       the same way (`stochastic` when there is no `score_fn`).
+    ids: int `[B]`, the examples' ids (default their positions): every
+      random choice of an example's search (its start, windows and signs)
+      depends on the seed and its id alone, so a search on part of a batch
+      attacks each example as the whole batch would (the evaluation's
+      cascade).
 
   Returns:
     float32 `[B, H, W, C]` within eps of x, inside [clip_min, clip_max]: each
@@ -176,13 +183,15 @@ def square(logits_fn: eot.LogitsFn, x, y, eps: float, *, norm='inf',
                  mc_samples if noisy else 1, bool(noisy), bool(stochastic),
                  restarts,
                  tf.cast(seed, tf.int64), float(clip_min), float(clip_max),
-                 reporting.token())
+                 reporting.token(),
+                 tf.range(tf.shape(x)[0], dtype=tf.int64) if ids is None
+                 else tf.cast(ids, tf.int64))
 
 
 @tf.function(reduce_retracing=True)
 def _square(score_fn, x, y, eps, norm, sizes, sizes_level, patterns,
             mc_samples, noisy, stochastic, restarts, seed, clip_min, clip_max,
-            token):
+            token, ids):
   queries = tf.shape(sizes)[0]
   best, best_margin = x, None
   for restart in range(restarts):
@@ -190,7 +199,7 @@ def _square(score_fn, x, y, eps, norm, sizes, sizes_level, patterns,
       restart_seed = tf.stack([seed, tf.constant(restart, tf.int64)])
     found, margin = _search(
         score_fn, x, y, eps, norm, sizes, sizes_level, patterns, mc_samples,
-        noisy, not stochastic, restart_seed, clip_min, clip_max,
+        noisy, not stochastic, restart_seed, ids, clip_min, clip_max,
         lambda i, at=restart: reporting.report(token, at * queries + i,
                                                restarts * queries))
     if best_margin is None:
@@ -203,7 +212,7 @@ def _square(score_fn, x, y, eps, norm, sizes, sizes_level, patterns,
 
 
 def _search(score_fn, x, y, eps, norm, sizes, sizes_level, patterns,
-            mc_samples, noisy, stop_at_success, seed, clip_min, clip_max,
+            mc_samples, noisy, stop_at_success, seed, ids, clip_min, clip_max,
             report):
   """One random search; (each example's incumbent, its margin estimate).
 
@@ -220,14 +229,24 @@ def _search(score_fn, x, y, eps, norm, sizes, sizes_level, patterns,
         eot.mean_log_probabilities(score_fn, images, mc_samples), labels)
 
   def signs(shape, draw_seed):
-    return tf.sign(tf.random.stateless_uniform(shape, draw_seed, -1.0, 1.0))
+    return tf.sign(common.uniform_draws(shape, draw_seed, ids, -1.0, 1.0))
 
   def window(top, left, side):
-    rows = tf.range(h)[:, None]
-    cols = tf.range(w)[None, :]
+    """Each example's square of `side` at (top `[B]`, left `[B]`)."""
+    rows = tf.range(h)[None, :, None]
+    cols = tf.range(w)[None, None, :]
+    top, left = top[:, None, None], left[:, None, None]
     inside = ((rows >= top) & (rows < top + side) &
               (cols >= left) & (cols < left + side))
-    return tf.cast(inside, x.dtype)[None, :, :, None]  # [1, H, W, 1]
+    return tf.cast(inside, x.dtype)[..., None]  # [B, H, W, 1]
+
+  def placed(pattern, top, left):
+    """`pattern` `[H, W]` (drawn at the top left) moved to each example's
+    (top, left): `[B, H, W, 1]`."""
+    rows = (tf.range(h)[None, :] - top[:, None]) % h  # [B, H]
+    cols = (tf.range(w)[None, :] - left[:, None]) % w  # [B, W]
+    moved = tf.gather(tf.gather(pattern, rows), cols, axis=2, batch_dims=1)
+    return moved[..., None]
 
   def spatial_norm(v):  # Per example and channel: [B, 1, 1, C].
     return tf.sqrt(tf.reduce_sum(tf.square(v), axis=[1, 2], keepdims=True))
@@ -237,6 +256,11 @@ def _search(score_fn, x, y, eps, norm, sizes, sizes_level, patterns,
 
   init_seed = tf.stack([seed[0] * 1_000_003 + seed[1],
                         tf.constant(-1, tf.int64)])
+  # Every choice of every iteration, per example, drawn at once: corner
+  # (2), second corner (2), flip (1) and the channels' signs (C), in [0, 1).
+  choices = common.uniform_draws(tf.stack([batch, tf.shape(sizes)[0], 5 + c]),
+                                 tf.stack([init_seed[0], tf.constant(
+                                     -100, tf.int64)]), ids)
   if norm == 'inf':
     start = x + eps * signs(tf.stack([batch, 1, w, c]), init_seed)
   else:
@@ -280,25 +304,25 @@ def _search(score_fn, x, y, eps, norm, sizes, sizes_level, patterns,
     return s['inc_sum'] / s['inc_n'] > 0.0
 
   def propose(i, best):
-    draw = tf.random.experimental.stateless_split(
-        tf.stack([init_seed[0], tf.cast(i, tf.int64)]), 4)
+    drawn = choices[:, i]  # [B, 5 + C]
     side = sizes[i]
-    span = tf.stack([h - side + 1, w - side + 1])
-    corner = tf.random.stateless_uniform([2], draw[0], 0, 2**30,
-                                         dtype=tf.int32) % span
-    mask = window(corner[0], corner[1], side)
+    span = tf.cast(tf.stack([h - side + 1, w - side + 1]), x.dtype)
+    corner = tf.cast(tf.floor(drawn[:, 0:2] * span), tf.int32)  # [B, 2]
+    mask = window(corner[:, 0], corner[:, 1], side)
+    new_signs = tf.sign(drawn[:, 5:] - 0.5)[:, None, None, :]  # [B, 1, 1, C]
     delta = best - x
     if norm == 'inf':
-      proposal = x + eps * signs(tf.stack([batch, 1, 1, c]), draw[1])
+      proposal = x + eps * new_signs
       candidate = mask * proposal + (1.0 - mask) * best
     else:
-      corner2 = tf.random.stateless_uniform([2], draw[2], 0, 2**30,
-                                            dtype=tf.int32) % span
-      mask2 = window(corner2[0], corner2[1], side)
-      flip = tf.random.stateless_uniform([], draw[3], 0, 2, dtype=tf.int32)
-      pattern = tf.roll(patterns[sizes_level[i], flip], [corner[0], corner[1]],
-                        axis=[0, 1])[None, :, :, None]
-      new = (pattern * signs(tf.stack([batch, 1, 1, c]), draw[1])
+      corner2 = tf.cast(tf.floor(drawn[:, 2:4] * span), tf.int32)
+      mask2 = window(corner2[:, 0], corner2[:, 1], side)
+      flip = tf.cast(drawn[:, 4] < 0.5, x.dtype)[:, None, None]
+      pattern = (flip * placed(patterns[sizes_level[i], 1], corner[:, 0],
+                               corner[:, 1])[..., 0] +
+                 (1.0 - flip) * placed(patterns[sizes_level[i], 0],
+                                       corner[:, 0], corner[:, 1])[..., 0])
+      new = (pattern[..., None] * new_signs
              + mask * delta / (spatial_norm(mask * delta) + 1e-12))
       both = tf.maximum(mask, mask2)
       budget = tf.sqrt(tf.maximum(eps ** 2 - image_norm(delta) ** 2, 0.0) / c
@@ -359,7 +383,9 @@ def _search(score_fn, x, y, eps, norm, sizes, sizes_level, patterns,
   def body(s):
     s = noisy_step(s) if noisy else deterministic_step(s)
     report(s['i'] + 1)
-    return [dict(s, i=s['i'] + 1)]
+    # Slices by a dynamic batch size lose the static one; keep the start's.
+    return [{k: tf.ensure_shape(v, state[k].shape) for k, v in
+             dict(s, i=s['i'] + 1).items()}]
 
   def cond(s):
     return tf.logical_and(s['i'] < queries, tf.reduce_any(active_of(s)))

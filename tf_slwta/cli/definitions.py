@@ -26,7 +26,8 @@ SECTIONS = {
                'mc_samples', 'attack_seed', 'aa_norm', 'aa_eps', 'apgd_steps',
                'apgd_restarts', 'apgd_target_classes', 'square_queries',
                'square_p_init', 'gradient_modes', 'transfer_from',
-               'decision_repeats'),
+               'decision_repeats', 'cascade', 'decision_block',
+               'decision_z'),
     'train': ('epochs', 'kl_anneal_epochs', 'learning_rate', 'momentum', 'nesterov',
               'weight_decay', 'lr_schedule', 'lr_warmup_epochs',
               'lr_decay_epochs', 'lr_decay_ratio', 'label_smoothing', 'seed',
@@ -395,3 +396,15 @@ def define(fv: flags.FlagValues) -> None:
                        'Fresh decisions per image that score a stochastic '
                        'model (mean = accuracy, spread = its Monte Carlo '
                        'standard error).', flag_values=fv)
+  flags.DEFINE_boolean('cascade', d_attack.cascade,
+                       'Run each attack only on the images no earlier attack '
+                       'broke, cheapest and strongest first: the same worst '
+                       'case for less, without per-attack rows.',
+                       flag_values=fv)
+  flags.DEFINE_integer('decision_block', d_attack.decision_block,
+                       'Passes a stochastic decision draws at a time until '
+                       'its answer is settled (up to --mc_samples); 0 draws '
+                       'them all.', flag_values=fv)
+  flags.DEFINE_float('decision_z', d_attack.decision_z,
+                     'Standard errors that settle a decision early.',
+                     flag_values=fv)

@@ -24,8 +24,9 @@ from tf_slwta.attacks import eot
 from tf_slwta.attacks import reporting
 from tf_slwta.layers import surrogate
 
-# attack(images, labels, seed) -> adversarial images of the same shape.
-AttackFn = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]
+# attack(images, labels, seed, ids) -> adversarial images of the same shape;
+# ids (int64 [B]) key each example's random draws (None: its position).
+AttackFn = Callable[..., tf.Tensor]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,8 +38,10 @@ class Variant:
     mode: the gradient mode ('' when the attack takes no gradient of the
       model).
     run: run(images float32 `[B, H, W, C]` in [0, 1], labels int64 `[B]`,
-      seed int64 scalar) -> adversarial images of the same shape; compiled
-      once per variant (`compiled`).
+      seed int64 scalar, ids int64 `[B]` or None) -> adversarial images of
+      the same shape; compiled once per variant (`compiled`). An example's
+      random draws depend on the seed and its id alone (default: its
+      position), so it is attacked the same way in any subset of its batch.
     settings: its settings text, for an attack outside `config.ATTACKS`
       ('' takes `attack_settings`).
     threat: its threat model ('Linf 0.1', 'L2 1.5', ...; see
@@ -67,9 +70,9 @@ class _Traced:
   def __init__(self, attack: AttackFn):
     self.attack = attack
 
-  def __call__(self, x, y, seed, token):
+  def __call__(self, x, y, seed, ids, token):
     with reporting.traced_token(token):
-      return self.attack(x, y, seed)
+      return self.attack(x, y, seed, ids)
 
 
 def compiled(attack: AttackFn) -> AttackFn:
@@ -84,10 +87,11 @@ def compiled(attack: AttackFn) -> AttackFn:
 
   function = tf.function(_Traced(attack), reduce_retracing=True)
 
-  def run(x, y, seed):
-    return function(tf.convert_to_tensor(x, tf.float32),
-                    tf.cast(y, tf.int64), tf.cast(seed, tf.int64),
-                    reporting.token())
+  def run(x, y, seed, ids=None):
+    x = tf.convert_to_tensor(x, tf.float32)
+    ids = tf.range(tf.shape(x)[0], dtype=tf.int64) if ids is None else ids
+    return function(x, tf.cast(y, tf.int64), tf.cast(seed, tf.int64),
+                    tf.cast(ids, tf.int64), reporting.token())
 
   return run
 
@@ -188,30 +192,31 @@ def _gradient_attack(name: str, logits_fn, gradient_fn,
              random_start=cfg.pgd_random_start, **decided)
   aa = dict(norm=cfg.aa_norm, steps=cfg.apgd_steps, **decided)
   table = {
-      'fgsm': lambda x, y, s: attacks.fgsm(logits_fn, x, y, cfg.fgsm_eps,
+      'fgsm': lambda x, y, s, i: attacks.fgsm(logits_fn, x, y, cfg.fgsm_eps,
                                            **common),
-      'pgd_linf': lambda x, y, s: attacks.pgd(
+      'pgd_linf': lambda x, y, s, i: attacks.pgd(
           logits_fn, x, y, cfg.pgd_eps, cfg.pgd_alpha, norm='inf', seed=s,
-          **pgd),
-      'pgd_l2': lambda x, y, s: attacks.pgd(
+          ids=i, **pgd),
+      'pgd_l2': lambda x, y, s, i: attacks.pgd(
           logits_fn, x, y, cfg.pgd_l2_eps, cfg.pgd_l2_alpha, norm=2, seed=s,
-          **pgd),
-      'cw': lambda x, y, s: attacks.carlini_wagner_l2(
+          ids=i, **pgd),
+      'cw': lambda x, y, s, i: attacks.carlini_wagner_l2(
           logits_fn, x, y, c=cfg.cw_c, kappa=cfg.cw_kappa, steps=cfg.cw_steps,
           binary_search_steps=cfg.cw_binary_search_steps,
           learning_rate=cfg.cw_learning_rate, **decided),
-      'apgd_ce': lambda x, y, s: attacks.apgd(
+      'apgd_ce': lambda x, y, s, i: attacks.apgd(
           logits_fn, x, y, cfg.aa_eps, loss='ce', restarts=cfg.apgd_restarts,
-          seed=s, **aa),
-      'apgd_dlr': lambda x, y, s: attacks.apgd(
+          seed=s, ids=i, **aa),
+      'apgd_dlr': lambda x, y, s, i: attacks.apgd(
           logits_fn, x, y, cfg.aa_eps, loss='dlr',
-          restarts=cfg.apgd_restarts, seed=s, **aa),
-      'apgd_margin': lambda x, y, s: attacks.apgd(
+          restarts=cfg.apgd_restarts, seed=s, ids=i, **aa),
+      'apgd_margin': lambda x, y, s, i: attacks.apgd(
           logits_fn, x, y, cfg.aa_eps, loss='margin',
-          restarts=cfg.apgd_restarts, seed=s, **aa),
-      'apgd_t': lambda x, y, s: attacks.apgd_targeted(
+          restarts=cfg.apgd_restarts, seed=s, ids=i, **aa),
+      'apgd_t': lambda x, y, s, i: attacks.apgd_targeted(
           logits_fn, x, y, cfg.aa_eps, target_classes=min(
-              cfg.apgd_target_classes, num_classes - 1), seed=s, **aa),
+              cfg.apgd_target_classes, num_classes - 1), seed=s, ids=i,
+          **aa),
   }
   return table[name]
 
@@ -314,11 +319,11 @@ def square_variants(logits_fn: eot.LogitsFn, cfg: config_lib.AttackConfig,
     noisy = mode not in modes.deterministic
     variants.append(Variant(name, mode if len(modes.names) > 1 else '',
                             compiled(
-        lambda x, y, s, fn=fn, noisy=noisy: attacks.square(
+        lambda x, y, s, i, fn=fn, noisy=noisy: attacks.square(
             logits_fn, x, y, cfg.aa_eps, norm=cfg.aa_norm, queries=queries,
             p_init=cfg.square_p_init, mc_samples=cfg.mc_samples, seed=s,
             restarts=restarts, score_fn=fn, stochastic=stochastic,
-            score_stochastic=noisy)),
+            score_stochastic=noisy, ids=i)),
                             settings=(f'{queries} queries, p_init='
                                       f'{cfg.square_p_init:g}' +
                                       (f', {restarts} restarts'
@@ -333,9 +338,10 @@ def _transfer(source_fn: eot.LogitsFn,
               cfg: config_lib.AttackConfig) -> AttackFn:
   """APGD-CE on the source model (its expectation, if it is stochastic)."""
   source_gradient = surrogate.surrogate_logits_fn(source_fn, 'expected')
-  return lambda x, y, s: attacks.apgd(
+  return lambda x, y, s, i: attacks.apgd(
       source_gradient, x, y, cfg.aa_eps, norm=cfg.aa_norm,
-      steps=cfg.apgd_steps, loss='ce', restarts=cfg.apgd_restarts, seed=s)
+      steps=cfg.apgd_steps, loss='ce', restarts=cfg.apgd_restarts, seed=s,
+      ids=i)
 
 
 def transfer_variant(source_fn: eot.LogitsFn, cfg: config_lib.AttackConfig,
@@ -350,9 +356,9 @@ def random_noise_variant(logits_fn: eot.LogitsFn,
                          cfg: config_lib.AttackConfig, draws: int) -> Variant:
   """'random_noise': the worst of `draws` random points of the aa_* sphere."""
   return Variant('random_noise', '', compiled(
-      lambda x, y, s: attacks.random_noise(
+      lambda x, y, s, i: attacks.random_noise(
           logits_fn, x, y, cfg.aa_eps, norm=cfg.aa_norm, draws=draws,
-          mc_samples=cfg.mc_samples, seed=s)),
+          mc_samples=cfg.mc_samples, seed=s, ids=i)),
                  settings=f'worst of {draws} random points',
                  threat=_threat(cfg), cost=float(draws * cfg.mc_samples))
 
@@ -367,7 +373,7 @@ def single_step_variants(logits_fn: eot.LogitsFn,
     eot_samples = 1 if mode in modes.deterministic else cfg.eot_samples
     variants.append(Variant(
         'single_step', mode, compiled(
-            lambda x, y, s, fn=fn, eot_samples=eot_samples: attacks.fgsm(
+            lambda x, y, s, i, fn=fn, eot_samples=eot_samples: attacks.fgsm(
                 logits_fn, x, y, cfg.aa_eps, norm=cfg.aa_norm,
                 eot_samples=eot_samples, gradient_fn=fn)),
         settings='one gradient step (FGSM)', threat=_threat(cfg),
@@ -413,6 +419,33 @@ def attack_settings(name: str, cfg: config_lib.AttackConfig) -> str:
       'transfer': f'APGD-CE on {cfg.transfer_from or "the given source"}',
       'combined': f'{cfg.combined} of {"+".join(cfg.attacks)}',
   }.get(name, '')
+
+
+# The cascade's order (`cascade_order`): modes whose surrogate has no
+# randomness first (one pass per gradient), then the sampled ones; within a
+# mode the attacks that broke the most images per second on this project's
+# models first (BENCHMARKS.md, "The audit's cost").
+_MODE_ORDER = ('expected', 'straight_through', 'training_temperature',
+               'soft_temperature', 'sample')
+_ATTACK_ORDER = ('previous', 'single_step', 'fgsm', 'apgd_ce', 'apgd_margin',
+                 'apgd_dlr', 'pgd_linf', 'pgd_l2', 'apgd_t', 'cw', 'distilled',
+                 'transfer', 'square', 'square_escalated', 'random_noise')
+
+
+def cascade_order(variants: Sequence[Variant]) -> List[Variant]:
+  """The variants in the order a cascade runs them: gradient attacks (mode
+  by mode, surrogates without randomness first), then Square (its modes
+  likewise), transfer and random noise; a caller's own gradient modes come
+  right after the built-in deterministic one."""
+  def key(variant):
+    mode = (_MODE_ORDER.index(variant.mode) if variant.mode in _MODE_ORDER
+            else 0.5 if variant.mode else len(_MODE_ORDER))
+    attack = (_ATTACK_ORDER.index(variant.name)
+              if variant.name in _ATTACK_ORDER else len(_ATTACK_ORDER))
+    late = variant.name in ('square', 'square_escalated', 'transfer',
+                            'random_noise')
+    return (late, mode, attack) if not late else (late, attack, mode)
+  return sorted(variants, key=key)
 
 
 def variants_by_attack(variants: Sequence[Variant]) -> Dict[str, List[Variant]]:

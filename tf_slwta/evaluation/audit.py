@@ -52,6 +52,7 @@ import hashlib
 import io
 import json
 import os
+import time
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -356,7 +357,8 @@ def gradient_health(modes: attack_suite.GradientModes, images: np.ndarray,
 def _sweep_config(cfg: config_lib.AttackConfig, mode: str,
                   **changes) -> config_lib.AttackConfig:
   return dataclasses.replace(cfg, attacks=('apgd_ce',), gradient_modes=(mode,),
-                             transfer_from='', apgd_restarts=1, **changes)
+                             transfer_from='', apgd_restarts=1,
+                             cascade=False, **changes)
 
 
 def audited_attacks(attack: config_lib.AttackConfig):
@@ -448,23 +450,47 @@ def run_audit(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
       found.append(attack_suite.transfer_variant(transfer_logits_fn, attack))
     return found
 
+  subset = slice(0, audit.sweep_examples)
+  seconds = {}
+  clock = time.perf_counter()
   outcomes, picks = {}, {}
   rows = robustness.evaluate_robustness(
       None, images, labels, table_cfg, batch_size=batch_size,
       verbose=verbose, examples=examples, stochastic=stochastic,
-      extra_attacks=extra, rows_per_mode=True, outcomes=outcomes,
-      picks=picks, title='audit table', gradient_fns=gradient_fns,
-      **scale('batches'))
+      extra_attacks=extra, rows_per_mode=not table_cfg.cascade,
+      outcomes=outcomes, picks=picks, title='audit table',
+      gradient_fns=gradient_fns, **scale('batches'))
+  seconds['table'] = time.perf_counter() - clock
+  # The checks compare attacks on the same images: with a cascade (each
+  # attack on what the others left), every attack runs on the first
+  # sweep_examples images as well, for them.
+  compared, compared_outcomes = rows, outcomes
+  if table_cfg.cascade:
+    clock = time.perf_counter()
+    compared_outcomes = {}
+    compared = robustness.evaluate_robustness(
+        None, images[subset], labels[subset],
+        dataclasses.replace(table_cfg, cascade=False), batch_size=batch_size,
+        verbose=verbose, stochastic=stochastic, extra_attacks=extra,
+        rows_per_mode=True, outcomes=compared_outcomes,
+        title='audit checks table', gradient_fns=gradient_fns,
+        **scale('checks'))
+    seconds['checks_table'] = time.perf_counter() - clock
   modes = [m for m in rows[0]['gradient_modes'].split(',') if m]
-  sweep_mode = _strongest_mode(rows, modes)
-  subset = slice(0, audit.sweep_examples)
+  sweep_mode = _strongest_mode(compared, modes)
+  clock = time.perf_counter()
   model_modes = attack_suite.gradient_modes(
       replicas[0].logits_fn, table_cfg, stochastic, probe, gradient_fns)
   gradients = gradient_health(model_modes, images[subset], labels[subset],
                               batch_size)
+  seconds['gradients'] = time.perf_counter() - clock
   classes = int(replicas[0].logits_fn(probe[:1]).shape[-1])
 
   def sweep(cfg, part, extra_attacks=None):
+    reused = _reused_point(cfg, table_cfg, sweep_mode, compared_outcomes,
+                           audit.sweep_examples, extra_attacks)
+    if reused is not None:  # The table's own APGD-CE on these images.
+      return reused
     return robustness.evaluate_robustness(
         None, images[subset], labels[subset], cfg, batch_size=batch_size,
         verbose=verbose, stochastic=stochastic, title=f'audit {part}',
@@ -472,6 +498,7 @@ def run_audit(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
             gradient_fns if sweep_mode in (gradient_fns or {}) else None),
         **scale(part))
 
+  clock = time.perf_counter()
   cap = 1.0 if attack.aa_norm == 'inf' else float('inf')
   eps_sweep, noise_at_largest = [], None
   for k, multiple in enumerate(audit.eps_multiples):
@@ -488,6 +515,8 @@ def run_audit(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
     if verbose:
       print(f'audit: eps sweep, eps={eps:g}: '
             f'{_pct(eps_sweep[-1]["accuracy"])}', flush=True)
+  seconds['eps_sweep'] = time.perf_counter() - clock
+  clock = time.perf_counter()
   steps_sweep = []
   for steps in audit.sweep_steps:
     row = _row(sweep(_sweep_config(attack, sweep_mode, apgd_steps=steps),
@@ -496,29 +525,50 @@ def run_audit(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
     if verbose:
       print(f'audit: steps sweep, {steps} steps: {_pct(row["accuracy"])}',
             flush=True)
-  found = checks(rows, eps_sweep, steps_sweep, audit, stochastic, gradients,
-                 classes, noise_at_largest)
+  seconds['steps_sweep'] = time.perf_counter() - clock
+  found = checks(compared, eps_sweep, steps_sweep, audit, stochastic,
+                 gradients, classes, noise_at_largest)
   failed = [c.name for c in found if not c.passed]
   masked = [name for name in failed if name in MASKING_CHECKS]
   escalation = []
   worst = _row(rows, 'combined')
   if masked and audit.escalate:
+    clock = time.perf_counter()
     worst, escalation = _escalate(
         replicas, images, labels, table_cfg, audit, outcomes, picks,
         stochastic, scale, verbose, gradient_fns, batch_size)
     rows = _insert_after_combined(rows, worst)
+    seconds['escalation'] = time.perf_counter() - clock
   if masked:
     notes.append(_bound_note(masked, escalation, _row(rows, 'combined'),
                              worst, audit.escalate))
   return {'rows': rows, 'worst_case': worst, 'outcomes': outcomes,
+          'compared_rows': compared if compared is not rows else None,
           'eps_sweep': eps_sweep, 'steps_sweep': steps_sweep,
           'checks': [dataclasses.asdict(c) for c in found],
           'failed': failed, 'gradients': gradients,
-          'mode_wins': mode_wins(rows), 'escalation': escalation,
+          'mode_wins': mode_wins(compared), 'escalation': escalation,
           'upper_bound': bool(masked), 'notes': notes,
           'stochastic': stochastic, 'sweep_mode': sweep_mode,
-          'examples': len(images), 'sweep_examples': min(
-              audit.sweep_examples, len(images))}
+          'seconds': seconds, 'examples': len(images),
+          'sweep_examples': min(audit.sweep_examples, len(images))}
+
+
+def _reused_point(cfg, table_cfg, mode, outcomes, count, extra_attacks):
+  """The sweep point `cfg` from the table's own APGD-CE outcomes on the
+  first `count` images when the table ran exactly that attack there (the
+  same radius, steps and one restart, in `mode`), else None."""
+  same = (extra_attacks is None and cfg.aa_eps == table_cfg.aa_eps and
+          cfg.apgd_steps == table_cfg.apgd_steps and
+          table_cfg.apgd_restarts == 1 and 'apgd_ce' in table_cfg.attacks)
+  key = next((k for k in (f'apgd_ce/{mode}', 'apgd_ce') if k in outcomes),
+             None)
+  if not same or key is None:
+    return None
+  ok = outcomes[key][:, :count]
+  numbers = scoring.summarize(ok, np.zeros(ok.shape[1]),
+                              np.zeros(ok.shape[1]))
+  return [{'attack': 'apgd_ce', **numbers, 'examples': ok.shape[1]}]
 
 
 def _insert_after_combined(rows: List[dict], escalated: dict) -> List[dict]:
@@ -552,8 +602,8 @@ def _pick_variant(picks: np.ndarray, images: np.ndarray
   by_image = {hashlib.sha1(image.tobytes()).hexdigest(): pick
               for image, pick in zip(images, picks)}
 
-  def run(x, y, seed):
-    del y, seed
+  def run(x, y, seed, ids=None):
+    del y, seed, ids
     clean = np.round(np.asarray(x) * 255.0).astype(np.uint8)
     return tf.constant(np.stack([
         by_image[hashlib.sha1(image.tobytes()).hexdigest()]
@@ -601,9 +651,9 @@ def _escalate(replicas, images, labels, cfg, audit, outcomes, picks,
       for loss in ('ce', 'dlr'):
         found.append(attack_suite.Variant(
             'distilled', loss, attack_suite.compiled(
-                lambda x, y, s, loss=loss: attacks.apgd(
+                lambda x, y, s, i, loss=loss: attacks.apgd(
                     source, x, y, eps, norm=norm, steps=cfg.apgd_steps,
-                    loss=loss, restarts=2, seed=s)),
+                    loss=loss, restarts=2, seed=s, ids=i)),
             settings=f'APGD-{loss.upper()} on a network distilled from the '
                      f'model, 2 restarts', cost=2 * 3.0 * cfg.apgd_steps))
       return found
@@ -683,8 +733,16 @@ def markdown(result: Dict[str, object]) -> str:
             f'({result["examples"]} images; sweeps on the first '
             f'{result["sweep_examples"]}, gradient mode '
             f'{result["sweep_mode"]}):', '',
-            robustness.markdown_table(result['rows']),
-            '| eps | accuracy (%) |', '|---|---|']
+            robustness.markdown_table(result['rows'])]
+  if result.get('compared_rows'):
+    lines += [f'Every attack on the first {result["sweep_examples"]} images '
+              '(what the checks compare):', '',
+              robustness.markdown_table(result['compared_rows'])]
+  if result.get('seconds'):
+    lines += ['Seconds: ' + ', '.join(
+        f'{part.replace("_", " ")} {value:.0f}'
+        for part, value in result['seconds'].items()), '']
+  lines += ['| eps | accuracy (%) |', '|---|---|']
   lines += [f'| {p["eps"]:g} | {100 * p["accuracy"]:.2f} |'
             for p in result['eps_sweep']]
   lines += ['', '| APGD-CE steps | accuracy (%) |', '|---|---|']

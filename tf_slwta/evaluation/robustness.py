@@ -224,16 +224,29 @@ class _BatchEvaluator:
         fn, cfg, self.gradient_modes, transfer_logits_fn, self.num_classes,
         stochastic)
     self.keep_picks = False
+    self.passes: List[float] = []  # A batch's decisions' mean passes.
     if extra_attacks is not None:
       self.variants += extra_attacks(fn, self.gradient_modes)
-    self.grouped = attack_suite.variants_by_attack(self.variants)
-    self.per_mode = [v.label for v in self.variants if rows_per_mode and
-                     v.mode and len(self.grouped[v.name]) > 1]
-    self.names = ['natural', *self.grouped, 'combined', *self.per_mode]
+    self.cascade = cfg.cascade and cfg.combined == 'worst_case'
+    if self.cascade:
+      # Cheapest and strongest first; only the worst case is a row, since
+      # each attack runs on the images no earlier one broke.
+      self.variants = attack_suite.cascade_order(self.variants)
+      self.grouped, self.per_mode = {}, []
+      self.names = ['natural', 'combined']
+    else:
+      self.grouped = attack_suite.variants_by_attack(self.variants)
+      self.per_mode = [v.label for v in self.variants if rows_per_mode and
+                       v.mode and len(self.grouped[v.name]) > 1]
+      self.names = ['natural', *self.grouped, 'combined', *self.per_mode]
 
   def decide(self, images, y):
-    return scoring.decide_repeated(self.replica.logits_fn, images, y,
-                                   self.cfg.mc_samples, self.repeats)
+    """`repeats` fresh decisions (settled early when they can be); the mean
+    passes each used go to `self.passes`."""
+    return scoring.decide_repeated(
+        self.replica.logits_fn, images, y, self.cfg.mc_samples, self.repeats,
+        self.cfg.decision_block if self.stochastic else 0,
+        self.cfg.decision_z, self.passes)
 
   def decision_cost(self) -> float:
     """Passes per image of one verdict (`repeats` decisions)."""
@@ -245,7 +258,7 @@ class _BatchEvaluator:
 
   def scoring_cost(self) -> float:
     """Passes per image of a batch's fresh scoring decisions."""
-    rows = len(self.grouped) + 1 + len(self.per_mode)
+    rows = len(self.grouped) + 1 + len(self.per_mode)  # (+ combined)
     return rows * self.decision_cost() if self.stochastic else 1.0
 
   def _reseed(self, index: int, part: int) -> None:
@@ -271,6 +284,7 @@ class _BatchEvaluator:
     seed = tf.constant(self.cfg.seed * 1_000_003 + index, tf.int64)
     xt, yt = tf.constant(x), tf.constant(y, tf.int64)
     out = {}
+    self.passes = []  # This batch's decisions' mean passes.
 
     def put(name, images, ok, probs):
       size = attack_suite.image_size(images - x)
@@ -291,25 +305,41 @@ class _BatchEvaluator:
     clean_ok, clean_probs = self.decide(xt, y)
     put('natural', x, clean_ok, clean_probs)
     outputs = {}
+    # The cascade: each attack runs only on the images no attack before it
+    # broke (by the verdicts so far); an image it did not run on counts as
+    # right for it, so it is never its pick.
+    standing = clean_ok.mean(axis=0) >= 0.5
+    ids = np.arange(len(y))
     for part, variant in enumerate(self.variants, start=1):
       label = variant.label
       saved = (record.load_part(index, label, inputs) if record is not None
                else None)
       if saved is None:
-        self._reseed(index, part)
-        with progress.task(f'{label} on {where}'.strip(), kind=label,
-                           cost=self.variant_cost(variant) * len(y)) as task:
-          start = time.perf_counter()
-          with reporting.reporter(task.update):
-            output = variant.run(xt, yt, seed).numpy()
-          seconds = time.perf_counter() - start
-          ok, probs = self.decide(output, y)
+        todo = ids[standing] if self.cascade else ids
+        output, probs = x.copy(), clean_probs.copy()
+        ok = np.ones_like(clean_ok)
+        start = time.perf_counter()
+        if len(todo):
+          self._reseed(index, part)
+          with progress.task(f'{label} on {where}'.strip(), kind=label,
+                             cost=self.variant_cost(variant) * len(todo)
+                             ) as task:
+            with reporting.reporter(task.update):
+              output[todo] = variant.run(
+                  tf.gather(xt, todo), tf.gather(yt, todo), seed,
+                  tf.constant(todo, tf.int64)).numpy()
+            ok[:, todo], probs[todo] = self.decide(output[todo], y[todo])
         saved = {'output': output, 'ok': ok, 'probs': probs,
-                 'seconds': np.float64(seconds)}
+                 'attacked': np.isin(ids, todo),
+                 'seconds': np.float64(time.perf_counter() - start)}
         if record is not None:
           record.save_part(index, label, saved, inputs)
       outputs[label] = saved
+      broke = standing & (saved['ok'].mean(axis=0) < 0.5)
+      standing &= ~broke
       out[f'seconds/{label}'] = np.float64(saved['seconds'])
+      out[f'attacked/{label}'] = np.int64(saved['attacked'].sum())
+      out[f'broke/{label}'] = np.int64(broke.sum())
     self._reseed(index, len(self.variants) + 1)
     with progress.task(f'scoring {where}'.strip(), kind='scoring',
                        cost=self.scoring_cost() * len(y), counted=False):
@@ -317,12 +347,18 @@ class _BatchEvaluator:
                          score)
     if self.keep_picks:  # Every image's worst-case pick, for the caller.
       out['combined/picks'] = pick
+    out['decision/passes'] = np.float64(np.mean(self.passes))
     return out
 
   def _score(self, x, y, xt, yt, seed, clean_ok, clean_probs, outputs,
              score) -> np.ndarray:
     """Every row's pick per image, scored by fresh decisions (`score`);
     returns the combined row's picks `[b, H, W, C]`."""
+    if self.cascade:  # The worst of every attack's output, freshly scored.
+      pool = scoring.Candidates([x], [clean_ok], [clean_probs])
+      for made in outputs.values():
+        pool.add(made['output'], made['ok'], made['probs'])
+      return score('combined', pool)[0]
     # The combined worst case chooses among each attack's pick, judged by
     # the fresh decisions that scored it (unbiased by its own selection).
     picks = scoring.Candidates([x], [clean_ok], [clean_probs])
@@ -495,6 +531,8 @@ def evaluate_robustness(logits_fn: Optional[attacks.eot.LogitsFn],
             f'again to compute it.')
   rows = {name: scoring.Row() for name in first.names}
   seconds: Dict[str, float] = {}
+  attacked: Dict[str, int] = {}
+  broke: Dict[str, int] = {}
   for index in range(count):
     arrays = done[index]
     y = labels[bounds[index][0]:bounds[index][1]]
@@ -505,13 +543,27 @@ def evaluate_robustness(logits_fn: Optional[attacks.eot.LogitsFn],
         examples.add(name, arrays[f'{name}/images'], y,
                      arrays[f'{name}/probs'], ok.mean(axis=0) >= 0.5)
     for k, v in arrays.items():
-      if k.startswith('seconds/'):
-        attack = k.split('/', 1)[1]
-        seconds[attack] = seconds.get(attack, 0.0) + float(v)
+      kind, _, attack = k.partition('/')
+      if kind in ('seconds', 'attacked', 'broke'):
+        tally = {'seconds': seconds, 'attacked': attacked,
+                 'broke': broke}[kind]
+        tally[attack] = tally.get(attack, 0) + v.item()
   if first.keep_picks:
     picks['combined'] = np.concatenate(
         [done[index]['combined/picks'] for index in range(count)])
-  return _table(first, rows, seconds, cfg, len(images), outcomes)
+  table = _table(first, rows, seconds, cfg, len(images), outcomes)
+  passes = [(float(done[i]['decision/passes']), bounds[i][1] - bounds[i][0])
+            for i in range(count) if 'decision/passes' in done[i]]
+  for row in table:  # Mean passes per decision, over the batches.
+    row['passes'] = (sum(p * n for p, n in passes) /
+                     sum(n for _, n in passes)) if passes else None
+  if first.cascade:  # What each attack of the cascade did, in its order.
+    for row in table:
+      row['cascade'] = [{'attack': v.label, 'attacked': attacked.get(v.label, 0),
+                         'broke': broke.get(v.label, 0),
+                         'seconds': seconds.get(v.label, 0.0)}
+                        for v in first.variants]
+  return table
 
 
 def _spread(evaluators, todo, work) -> None:
@@ -594,15 +646,26 @@ def table_notes(rows: Sequence[Dict[str, object]]) -> List[str]:
   by_name = {r['attack']: r for r in rows}
   count = rows[0]['examples'] if rows else 0
   if stochastic_table(rows):
+    passes = rows[0].get('passes')
     notes.append(
         f'{count} test images, each decision the mean softmax of several '
-        f'passes, each image scored by {rows[0].get("repeats")} fresh '
+        'passes' + (f' ({passes:.1f} on average, drawn until the answer was '
+                    'settled)' if passes else '') +
+        f', each image scored by {rows[0].get("repeats")} fresh '
         'decisions; ± MC s.e. is the Monte Carlo standard error of those '
         'decisions, ± image s.e. sqrt(p (1 - p) / N) the spread over test '
         'images.')
   else:
     notes.append(f'{count} test images; the model is deterministic (one '
                  'decision per image); ± image s.e. is sqrt(p (1 - p) / N).')
+  cascade = rows[0].get('cascade') if rows else None
+  if cascade:
+    notes.append(
+        'A cascade: each attack ran only on the images no attack before it '
+        'had broken, cheapest and strongest first (attacked -> broken): ' +
+        ', '.join(f'{c["attack"]} {c["attacked"]} -> {c["broke"]}'
+                  for c in cascade) + '. The per-attack table takes '
+        '--nocascade.')
   inert = rows[0].get('inert_modes') if rows else ''
   if inert:
     notes.append(

@@ -19,7 +19,8 @@ from tf_slwta.attacks import common as attack_common
 
 
 def decide_repeated(logits_fn: attacks.eot.LogitsFn, x, y: np.ndarray,
-                    mc_samples: int, repeats: int):
+                    mc_samples: int, repeats: int, block: int = 0,
+                    z: float = 3.5, passes: Optional[List[float]] = None):
   """`repeats` fresh decisions on the same images.
 
   Args:
@@ -28,14 +29,28 @@ def decide_repeated(logits_fn: attacks.eot.LogitsFn, x, y: np.ndarray,
     y: int labels `[B]`.
     mc_samples: passes per decision, >= 1.
     repeats: decisions, >= 1.
+    block: 0 draws every decision's mc_samples passes; > 0 draws them that
+      many at a time and stops once the answer is settled at `z` standard
+      errors (`attacks.eot.settled_probabilities`).
+    z: see `block`.
+    passes: if given, each decision's mean passes per image is appended.
 
   Returns:
     (bool `[repeats, B]`: decision r is right; float32 `[B, K]`: the mean
-    probabilities over every pass of every decision).
+    probabilities over every decision (each decision's own mean weighted
+    equally)).
   """
   oks, total = [], 0.0
   for _ in range(repeats):
-    probs = attacks.mean_probabilities(logits_fn, x, mc_samples).numpy()
+    if block and mc_samples > block:
+      probs, used = attacks.eot.settled_probabilities(logits_fn, x,
+                                                      mc_samples, block, z)
+      probs, used = probs.numpy(), used.numpy()
+    else:
+      probs = attacks.mean_probabilities(logits_fn, x, mc_samples).numpy()
+      used = np.full(len(probs), mc_samples)
+    if passes is not None:
+      passes.append(float(np.mean(used)))
     oks.append(probs.argmax(axis=-1) == y)
     total = total + probs
   return np.stack(oks), (total / repeats).astype(np.float32)
