@@ -69,12 +69,29 @@ def _part_seconds(folder):
   return parts
 
 
+# Run in another checkout: keeps of config.json only the settings that
+# checkout knows (a run trained by newer code records fields it lacks).
+_KNOWN_SETTINGS = r"""
+import json, sys
+from tf_slwta import config
+known = config.ExperimentConfig().to_dict()
+saved = json.load(open(sys.argv[1]))
+kept = {key: ({k: v for k, v in value.items() if k in known[key]}
+              if isinstance(known[key], dict) else value)
+        for key, value in saved.items() if key in known}
+json.dump(kept, open(sys.argv[1], 'w'), indent=2, sort_keys=True)
+"""
+
+
 def run(label, code, args, source, scratch):
   """Runs `python main.py ARGS` of checkout `code` on a copy of `source`."""
   folder = os.path.join(scratch, label)
   shutil.copytree(source, folder, ignore=shutil.ignore_patterns(
       'evaluations', '.lock'))
   env = {**os.environ, 'PYTHONPATH': code, 'TF_CPP_MIN_LOG_LEVEL': '2'}
+  if os.path.abspath(code) != REPO:
+    subprocess.run([sys.executable, '-c', _KNOWN_SETTINGS,
+                    os.path.join(folder, 'config.json')], env=env, check=True)
   start = time.perf_counter()
   done = subprocess.run([sys.executable, os.path.join(code, 'main.py'),
                          f'--output_dir={folder}', *args], env=env,
