@@ -420,6 +420,13 @@ class AttackConfig:
       the runner-up is this many standard errors from being overturned by
       the passes left (3.5: it differed from the full decision for 0.2-0.6%
       of images on toys; `attacks.eot.settled_probabilities`).
+    passes_per_call: Monte Carlo and EOT passes of a batch run as one call
+      on the batch tiled this many times (`attacks.eot.BatchedPasses`), >= 1.
+      1 on CPUs, where it measured no faster
+      (`benchmarks/batched_passes.py`); on a GPU that a batch leaves idle,
+      raise it as memory allows.
+    max_call_images: the most images one batched call may hold (the memory
+      cap of passes_per_call), >= 1.
   """
   attacks: Tuple[str, ...] = ATTACKS[:4]
   combined: str = 'worst_case'
@@ -452,6 +459,8 @@ class AttackConfig:
   cascade: bool = False
   decision_block: int = 2
   decision_z: float = 3.5
+  passes_per_call: int = 1
+  max_call_images: int = 8192
 
   def threat_model(self, attack: str) -> str:
     """The threat model `attack` works in: the norm and radius of the
@@ -469,7 +478,8 @@ class AttackConfig:
     _check_choice('aa_norm', self.aa_norm, AA_NORMS)
     _check_at_least('aa_eps', self.aa_eps, 0)
     for name in ('apgd_steps', 'apgd_restarts', 'apgd_target_classes',
-                 'square_queries', 'decision_repeats'):
+                 'square_queries', 'decision_repeats', 'passes_per_call',
+                 'max_call_images'):
       _check_at_least(name, getattr(self, name), 1)
     _check_at_least('decision_block', self.decision_block, 0)
     _check_at_least('decision_z', self.decision_z, 0)

@@ -18,6 +18,102 @@ import tensorflow as tf
 LogitsFn = Callable[[tf.Tensor], tf.Tensor]
 
 
+class BatchedPasses:
+  """A logits function that can run several passes of a batch in one call.
+
+  Calling it is one pass, as the wrapped function. `stacked(x, k)` tiles the
+  batch k times and runs the k passes as one batch of k B images (each copy
+  draws its own randomness, since a stochastic layer draws per element), so
+  a device that is idle on B images gets k times the work per call. The
+  helpers of this module use it for their Monte Carlo and EOT passes; any
+  other logits function runs one pass per call. Whether it pays depends on
+  the device and batch: measure with `benchmarks/batched_passes.py`.
+
+  Args:
+    logits_fn: images `[B, ...]` -> logits `[B, K]`; examples must not
+      interact (training=False).
+    passes_per_call: most passes per call, >= 1.
+    max_images: most images per call (k B <= max_images, k >= 1): the cap
+      that keeps memory bounded.
+  """
+
+  def __init__(self, logits_fn: LogitsFn, passes_per_call: int,
+               max_images: int):
+    if passes_per_call < 1 or max_images < 1:
+      raise ValueError(
+          f'passes_per_call ({passes_per_call}) and max_images '
+          f'({max_images}) must be >= 1.')
+    self.logits_fn = logits_fn
+    self.passes_per_call = passes_per_call
+    self.max_images = max_images
+
+  def __call__(self, x: tf.Tensor) -> tf.Tensor:
+    return self.logits_fn(x)
+
+  def per_call(self, x: tf.Tensor, samples: int) -> int:
+    """Passes per call for `samples` passes of `x`, within the caps; >= 1."""
+    batch = x.shape[0]
+    room = (self.max_images // batch) if batch else self.passes_per_call
+    return max(1, min(self.passes_per_call, samples, room))
+
+  def stacked(self, x: tf.Tensor, k: int) -> tf.Tensor:
+    """Logits of k passes of `x` `[B, ...]` in one call: float32 `[k, B, K]`."""
+    if k == 1:
+      return self.logits_fn(x)[None]
+    logits = self.logits_fn(tf.concat([x] * k, axis=0))
+    return tf.reshape(logits, tf.concat([[k, tf.shape(x)[0]],
+                                         tf.shape(logits)[1:]], axis=0))
+
+
+def batched(logits_fn: LogitsFn, passes_per_call: int = 1,
+            max_images: int = 8192) -> LogitsFn:
+  """`logits_fn` as a `BatchedPasses` when passes_per_call > 1, else itself."""
+  if passes_per_call <= 1:
+    return logits_fn
+  return BatchedPasses(logits_fn, passes_per_call, max_images)
+
+
+def _per_call(logits_fn: LogitsFn, x: tf.Tensor, samples: int) -> int:
+  if isinstance(logits_fn, BatchedPasses):
+    return logits_fn.per_call(x, samples)
+  return 1
+
+
+def _stacked(logits_fn: LogitsFn, x: tf.Tensor, k: int) -> tf.Tensor:
+  """float32 `[k, B, K]` logits of k passes (k calls unless batched)."""
+  if isinstance(logits_fn, BatchedPasses):
+    return logits_fn.stacked(x, k)
+  return logits_fn(x)[None]
+
+
+def _over_passes(one_call, samples: int, k: int, combine):
+  """Folds `one_call(k)` over `samples` passes drawn k at a time.
+
+  `one_call(n)` returns a tuple of tensors, each already reduced over its n
+  passes (a sum, or a logsumexp); `combine` folds two such tuples. Full
+  calls of k run in one `tf.while_loop` (one graph however many passes);
+  a remainder of samples mod k passes is one more call.
+  """
+  calls, rest = divmod(samples, k)
+  total = one_call(k)
+  if calls > 1:
+    _, *total = tf.while_loop(
+        lambda i, *_: i < calls,
+        lambda i, *acc: (i + 1, *combine(acc, one_call(k))),
+        (tf.constant(1), *total))
+  if rest:
+    total = combine(total, one_call(rest))
+  return tuple(total)
+
+
+def _add(a, b):
+  return tuple(u + v for u, v in zip(a, b))
+
+
+def _logsumexp2(a, b):
+  return tf.math.reduce_logsumexp(tf.stack([a, b]), axis=0)
+
+
 def mean_over_samples(fn: Callable[[], tf.Tensor], samples: int) -> tf.Tensor:
   """Averages `fn()` over `samples` calls, in a loop that stays one graph.
 
@@ -50,7 +146,11 @@ def mean_probabilities(logits_fn: LogitsFn, x: tf.Tensor,
   Returns:
     float32 `[B, K]`, rows summing to 1.
   """
-  return mean_over_samples(lambda: tf.nn.softmax(logits_fn(x)), mc_samples)
+  k = _per_call(logits_fn, x, mc_samples)
+  (total,) = _over_passes(
+      lambda n: (tf.reduce_sum(tf.nn.softmax(_stacked(logits_fn, x, n)),
+                               axis=0),), mc_samples, k, _add)
+  return total / mc_samples
 
 
 def mean_log_probabilities(logits_fn: LogitsFn, x: tf.Tensor,
@@ -69,14 +169,11 @@ def mean_log_probabilities(logits_fn: LogitsFn, x: tf.Tensor,
   Returns:
     float32 `[B, K]`, each row's logsumexp 0.
   """
-  first = tf.nn.log_softmax(logits_fn(x))
-  if samples == 1:
-    return first
-  _, total = tf.while_loop(
-      lambda i, _: i < samples,
-      lambda i, acc: (i + 1, tf.math.reduce_logsumexp(
-          tf.stack([acc, tf.nn.log_softmax(logits_fn(x))]), axis=0)),
-      (tf.constant(1), first))
+  k = _per_call(logits_fn, x, samples)
+  (total,) = _over_passes(
+      lambda n: (tf.math.reduce_logsumexp(
+          tf.nn.log_softmax(_stacked(logits_fn, x, n)), axis=0),),
+      samples, k, lambda a, b: (_logsumexp2(a[0], b[0]),))
   return total - tf.math.log(tf.cast(samples, total.dtype))
 
 
@@ -97,17 +194,13 @@ def probabilities_and_loss(logits_fn: LogitsFn,
     (float32 `[B, K]` mean probabilities, float32 `[B]` mean loss).
   """
 
-  def one_pass():
-    logits = logits_fn(x)
-    return tf.nn.softmax(logits), loss_of_logits(logits)
+  def one_call(n):
+    logits = _stacked(logits_fn, x, n)
+    return (tf.reduce_sum(tf.nn.softmax(logits), axis=0),
+            tf.add_n([loss_of_logits(logits[i]) for i in range(n)]))
 
-  if samples == 1:
-    return one_pass()
-  first = one_pass()
-  _, *totals = tf.while_loop(
-      lambda i, *_: i < samples,
-      lambda i, *acc: (i + 1, *[a + b for a, b in zip(acc, one_pass())]),
-      (tf.constant(1), *first))
+  totals = _over_passes(one_call, samples, _per_call(logits_fn, x, samples),
+                        _add)
   return tuple(t / samples for t in totals)
 
 
@@ -130,24 +223,19 @@ def loss_gradient(logits_fn: LogitsFn,
     `[B]` of the same passes).
   """
 
-  def one_pass():
+  def one_call(n):
     with tf.GradientTape() as tape:
       tape.watch(x)
-      logits = logits_fn(x)
-      losses = loss_of_logits(logits)
+      logits = _stacked(logits_fn, x, n)
+      losses = tf.add_n([loss_of_logits(logits[i]) for i in range(n)])
       loss = tf.reduce_sum(losses)
     grad = tape.gradient(loss, x)
     if grad is None:  # No path from the input (e.g. a hard quantizer).
       grad = tf.zeros_like(x)
-    return grad, tf.nn.softmax(logits), losses
+    return grad, tf.reduce_sum(tf.nn.softmax(logits), axis=0), losses
 
-  if eot_samples == 1:
-    return one_pass()
-  first = one_pass()
-  _, *totals = tf.while_loop(
-      lambda i, *_: i < eot_samples,
-      lambda i, *acc: (i + 1, *[a + b for a, b in zip(acc, one_pass())]),
-      (tf.constant(1), *first))
+  totals = _over_passes(one_call, eot_samples,
+                        _per_call(logits_fn, x, eot_samples), _add)
   return tuple(t / eot_samples for t in totals)
 
 
@@ -186,29 +274,25 @@ def decision_margin_gradient(logits_fn: LogitsFn, x: tf.Tensor,
   other = tf.argmax(tf.where(label, -float('inf'), lag), axis=-1)
   pick = lambda values, k: tf.gather(values, k, batch_dims=1)
 
-  def one_pass():
+  def one_call(n):
     with tf.GradientTape() as tape:
       tape.watch(x)
-      log_p = tf.nn.log_softmax(logits_fn(x))
-      on_y, on_j = pick(log_p, y), pick(log_p, other)
+      log_p = tf.nn.log_softmax(_stacked(logits_fn, x, n))  # [n, B, K]
+      on_y = tf.stack([pick(log_p[i], y) for i in range(n)])
+      on_j = tf.stack([pick(log_p[i], other) for i in range(n)])
       weight_y = tf.stop_gradient(tf.exp(on_y - pick(lag, y)))
       weight_j = tf.stop_gradient(tf.exp(on_j - pick(lag, other)))
       objective = tf.reduce_sum(weight_j * on_j - weight_y * on_y)
     grad = tape.gradient(objective, x)
     if grad is None:  # No path from the input (e.g. a hard quantizer).
       grad = tf.zeros_like(x)
-    return grad, log_p
+    return grad, tf.math.reduce_logsumexp(log_p, axis=0)
 
-  grad, log_p = one_pass()
-  if samples > 1:
-    _, grad, log_p = tf.while_loop(
-        lambda i, *_: i < samples,
-        lambda i, g, lp: (i + 1, *(
-            lambda new: (g + new[0], tf.math.reduce_logsumexp(
-                tf.stack([lp, new[1]]), axis=0)))(one_pass())),
-        (tf.constant(1), grad, log_p))
-    grad = grad / samples
-    log_p = log_p - tf.math.log(float(samples))
+  grad, log_p = _over_passes(
+      one_call, samples, _per_call(logits_fn, x, samples),
+      lambda a, b: (a[0] + b[0], _logsumexp2(a[1], b[1])))
+  grad = grad / samples
+  log_p = log_p - tf.math.log(float(samples))
   wrong = tf.reduce_max(tf.where(label, -float('inf'), log_p), axis=-1)
   return grad, log_p, wrong - pick(log_p, y)
 
@@ -251,14 +335,20 @@ def settled_probabilities(logits_fn: LogitsFn, x, cap: int, block: int = 2,
   active = np.arange(batch)
   probs = first
   while len(active):
-    rounds = min(block, cap - int(passes[active[0]])) if len(active) else 0
-    for _ in range(rounds):
-      if probs is None:
-        probs = tf.nn.softmax(logits_fn(tf.gather(x, active))).numpy()
+    rounds = min(block, cap - int(passes[active[0]]))
+    drawn = [] if probs is None else [probs]
+    if rounds > len(drawn):
+      points = tf.gather(x, active)
+      n = rounds - len(drawn)
+      drawn += list(tf.nn.softmax(_stacked(logits_fn, points, n)).numpy()
+                    if _per_call(logits_fn, points, n) == n else
+                    [tf.nn.softmax(logits_fn(points)).numpy()
+                     for _ in range(n)])
+    for probs in drawn[:rounds]:
       total[active] += probs
       square[active] += probs[:, :, None] * probs[:, None, :]
       passes[active] += 1
-      probs = None
+    probs = None
     n = passes[active].astype(np.float64)
     mean = total[active] / n[:, None]
     order = np.argsort(-mean, axis=1)

@@ -27,7 +27,7 @@ SECTIONS = {
                'apgd_restarts', 'apgd_target_classes', 'square_queries',
                'square_p_init', 'gradient_modes', 'transfer_from',
                'decision_repeats', 'cascade', 'decision_block',
-               'decision_z'),
+               'decision_z', 'passes_per_call', 'max_call_images'),
     'train': ('epochs', 'kl_anneal_epochs', 'learning_rate', 'momentum', 'nesterov',
               'weight_decay', 'lr_schedule', 'lr_warmup_epochs',
               'lr_decay_epochs', 'lr_decay_ratio', 'label_smoothing', 'seed',
@@ -408,3 +408,10 @@ def define(fv: flags.FlagValues) -> None:
   flags.DEFINE_float('decision_z', d_attack.decision_z,
                      'Standard errors that settle a decision early.',
                      flag_values=fv)
+  flags.DEFINE_integer('passes_per_call', d_attack.passes_per_call,
+                       'Monte Carlo/EOT passes run as one call on the batch '
+                       'tiled this many times (1 on CPUs; raise it on a GPU '
+                       'a batch leaves idle).', flag_values=fv)
+  flags.DEFINE_integer('max_call_images', d_attack.max_call_images,
+                       'Most images in one batched call (memory cap of '
+                       '--passes_per_call).', flag_values=fv)

@@ -171,12 +171,14 @@ def gradient_modes(logits_fn: eot.LogitsFn, cfg: config_lib.AttackConfig,
   responsive = surrogate.responsive_modes(logits_fn, asked, probe)
   explicit = tuple(cfg.gradient_modes) != ('auto',)
   run = [m for m in asked if m in responsive or explicit]
-  functions = {m: surrogate.surrogate_logits_fn(logits_fn, m) for m in run}
+  batch = lambda fn: eot.batched(fn, cfg.passes_per_call, cfg.max_call_images)
+  functions = {m: batch(surrogate.surrogate_logits_fn(logits_fn, m))
+               for m in run}
   for name, fn in (extra or {}).items():
     if name in functions:
       raise ValueError(f'gradient function {name!r} has the name of a '
                        f'built-in gradient mode; name it otherwise.')
-    functions[name] = fn
+    functions[name] = batch(fn)
   quiet = [m for m, fn in functions.items() if not is_stochastic(fn, probe)]
   return GradientModes(functions, tuple(quiet),
                        tuple(m for m in asked if m not in run))

@@ -213,7 +213,9 @@ class _BatchEvaluator:
   def __init__(self, replica: Replica, cfg: config_lib.AttackConfig,
                stochastic: bool, probe, transfer_logits_fn, extra_attacks,
                rows_per_mode: bool, gradient_fns=None):
-    fn = replica.logits_fn
+    # Monte Carlo and EOT passes several to a call where that is set.
+    fn = self.logits_fn = attacks.eot.batched(
+        replica.logits_fn, cfg.passes_per_call, cfg.max_call_images)
     self.replica, self.cfg, self.stochastic = replica, cfg, stochastic
     self.gradient_modes = attack_suite.gradient_modes(fn, cfg, stochastic,
                                                       probe, gradient_fns)
@@ -244,7 +246,7 @@ class _BatchEvaluator:
     """`repeats` fresh decisions (settled early when they can be); the mean
     passes each used go to `self.passes`."""
     return scoring.decide_repeated(
-        self.replica.logits_fn, images, y, self.cfg.mc_samples, self.repeats,
+        self.logits_fn, images, y, self.cfg.mc_samples, self.repeats,
         self.cfg.decision_block if self.stochastic else 0,
         self.cfg.decision_z, self.passes)
 
