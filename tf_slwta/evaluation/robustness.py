@@ -619,10 +619,15 @@ def _table(evaluator, rows, seconds, cfg, examples, outcomes):
     threat = (variant.threat if variant is not None and variant.threat else
               attack_suite.threat_model(base, cfg))
     if name == 'combined':
-      parts = [threats[n] for n in evaluator.grouped]
+      # A cascade has no per-attack rows: its attacks are the variants'.
+      members = list(evaluator.grouped) or list(dict.fromkeys(
+          v.name for v in evaluator.variants))
+      parts = [threats.get(n) or (
+          given[n].threat if given[n].threat else
+          attack_suite.threat_model(n, cfg)) for n in members]
       threat = ' + '.join(dict.fromkeys(parts))
       if cfg.combined == 'worst_case':
-        text = f'worst case of {"+".join(evaluator.grouped)}'
+        text = f'worst case of {"+".join(members)}'
     threats[name] = threat
     spent = sum(t for label, t in seconds.items()
                 if label == name or label.startswith(name + '/'))
