@@ -90,8 +90,11 @@ def run(label, code, args, source, scratch):
       'evaluations', '.lock'))
   env = {**os.environ, 'PYTHONPATH': code, 'TF_CPP_MIN_LOG_LEVEL': '2'}
   if os.path.abspath(code) != REPO:
+    # In that checkout's folder: `python -c` puts the current folder first
+    # on sys.path, ahead of PYTHONPATH.
     subprocess.run([sys.executable, '-c', _KNOWN_SETTINGS,
-                    os.path.join(folder, 'config.json')], env=env, check=True)
+                    os.path.join(folder, 'config.json')], env=env, check=True,
+                   cwd=code)
   start = time.perf_counter()
   done = subprocess.run([sys.executable, os.path.join(code, 'main.py'),
                          f'--output_dir={folder}', *args], env=env,
@@ -117,6 +120,10 @@ def main():
   parser.add_argument('--skip', default='',
                       help='commands to leave out: aa_rand,audit,...')
   parser.add_argument('--output', default='runs/audit_cost.json')
+  parser.add_argument('--keep', default='',
+                      help='a folder to keep the run copies in (their '
+                      'audit.json, robustness.json); default: a temporary '
+                      'folder, deleted')
   args = parser.parse_args()
   common = [f'--aa_eps={args.aa_eps}', f'--mc_samples={args.mc_samples}',
             f'--eval_examples={args.examples}']
@@ -130,7 +137,9 @@ def main():
                  [f'--flagfile={flagfile}', *common]))
   skip = set(args.skip.split(','))
   results = []
-  with tempfile.TemporaryDirectory() as scratch:
+  with tempfile.TemporaryDirectory() as temporary:
+    scratch = args.keep or temporary
+    os.makedirs(scratch, exist_ok=True)
     for label, code, job_args in jobs:
       if label in skip:
         continue
