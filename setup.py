@@ -62,6 +62,8 @@ setuptools.setup(
     ],
     extras_require={
         'test': ['pytest>=8,<10', 'pytest-xdist>=3.5,<4',
-                 'adversarial-robustness-toolbox>=1.17,<2'],
+                 'adversarial-robustness-toolbox>=1.17,<2',
+                 # Mutation score of the audit's checks (BENCHMARKS.md).
+                 'mutmut>=2.4,<3'],
     },
 )

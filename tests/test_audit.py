@@ -99,10 +99,10 @@ def test_audit_passes_a_sound_model(uint8_batch):
   assert result['failed'] == [], result['checks']
   statuses = {c['name']: c['status'] for c in result['checks']}
   assert statuses == {
-      'gradients': 'passed', 'eps_to_zero': 'passed',
-      'eps_monotone': 'passed', 'steps_monotone': 'passed',
+      'gradients': 'passed', 'gradient_direction': 'passed',
+      'eps_to_zero': 'passed', 'eps_monotone': 'passed', 'steps_monotone': 'passed',
       'single_step': 'passed', 'gradient_free': 'passed',
-      'transfer': 'not run', 'noise_floor': 'passed',
+      'transfer': 'passed', 'noise_floor': 'passed',
       'gradient_modes': 'not run', 'monte_carlo': 'passed'}
   by_name = {r['attack']: r for r in result['rows']}
   # The table's worst case is the strongest number found.
@@ -150,7 +150,7 @@ _EPS = [{'eps': e, 'accuracy': a, 'mc_se': 0.0}
         for e, a in ((0.05, 0.6), (0.1, 0.4), (0.2, 0.1), (0.4, 0.0))]
 _STEPS = [{'steps': n, 'accuracy': a, 'mc_se': 0.0}
           for n, a in ((10, 0.45), (25, 0.41), (50, 0.40))]
-_HEALTHY = {'sample': {'ce': 0.0, 'margin': 0.0}}
+_HEALTHY = {'sample': {'ce': 0.0, 'margin': 0.0, 'explained': 0.9}}
 
 
 def _verdicts(rows=None, eps=_EPS, steps=_STEPS, gradients=_HEALTHY,
@@ -171,6 +171,11 @@ def test_every_check_passes_on_sound_numbers():
     (dict(gradients={'sample': {'ce': 0.9, 'margin': 0.0}}), 'gradients'),
     (dict(gradients={'sample': {'ce': 0.0, 'margin': 0.5},
                      'expected': {'ce': 0.3, 'margin': 0.3}}), 'gradients'),
+    # A gradient step delivers almost nothing of what it promises, in
+    # every mode: shattered, or lying.
+    (dict(gradients={'sample': {'ce': 0.0, 'margin': 0.0, 'explained': 0.02},
+                     'expected': {'ce': 0.0, 'margin': 0.0,
+                                  'explained': -0.3}}), 'gradient_direction'),
     # 4% at the largest radius is fine for 10 classes, not for 100.
     (dict(eps=_EPS[:-1] + [{'eps': 0.4, 'accuracy': 0.04, 'mc_se': 0.0}],
           classes=100), 'eps_to_zero'),

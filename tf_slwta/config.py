@@ -564,6 +564,9 @@ class AuditConfig:
     escalation_rounds: at most this many rounds, >= 1.
     escalation_queries: Square's queries per restart in escalation (0:
       ten times --square_queries, at least 1,000).
+    distill_examples: without a transfer source, the table's transfer
+      attack comes from a small network distilled from the model's own
+      answers around the first this many images (0: no transfer row).
   """
   sweep_examples: int = 200
   eps_multiples: Tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
@@ -574,12 +577,14 @@ class AuditConfig:
   escalate: bool = True
   escalation_rounds: int = 3
   escalation_queries: int = 0
+  distill_examples: int = 500
 
   def __post_init__(self):
     _check_finite(self)
     _check_at_least('audit_sweep_examples', self.sweep_examples, 1)
     _check_at_least('audit_noise_draws', self.noise_draws, 1)
     _check_at_least('audit_escalation_rounds', self.escalation_rounds, 1)
+    _check_at_least('audit_distill_examples', self.distill_examples, 0)
     _check_at_least('audit_escalation_queries', self.escalation_queries, 0)
     for name, values in (('audit_eps_multiples', self.eps_multiples),
                          ('audit_steps', self.sweep_steps)):

@@ -36,6 +36,7 @@ _RENAMED = {
     'audit_escalate': ('audit', 'escalate'),
     'audit_escalation_rounds': ('audit', 'escalation_rounds'),
     'audit_escalation_queries': ('audit', 'escalation_queries'),
+    'audit_distill_examples': ('audit', 'distill_examples'),
 }
 # Flags that set a field in a second section: {flag: (section, field)}.
 # --export_name and --export_version name the export and, for
@@ -125,7 +126,8 @@ def _audit_config(v) -> config_lib.AuditConfig:
       noise_draws=v['audit_noise_draws'], tolerance=v['audit_tolerance'],
       chance_share=v['audit_chance_share'], escalate=v['audit_escalate'],
       escalation_rounds=v['audit_escalation_rounds'],
-      escalation_queries=v['audit_escalation_queries'])
+      escalation_queries=v['audit_escalation_queries'],
+      distill_examples=v['audit_distill_examples'])
 
 
 def _certify_config(v) -> config_lib.CertifyConfig:

@@ -38,6 +38,7 @@ SECTIONS = {
     'audit': ('audit_sweep_examples', 'audit_eps_multiples', 'audit_steps',
               'audit_noise_draws', 'audit_tolerance', 'audit_chance_share',
               'audit_escalate', 'audit_escalation_rounds',
+              'audit_distill_examples',
               'audit_escalation_queries'),
     'certify': ('certify_sigma', 'certify_n0', 'certify_n', 'certify_alpha',
                 'certify_batch_size', 'certify_radii'),
@@ -251,6 +252,11 @@ def define(fv: flags.FlagValues) -> None:
                        'Square queries per restart in escalation (0: ten '
                        'times --square_queries, at least 1000).',
                        flag_values=fv)
+  flags.DEFINE_integer('audit_distill_examples', d_audit.distill_examples,
+                       'Without --transfer_from, the audit\'s transfer attack '
+                       'comes from a small network distilled from the model\'s '
+                       'answers around the first this many test images (0: '
+                       'none).', flag_values=fv)
   d_certify = config_lib.CertifyConfig()
   flags.DEFINE_float('certify_sigma', d_certify.sigma,
                      'Randomized smoothing noise std (--mode=certify).',

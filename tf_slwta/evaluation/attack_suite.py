@@ -347,10 +347,12 @@ def _transfer(source_fn: eot.LogitsFn,
 
 
 def transfer_variant(source_fn: eot.LogitsFn, cfg: config_lib.AttackConfig,
-                     num_classes: int = 10) -> Variant:
+                     num_classes: int = 10, settings: str = '') -> Variant:
   """'transfer': APGD-CE with the aa_* budget on `source_fn` (a plain
-  logits function, e.g. another run's model), judged on the attacked one."""
+  logits function, e.g. another run's model), judged on the attacked one;
+  `settings` overrides its settings text."""
   return Variant('transfer', '', compiled(_transfer(source_fn, cfg)),
+                 settings=settings,
                  cost=attack_cost('transfer', cfg, num_classes))
 
 

@@ -17,6 +17,10 @@ and radius (attacks configured at another radius, e.g. the seed's FGSM at
                      and for the logit margin): quantized inputs, purifiers
                      behind stop_gradient and saturated logits show here
                      outright.
+  gradient_direction a half-radius gradient step must deliver a tenth of
+                     the margin's drop it promises to first order, in some
+                     mode: shattered gradients, and gradients that lie, do
+                     not.
   eps_to_zero        APGD-CE at the largest radius must take accuracy to
                      about 0 (`chance_share` of chance) and below random
                      noise at that radius.
@@ -41,7 +45,10 @@ When a check says the gradients are masked, the audit does not stop at the
 number they give: it attacks the images still standing with what needs no
 gradient of the model (Square with a larger budget and restarts, in every
 mode, and APGD on a network distilled from the model's own answers around
-them, `distill`), judged by the decision rule and picked per image against
+them, `distill`), with APGD-DLR on the model itself (more restarts and
+EOT passes; its loss cannot saturate) and with APGD on the model's gradient
+averaged over small random shifts of the input (shattered gradients average
+out), judged by the decision rule and picked per image against
 the worst case so far, round after round until the worst case moves by
 less than a point. The table then gives that number ('escalated' row), says
 how far each round moved it, and that it is still only an upper bound.
@@ -77,12 +84,17 @@ _ITERATIVE = ('pgd_linf', 'pgd_l2', 'cw', 'apgd_ce', 'apgd_dlr', 'apgd_t',
 _WHITE_BOX = _ITERATIVE + ('single_step', 'fgsm')
 # Checks whose failure means the gradient attacks' number is not the real
 # one: they start the escalation.
-MASKING_CHECKS = ('gradients', 'eps_to_zero', 'eps_monotone',
-                  'steps_monotone', 'single_step', 'gradient_free',
-                  'transfer', 'noise_floor')
+MASKING_CHECKS = ('gradients', 'gradient_direction', 'eps_to_zero',
+                  'eps_monotone', 'steps_monotone', 'single_step',
+                  'gradient_free', 'transfer', 'noise_floor')
 # A share above this of images with a zero or non-finite gradient in every
 # mode fails `gradients`.
 ZERO_GRADIENT_SHARE = 0.1
+# Escalation's input-noise EOT: gradients averaged per step.
+_SMOOTHING_PASSES = 16
+# `gradient_direction` passes when in some mode a gradient step delivers at
+# least this share of the margin's drop it promises to first order.
+DIRECTION_SHARE = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,6 +203,25 @@ def checks(rows: Sequence[dict], eps_sweep: Sequence[dict],
            'gradient attacks cannot see the model')))
   else:
     found.append(_not_run('gradients', 'no gradient was measured'))
+  probed = {mode: g for mode, g in (gradients or {}).items()
+            if 'explained' in g}
+  if probed:
+    pointing = [mode for mode, g in probed.items()
+                if g['explained'] >= DIRECTION_SHARE]
+    shares_ = '; '.join(f'{mode}: {g["explained"]:.2f}'
+                        for mode, g in probed.items())
+    found.append(Check(
+        'gradient_direction', bool(pointing),
+        f'share of the drop of the decision margin a half-radius gradient '
+        f'step promises (to first order) that it delivers, by mode '
+        f'({shares_})' + ('' if pointing else
+                          f': below {DIRECTION_SHARE:g} in every mode: the '
+                          f'gradients do not say where the model goes '
+                          f'(shattered, or they lie), so the gradient '
+                          f'attacks are blind')))
+  else:
+    found.append(_not_run('gradient_direction',
+                          'no gradient direction was measured'))
   if eps_sweep:
     last = eps_sweep[-1]
     zero = cfg.chance_share / classes
@@ -320,26 +351,61 @@ def _mode_check(rows: Sequence[dict], tol: float, stochastic: bool) -> Check:
 
 
 def gradient_health(modes: attack_suite.GradientModes, images: np.ndarray,
-                    labels: np.ndarray, batch_size: int = 500
-                    ) -> Dict[str, Dict[str, float]]:
-  """How many images give no usable input gradient, per gradient mode.
+                    labels: np.ndarray, batch_size: int = 500,
+                    logits_fn: Optional[attacks.eot.LogitsFn] = None,
+                    eps: float = 0.0, norm: str = 'inf',
+                    mc_samples: int = 1) -> Dict[str, Dict[str, float]]:
+  """How many images give no usable input gradient, and whether the
+  gradient points anywhere, per gradient mode.
+
+  The second (with `logits_fn` and `eps`): one step of half the radius
+  along the margin loss's gradient (its sign for L-inf); the drop of each
+  image's decision margin (log of the softmax averaged over `mc_samples`
+  passes of the real model) that the gradient predicts to first order,
+  against the drop measured. An honest gradient explains a good part of
+  what happens (about all of it, on a smooth model); a shattered one
+  promises far more than happens, one that lies promises at random.
 
   Args:
     modes: the gradient modes and their logits functions.
     images: uint8 `[N, H, W, C]`.
     labels: int `[N]`.
     batch_size: images per call.
+    logits_fn: the model (images in [0, 1] -> logits `[B, K]`), or None to
+      skip the direction test.
+    eps, norm: the audited radius and norm ('inf' or '2').
+    mc_samples: passes per margin estimate.
 
   Returns:
     {mode: {'ce': share in [0, 1] of images whose cross-entropy gradient
     (one pass) is exactly 0 everywhere or not finite anywhere, 'margin':
-    the same for the logit margin z_y - max_{i != y} z_i}}.
+    the same for the logit margin z_y - max_{i != y} z_i, and with the
+    direction test 'explained': the mean measured drop over the mean
+    predicted one (1: the gradient tells the truth; about 0 or negative:
+    it points nowhere)}}.
   """
   losses = {'ce': lambda y: lambda z: attack_common.cross_entropy(y, z),
             'margin': lambda y: lambda z: -attack_common.log_margin(z, y)}
+  probe = logits_fn is not None and eps > 0
+
+  def margin(x, y):
+    return attack_common.log_margin(
+        eot.mean_log_probabilities(logits_fn, x, mc_samples), y)
+
+  def step(direction):  # Half the radius along `direction` `[B, H, W, C]`.
+    if norm == 'inf':
+      return 0.5 * eps * tf.sign(direction)
+    flat = tf.reshape(direction, [tf.shape(direction)[0], -1])
+    size = tf.norm(flat, axis=1)[:, None, None, None]
+    return 0.5 * eps * direction / (size + 1e-12)
+
+  def total(v):  # Per image: `[B]`.
+    return tf.reduce_sum(tf.reshape(v, [tf.shape(v)[0], -1]), axis=1)
+
   shares = {}
   for mode, fn in modes.functions.items():
     bad = {loss: 0 for loss in losses}
+    measured, predicted = [], []
     for start in range(0, len(images), batch_size):
       x = data_lib.to_float_image(images[start:start + batch_size])
       y = tf.constant(labels[start:start + batch_size], tf.int64)
@@ -349,8 +415,19 @@ def gradient_health(modes: attack_suite.GradientModes, images: np.ndarray,
         zero = tf.reduce_all(tf.equal(flat, 0.0), axis=1)
         broken = tf.logical_not(tf.reduce_all(tf.math.is_finite(flat), axis=1))
         bad[loss] += int(tf.reduce_sum(tf.cast(zero | broken, tf.int32)))
+      if probe:  # `grad` is the margin loss's: it rises as the margin falls.
+        grad = tf.where(tf.math.is_finite(grad), grad, 0.0)
+        along = tf.clip_by_value(x + step(grad), 0.0, 1.0)
+        measured.append((margin(x, y) - margin(along, y)).numpy())
+        predicted.append(total(grad * (along - x)).numpy())
     shares[mode] = {loss: count / max(len(images), 1)
                     for loss, count in bad.items()}
+    if probe:
+      drop, promised = np.concatenate(measured), np.concatenate(predicted)
+      keep = np.isfinite(drop) & np.isfinite(promised)
+      promised_mean = float(promised[keep].mean()) if keep.any() else 0.0
+      shares[mode]['explained'] = (float(drop[keep].mean()) / promised_mean
+                                   if promised_mean > 0 else 0.0)
   return shares
 
 
@@ -429,11 +506,26 @@ def run_audit(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
   stochastic = attack_suite.is_stochastic(replicas[0].logits_fn, probe)
   names, notes = audited_attacks(attack)
   table_cfg = dataclasses.replace(attack, attacks=names, combined='worst_case')
+  seconds = {}
+  transfer_settings = ''
+  distilled = transfer_logits_fn is None and audit.distill_examples > 0
+  if distilled:  # A transfer source that needs no other run.
+    clock = time.perf_counter()
+    transfer_logits_fn = distill.distill(
+        replicas[0].logits_fn,
+        data_lib.to_float_image(images[:audit.distill_examples]).numpy(),
+        attack.aa_eps, attack.aa_norm, mc_samples=attack.mc_samples,
+        seed=attack.seed)
+    transfer_settings = (f'APGD-CE on a network distilled from the model\'s '
+                         f'answers around {min(len(images), audit.distill_examples)} '
+                         f'images')
+    seconds['distill'] = time.perf_counter() - clock
   # What the parts' records depend on besides the model (the caller's
   # folder is keyed by that): no paths, so a moved run keeps its record.
   settings = {'attack': {k: v for k, v in dataclasses.asdict(table_cfg).items()
                          if k != 'transfer_from'},
-              'transfer': transfer_logits_fn is not None,
+              'transfer': ('distilled' if distilled else
+                           transfer_logits_fn is not None),
               'gradient_fns': sorted(gradient_fns or {}),
               'audit': dataclasses.asdict(audit), 'examples': len(images),
               'batch_size': batch_size}
@@ -447,11 +539,11 @@ def run_audit(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
     found = attack_suite.single_step_variants(fn, attack, modes_) + [
         attack_suite.random_noise_variant(fn, attack, audit.noise_draws)]
     if transfer_logits_fn is not None:
-      found.append(attack_suite.transfer_variant(transfer_logits_fn, attack))
+      found.append(attack_suite.transfer_variant(
+          transfer_logits_fn, attack, settings=transfer_settings))
     return found
 
   subset = slice(0, audit.sweep_examples)
-  seconds = {}
   clock = time.perf_counter()
   outcomes, picks = {}, {}
   rows = robustness.evaluate_robustness(
@@ -481,8 +573,10 @@ def run_audit(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
   clock = time.perf_counter()
   model_modes = attack_suite.gradient_modes(
       replicas[0].logits_fn, table_cfg, stochastic, probe, gradient_fns)
-  gradients = gradient_health(model_modes, images[subset], labels[subset],
-                              batch_size)
+  gradients = gradient_health(
+      model_modes, images[subset], labels[subset], batch_size,
+      logits_fn=replicas[0].logits_fn, eps=table_cfg.aa_eps,
+      norm=str(table_cfg.aa_norm), mc_samples=table_cfg.mc_samples)
   seconds['gradients'] = time.perf_counter() - clock
   classes = int(replicas[0].logits_fn(probe[:1]).shape[-1])
 
@@ -634,7 +728,9 @@ def _escalate(replicas, images, labels, cfg, audit, outcomes, picks,
     if verbose:
       print(f'audit: escalation round {round_}: {len(standing)} image(s) '
             f'still robust; Square with {queries} queries x 2 restarts in '
-            f'every mode, and APGD on a network distilled from the model',
+            f'every mode, APGD-DLR on the model with 2 restarts and twice the '
+            f'EOT passes, APGD on its gradient smoothed over input noise, and '
+            f'APGD on a network distilled from the model',
             flush=True)
     survivors = images[standing]
     source = distill.distill(
@@ -648,6 +744,40 @@ def _escalate(replicas, images, labels, cfg, audit, outcomes, picks,
       found += attack_suite.square_variants(
           fn, cfg, modes_, stochastic, queries=queries, restarts=2,
           name='square_escalated')
+      # APGD-DLR on the model itself, in every mode, 2 restarts and twice
+      # the EOT passes: its loss is a ratio of logit differences, blind to
+      # a softmax that saturates (large logits leave the cross-entropy's
+      # gradient exactly 0; the DLR's stays whole).
+      for mode, mode_fn in modes_.functions.items():
+        passes = (1 if mode in modes_.deterministic
+                  else 2 * cfg.eot_samples)
+        found.append(attack_suite.Variant(
+            'apgd_dlr_escalated', mode if len(modes_.names) > 1 else '',
+            attack_suite.compiled(
+                lambda x, y, s, i, mode_fn=mode_fn, passes=passes:
+                attacks.apgd(fn, x, y, eps, norm=norm, steps=cfg.apgd_steps,
+                             loss='dlr', restarts=2, seed=s, ids=i,
+                             eot_samples=passes, mc_samples=cfg.mc_samples,
+                             gradient_fn=mode_fn)),
+            settings=f'{cfg.apgd_steps} steps, 2 restarts, EOT {passes}',
+            cost=2 * (3.0 * passes * (cfg.apgd_steps + 1) + cfg.mc_samples)))
+      # APGD-CE through the model's gradient averaged over small random
+      # shifts of the input (EOT over input noise, s.d. a quarter of the
+      # radius per pixel): a shattered gradient's fast oscillation averages
+      # out, the model's own slope stays.
+      sd = 0.25 * eps / (1.0 if str(norm) == 'inf' else
+                         float(np.sqrt(np.prod(images.shape[1:]))))
+      smoothed = lambda x: fn(x + tf.random.normal(tf.shape(x), stddev=sd))
+      found.append(attack_suite.Variant(
+          'smoothed_gradient', '', attack_suite.compiled(
+              lambda x, y, s, i: attacks.apgd(
+                  fn, x, y, eps, norm=norm, steps=cfg.apgd_steps, loss='ce',
+                  restarts=2, seed=s, ids=i, eot_samples=_SMOOTHING_PASSES,
+                  mc_samples=cfg.mc_samples, gradient_fn=smoothed)),
+          settings=(f'APGD-CE, gradient averaged over {_SMOOTHING_PASSES} '
+                    f'inputs with noise s.d. {sd:.3g}, 2 restarts'),
+          cost=2 * (3.0 * _SMOOTHING_PASSES * (cfg.apgd_steps + 1) +
+                    cfg.mc_samples)))
       for loss in ('ce', 'dlr'):
         found.append(attack_suite.Variant(
             'distilled', loss, attack_suite.compiled(
@@ -684,7 +814,8 @@ def _escalate(replicas, images, labels, cfg, audit, outcomes, picks,
   row = {'attack': 'escalated', 'threat': cfg.threat_model('apgd_ce'),
          'settings': (f'worst case after {len(log)} escalation round(s): '
                       f'Square {queries} queries x 2 restarts per mode, '
-                      f'APGD on a distilled network'),
+                      f'APGD-DLR on the model, APGD on its noise-smoothed '
+                      f'gradient, APGD on a distilled network'),
          **numbers, 'examples': len(images),
          'repeats': ok.shape[0], 'gradient_modes': '', 'inert_modes': '',
          'seconds': 0.0}
