@@ -309,8 +309,13 @@ class _BatchEvaluator:
     outputs = {}
     # The cascade: each attack runs only on the images no attack before it
     # broke (by the verdicts so far); an image it did not run on counts as
-    # right for it, so it is never its pick.
-    standing = clean_ok.mean(axis=0) >= 0.5
+    # right for it, so it is never its pick. On a stochastic model an image
+    # leaves only once every one of its repeated decisions was wrong: one
+    # the verdicts split on may still be scored right by the fresh
+    # decisions, and then the later attacks must have had their try (on
+    # the LWTA recipe, dropping at a majority left the worst case 1.6
+    # points above the audit without a cascade).
+    standing = clean_ok.any(axis=0)
     ids = np.arange(len(y))
     for part, variant in enumerate(self.variants, start=1):
       label = variant.label
@@ -337,7 +342,7 @@ class _BatchEvaluator:
         if record is not None:
           record.save_part(index, label, saved, inputs)
       outputs[label] = saved
-      broke = standing & (saved['ok'].mean(axis=0) < 0.5)
+      broke = standing & ~saved['ok'].any(axis=0)
       standing &= ~broke
       out[f'seconds/{label}'] = np.float64(saved['seconds'])
       out[f'attacked/{label}'] = np.int64(saved['attacked'].sum())
