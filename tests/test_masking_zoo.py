@@ -67,24 +67,21 @@ def _zoo():
 
 _STOCHASTIC = ('noisy_liar', 'noisy')
 # Masks the audit sees (a check fails, it escalates) but whose escalated
-# number is still more than a few points above BPDA's (measured at these
-# settings): the gap that remains, kept visible here until it closes.
-_KNOWN_GAPS = {
-    'shattered': 'escalated 14.6% vs BPDA 2.1%: 7 of 48 images resist '
-                 'Square, the distilled network and input-noise EOT',
-    'noisy_liar': 'escalated 41.7% (35.4% after a third round, still '
-                  'moving) vs BPDA 0%',
-}
+# number is still more than a few points above BPDA's: the gap that
+# remains, kept visible here until it closes (measured: shattered 14.6% vs
+# 2.1% after 2 rounds; the liar 49.3% / 41.7% / 35.4% after 1 / 2 / 3
+# rounds vs 0%, still moving; one round here, as the costliest toy).
+_KNOWN_GAPS = {'shattered': 2, 'noisy_liar': 1}  # {toy: escalation rounds}
 
 
-def _settings(stochastic):
+def _settings(stochastic, rounds=2):
   attack = config_lib.AttackConfig(
       attacks=('apgd_ce', 'square'), aa_eps=EPS, apgd_steps=20,
       square_queries=200, eot_samples=4 if stochastic else 1,
       mc_samples=10 if stochastic else 1, decision_repeats=3)
   checks = config_lib.AuditConfig(
       sweep_examples=IMAGES, sweep_steps=(5, 20), eps_multiples=(1, 4, 16),
-      noise_draws=3, escalation_rounds=2, escalation_queries=1000)
+      noise_draws=3, escalation_rounds=rounds, escalation_queries=1000)
   return attack, checks
 
 
@@ -119,7 +116,8 @@ def test_the_audit_sees_each_mask_and_escalates_to_the_real_number(
   x, y = batch
   images = np.round(x * 255).astype(np.uint8)
   stochastic = name in _STOCHASTIC
-  result = audit.run_audit(fn, images, y, *_settings(stochastic),
+  result = audit.run_audit(fn, images, y,
+                           *_settings(stochastic, _KNOWN_GAPS.get(name, 2)),
                            batch_size=IMAGES, verbose=False)
   statuses = {c['name']: c['status'] for c in result['checks']}
   if not expected:  # Honest: nothing fails, nothing is escalated.
@@ -144,7 +142,8 @@ def test_the_audit_sees_each_mask_and_escalates_to_the_real_number(
     assert worst['accuracy'] <= table['accuracy']
   # Either way the audit's number is at most a few points above BPDA's.
   if name in _KNOWN_GAPS and worst['accuracy'] > reference + CLOSE:
-    pytest.xfail(f'{name}: {_KNOWN_GAPS[name]}')
+    pytest.xfail(f'{name}: escalated {worst["accuracy"]:.1%} vs BPDA '
+                 f'{reference:.1%} (table {table["accuracy"]:.1%})')
   assert worst['accuracy'] <= reference + CLOSE, (
       name, worst['accuracy'], table['accuracy'], reference,
       result['escalation'], statuses)
