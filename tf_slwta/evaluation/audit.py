@@ -409,13 +409,15 @@ def gradient_health(modes: attack_suite.GradientModes, images: np.ndarray,
     for start in range(0, len(images), batch_size):
       x = data_lib.to_float_image(images[start:start + batch_size])
       y = tf.constant(labels[start:start + batch_size], tf.int64)
+      grads = {}
       for loss, make in losses.items():
-        grad, _, _ = eot.loss_gradient(fn, make(y), x)
-        flat = tf.reshape(grad, [tf.shape(grad)[0], -1])
+        grads[loss], _, _ = eot.loss_gradient(fn, make(y), x)
+        flat = tf.reshape(grads[loss], [tf.shape(x)[0], -1])
         zero = tf.reduce_all(tf.equal(flat, 0.0), axis=1)
         broken = tf.logical_not(tf.reduce_all(tf.math.is_finite(flat), axis=1))
         bad[loss] += int(tf.reduce_sum(tf.cast(zero | broken, tf.int32)))
-      if probe:  # `grad` is the margin loss's: it rises as the margin falls.
+      if probe:  # The margin loss rises as the margin falls.
+        grad = grads['margin']
         grad = tf.where(tf.math.is_finite(grad), grad, 0.0)
         along = tf.clip_by_value(x + step(grad), 0.0, 1.0)
         measured.append((margin(x, y) - margin(along, y)).numpy())
