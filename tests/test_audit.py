@@ -207,6 +207,49 @@ def test_a_missing_row_is_not_run_never_silence():
     assert verdicts[name] == 'not run', name
 
 
+def _stage_rows(iterative=0.40, single_step=0.40, transfer=0.40,
+                square=0.39, random_noise=0.39, se=0.0):
+  """A cascade's audit table: the worst case after each stage."""
+  stages = dict(iterative=iterative, single_step=single_step,
+                transfer=transfer, square=square)
+  rows = [{'attack': 'natural', 'accuracy': 0.9}]
+  rows += [{'attack': f'stage:{k}', 'accuracy': v} for k, v in stages.items()]
+  rows.append({'attack': 'combined', 'accuracy': random_noise, 'cascade': [
+      {'attack': a} for a in ('apgd_ce/expected', 'apgd_ce/sample',
+                              'single_step/expected', 'transfer',
+                              'square/sample', 'random_noise')]})
+  return [{'mc_se': se, 'image_se': 0.0, 'examples': 100, 'repeats': 1,
+           'inert_modes': '', **r} for r in rows]
+
+
+@pytest.mark.parametrize('change,failing', [
+    (dict(single_step=0.37), 'single_step'),
+    (dict(square=0.35), 'gradient_free'),
+    (dict(transfer=0.37, square=0.37, random_noise=0.37), 'transfer'),
+    (dict(random_noise=0.36), 'noise_floor'),
+])
+def test_a_cascade_stage_that_finds_what_the_attacks_before_missed_fails(
+    change, failing):
+  # Each stage may lower the worst case of the stages before it by the
+  # tolerance (2 points; Square twice that), not more.
+  assert set(_verdicts(rows=_stage_rows()).values()) <= {'passed',
+                                                        'not run'}
+  verdicts = _verdicts(rows=_stage_rows(**change))
+  assert [n for n, v in verdicts.items() if v == 'failed'] == [failing]
+  # The same drop inside twice the Monte Carlo error is not a failure.
+  noisy = _verdicts(rows=_stage_rows(**change, se=0.02), stochastic=True)
+  assert noisy[failing] == 'passed'
+
+
+def test_a_cascade_without_a_stage_says_not_run():
+  rows = [r for r in _stage_rows() if r['attack'] != 'stage:transfer']
+  rows[-1]['cascade'] = [c for c in rows[-1]['cascade']
+                         if c['attack'] != 'transfer']
+  verdicts = _verdicts(rows=rows)
+  assert verdicts['transfer'] == 'not run'
+  assert verdicts['gradient_free'] == 'passed'
+
+
 def test_gradient_modes_says_which_mode_won_and_fails_on_masked_eot():
   rows = _rows(natural=0.9, apgd_ce=0.3, combined=0.3,
                **{'apgd_ce/sample': 0.6, 'apgd_ce/expected': 0.3,

@@ -106,7 +106,7 @@ def test_a_settled_decision_agrees_with_the_full_one_as_stated():
   assert used.numpy().max() == 4
 
 
-def test_an_audit_with_a_cascade_checks_on_the_compared_images(uint8_batch):
+def test_an_audit_with_a_cascade_checks_by_its_stages(uint8_batch):
   images, labels = uint8_batch
   attack = dataclasses.replace(_SUITE, attacks=('apgd_ce', 'square'),
                                cascade=True)
@@ -114,12 +114,29 @@ def test_an_audit_with_a_cascade_checks_on_the_compared_images(uint8_batch):
                                   eps_multiples=(1, 16), noise_draws=3)
   result = audit.run_audit(logits_fn(), images, labels, attack, checks,
                            batch_size=48, verbose=False)
-  assert [r['attack'] for r in result['rows']] == ['natural', 'combined']
+  # The worst case after each stage of the cascade (the distilled network
+  # is the transfer source), then after all of them.
+  names = [r['attack'] for r in result['rows']]
+  assert names == ['natural', 'stage:iterative', 'stage:single_step',
+                   'stage:transfer', 'stage:square', 'combined'], names
+  accuracies = [r['accuracy'] for r in result['rows']]
+  assert accuracies == sorted(accuracies, reverse=True)  # Deterministic.
+  assert accuracies[-1] < 0.5
+  by_name = {c['name']: c for c in result['checks']}
+  for name, stage in (('single_step', 'iterative'),
+                      ('gradient_free', 'transfer'),
+                      ('noise_floor', 'square')):
+    assert by_name[name]['status'] == 'passed', by_name[name]
+    before = result['rows'][names.index(f'stage:{stage}')]['accuracy']
+    assert f'from {100 * before:.1f}%' in by_name[name]['detail']
+  # Which mode is strongest: APGD-CE alone on the first 32 images.
+  assert [r['attack'] for r in result['compared_rows']] == [
+      'natural', 'apgd_ce', 'combined']
   assert result['compared_rows'][0]['examples'] == 32
-  assert {'table', 'checks_table', 'eps_sweep', 'steps_sweep'} <= set(
+  assert {'table', 'modes_table', 'eps_sweep', 'steps_sweep'} <= set(
       result['seconds'])
-  # The steps sweep's point at the table's own 15 steps is read from the
-  # compared table, not attacked again.
+  # The steps sweep's point at the table's own 15 steps is read from that
+  # table, not attacked again.
   table = {r['attack']: r for r in result['compared_rows']}
   assert result['steps_sweep'][-1]['accuracy'] == table['apgd_ce']['accuracy']
   assert result['failed'] == [], result['checks']

@@ -405,7 +405,8 @@ def define(fv: flags.FlagValues) -> None:
   flags.DEFINE_boolean('cascade', d_attack.cascade,
                        'Run each attack only on the images no earlier attack '
                        'broke, cheapest and strongest first: the same worst '
-                       'case for less, without per-attack rows.',
+                       'case for less, without per-attack rows (the audit '
+                       'gives the worst case after each stage instead).',
                        flag_values=fv)
   flags.DEFINE_integer('decision_block', d_attack.decision_block,
                        'Passes a stochastic decision draws at a time until '

@@ -3,8 +3,10 @@
 A gradient attack on a stochastic model runs once per gradient mode
 (`layers.surrogate`): 'sample' follows the EOT average of sampled passes,
 'expected' the layers' expectation, 'straight_through' sampled passes with
-the expectation's gradient. The model's decision always judges. Square
-(no gradient) and transfer (another model's gradient) run once.
+the expectation's gradient, and for LWTA 'training_temperature' and
+'soft_temperature'. The model's decision always judges. Square (no
+gradient) runs once per mode with a forward pass of its own
+(`square_modes`), transfer (another model's gradient) once.
 
 Each variant is compiled on its own (one `tf.function` traced once per
 evaluation, whatever the batch size), carries its threat model (norm and
@@ -244,8 +246,8 @@ def attack_variants(logits_fn: eot.LogitsFn, cfg: config_lib.AttackConfig,
     stochastic: whether the model's decisions are random.
 
   Returns:
-    [Variant, ...]: one per gradient attack and mode, one per mode for
-    Square, one for transfer.
+    [Variant, ...]: one per gradient attack and mode, one per mode of
+    `square_modes` for Square, one for transfer.
   """
   # EOT over a function without randomness (the expectation of LWTA or
   # noise layers) would repeat one pass: one is enough.
@@ -300,24 +302,59 @@ def attack_cost(name: str, cfg: config_lib.AttackConfig,
   return max(costs.get(name, gradient), 1.0)
 
 
+# Gradient modes whose forward pass is a temperature of their own: they
+# exist for their gradients. Square takes no gradient, so the table runs it
+# only in the other modes (on the LWTA recipe the temperature modes' Square
+# broke none of the 153 images the gradient attacks left, at a third of
+# the table's time); the escalation runs it in them too.
+_GRADIENT_ONLY_MODES = ('training_temperature', 'soft_temperature')
+
+
+def square_modes(modes: GradientModes, every: bool = False) -> List[str]:
+  """The modes Square runs in: those with a forward pass of their own.
+
+  'straight_through' samples forward exactly as 'sample' does (only its
+  backward pass differs), so with 'sample' present Square there would
+  repeat Square in 'sample'; unless `every`, the temperature modes are left
+  out as well (`_GRADIENT_ONLY_MODES`). Never empty.
+
+  Args:
+    modes: the model's gradient modes.
+    every: keep the temperature modes (the escalation's larger search).
+
+  Returns:
+    [mode, ...] in `modes` order.
+  """
+  names = modes.names
+  keep = [m for m in names
+          if not (m == 'straight_through' and 'sample' in names)]
+  if not every:
+    keep = [m for m in keep if m not in _GRADIENT_ONLY_MODES] or keep
+  return keep
+
+
 def square_variants(logits_fn: eot.LogitsFn, cfg: config_lib.AttackConfig,
                     modes: GradientModes, stochastic: bool,
                     num_classes: int = 10, queries: Optional[int] = None,
-                    restarts: int = 1, name: str = 'square') -> List[Variant]:
-  """Square with the aa_* budget, once per mode: in 'sample' its search
-  lowers the model's own margin, in the others that of the mode's function
-  (the layers' expectation, say); the model decides either way.
+                    restarts: int = 1, name: str = 'square',
+                    every: bool = False) -> List[Variant]:
+  """Square with the aa_* budget, once per mode of `square_modes`: in
+  'sample' its search lowers the model's own margin, in the others that of
+  the mode's function (the layers' expectation, say); the model decides
+  either way.
 
   Args:
     queries, restarts: the budget (default `cfg.square_queries`, one
       search).
     name: the row (e.g. 'square_escalated').
+    every: search in the temperature modes too (`square_modes`).
     Others as `attack_variants`.
   """
   queries = queries or cfg.square_queries
   budget = dataclasses.replace(cfg, square_queries=queries)
   variants = []
-  for mode, fn in modes.functions.items():
+  for mode in square_modes(modes, every):
+    fn = modes.functions[mode]
     noisy = mode not in modes.deterministic
     variants.append(Variant(name, mode if len(modes.names) > 1 else '',
                             compiled(
@@ -425,30 +462,50 @@ def attack_settings(name: str, cfg: config_lib.AttackConfig) -> str:
   }.get(name, '')
 
 
-# The cascade's order (`cascade_order`): modes whose surrogate has no
+# The cascade's order (`cascade_order`) runs in stages (`CASCADE_STAGES`):
+# the iterative gradient attacks, then one gradient step, transfer, Square
+# and random noise, so that the worst case before and after each stage
+# says what the stage found that the ones before it missed (the audit's
+# checks). Within the gradient stages, modes whose surrogate has no
 # randomness first (one pass per gradient), then the sampled ones; within a
 # mode the attacks that broke the most images per second on this project's
 # models first (BENCHMARKS.md, "The audit's cost").
 _MODE_ORDER = ('expected', 'straight_through', 'training_temperature',
                'soft_temperature', 'sample')
-_ATTACK_ORDER = ('previous', 'single_step', 'fgsm', 'apgd_ce', 'apgd_margin',
-                 'apgd_dlr', 'pgd_linf', 'pgd_l2', 'apgd_t', 'cw', 'distilled',
+_ATTACK_ORDER = ('previous', 'apgd_ce', 'apgd_margin', 'apgd_dlr', 'pgd_linf',
+                 'pgd_l2', 'apgd_t', 'cw', 'single_step', 'fgsm', 'distilled',
                  'transfer', 'square', 'square_escalated', 'random_noise')
+# (stage, the attacks in it); any other attack is 'iterative'.
+CASCADE_STAGES = (('previous', ('previous',)),
+                  ('iterative', ()),
+                  ('single_step', ('single_step', 'fgsm')),
+                  ('transfer', ('transfer', 'distilled')),
+                  ('square', ('square', 'square_escalated')),
+                  ('random_noise', ('random_noise',)))
+
+
+def cascade_stage(name: str) -> str:
+  """The cascade stage of attack `name` (`CASCADE_STAGES`)."""
+  return next((stage for stage, names in CASCADE_STAGES if name in names),
+              'iterative')
 
 
 def cascade_order(variants: Sequence[Variant]) -> List[Variant]:
-  """The variants in the order a cascade runs them: gradient attacks (mode
-  by mode, surrogates without randomness first), then Square (its modes
-  likewise), transfer and random noise; a caller's own gradient modes come
-  right after the built-in deterministic one."""
+  """The variants in the order a cascade runs them, stage by stage
+  (`CASCADE_STAGES`): iterative gradient attacks (mode by mode, surrogates
+  without randomness first; a caller's own gradient modes right after the
+  built-in deterministic one), then single gradient steps (likewise),
+  transfer, Square (its modes likewise) and random noise."""
+  stages = [stage for stage, _ in CASCADE_STAGES]
+
   def key(variant):
     mode = (_MODE_ORDER.index(variant.mode) if variant.mode in _MODE_ORDER
             else 0.5 if variant.mode else len(_MODE_ORDER))
     attack = (_ATTACK_ORDER.index(variant.name)
               if variant.name in _ATTACK_ORDER else len(_ATTACK_ORDER))
-    late = variant.name in ('square', 'square_escalated', 'transfer',
-                            'random_noise')
-    return (late, mode, attack) if not late else (late, attack, mode)
+    stage = stages.index(cascade_stage(variant.name))
+    gradient = cascade_stage(variant.name) in ('iterative', 'single_step')
+    return (stage, mode, attack) if gradient else (stage, attack, mode)
   return sorted(variants, key=key)
 
 

@@ -7,11 +7,17 @@ and radius (attacks configured at another radius, e.g. the seed's FGSM at
 0.3, are left out of it, with a note):
 
   table              the configured attacks at that threat model, each
-                     gradient attack (and Square, on each mode's margin) in
-                     every gradient mode the model responds to, plus always
-                     Square, one gradient step and random noise, and a
-                     transfer attack when a source is given; per image the
-                     worst case, scored by fresh repeated decisions.
+                     gradient attack in every gradient mode the model
+                     responds to, plus always Square (on the margin of each
+                     mode with a forward pass of its own,
+                     `attack_suite.square_modes`), one gradient step,
+                     random noise and a transfer attack (from a network
+                     distilled from the model unless a source is given);
+                     per image the worst case, scored by fresh repeated
+                     decisions. As a cascade (the default) each attack runs
+                     on the images no attack before it broke, stage by
+                     stage (`attack_suite.CASCADE_STAGES`), and the worst
+                     case after each stage is a row of its own.
   gradients          the share of images whose input gradient is exactly 0
                      or not finite, in every mode (for the cross-entropy
                      and for the logit margin): quantized inputs, purifiers
@@ -32,8 +38,13 @@ and radius (attacks configured at another radius, e.g. the seed's FGSM at
   gradient_free      Square (no gradients) must not beat them by much.
   transfer           a transfer attack must not beat the white-box attacks.
   noise_floor        random noise must not beat the attacks.
+                     (In a cascade these four judge how far their stage
+                     lowered the worst case of the stages before it, on
+                     all the table's images; without one, each row
+                     against the best gradient attack's.)
   gradient_modes     (stochastic models) which mode won, and how much plain
-                     EOT over samples would have overstated the model.
+                     EOT over samples would have overstated the model
+                     (APGD-CE in every mode on the sweeps' images).
   monte_carlo        the table's Monte Carlo standard error is small.
 
 A check that cannot run says 'not run' and why. "Beat" allows `tolerance`
@@ -164,13 +175,17 @@ def _rises(sweep: Sequence[dict], key: str, tolerance: float) -> List[str]:
 def checks(rows: Sequence[dict], eps_sweep: Sequence[dict],
            steps_sweep: Sequence[dict], cfg: config_lib.AuditConfig,
            stochastic: bool, gradients: Optional[Dict[str, dict]] = None,
-           classes: int = 10, noise_at_largest: Optional[dict] = None
-           ) -> List[Check]:
+           classes: int = 10, noise_at_largest: Optional[dict] = None,
+           mode_rows: Optional[Sequence[dict]] = None) -> List[Check]:
   """The checklist's verdicts from the audit's numbers.
 
   Args:
-    rows: the audit table (`robustness.evaluate_robustness` rows with the
-      per-mode rows), every row at the audited threat model.
+    rows: the audit table (`robustness.evaluate_robustness` rows), every
+      row at the audited threat model: either one row per attack (and per
+      mode), or a cascade's with its 'stage:<stage>' rows (then
+      `single_step`, `gradient_free`, `transfer` and `noise_floor` judge
+      how far each of those stages lowered the worst case of the stages
+      before it, on the images they left standing).
     eps_sweep: [{'eps', 'accuracy', 'mc_se'}, ...] in increasing eps.
     steps_sweep: [{'steps', 'accuracy', 'mc_se'}, ...] in increasing steps.
     cfg: the audit settings (tolerance, chance_share).
@@ -179,6 +194,8 @@ def checks(rows: Sequence[dict], eps_sweep: Sequence[dict],
       gradient is 0 or not finite (`gradient_health`), or None.
     classes: K, the model's classes.
     noise_at_largest: random noise's row at the sweep's largest eps.
+    mode_rows: the per-mode rows `gradient_modes` compares (default:
+      `rows`).
 
   Returns:
     [Check, ...], failures and passes alike, in checklist order.
@@ -258,6 +275,30 @@ def checks(rows: Sequence[dict], eps_sweep: Sequence[dict],
         if not rises else 'more steps help the model: ' + '; '.join(rises) +
         '; the attack is not converging (noisy gradients: raise '
         '--eot_samples or use another gradient mode)'))
+  if any(r['attack'].startswith('stage:') for r in rows):
+    found += _stage_checks(rows, tol)
+  else:
+    found += _row_checks(rows, tol)
+  found.append(_mode_check(mode_rows or rows, tol, stochastic))
+  combined = _row(rows, 'combined')
+  if combined is not None:
+    se = combined.get('mc_se', 0.0)
+    found.append(Check(
+        'monte_carlo', se <= max(tol / 2, 0.005),
+        f'worst case {_pct(combined["accuracy"])} +- {100 * se:.2f} (Monte '
+        f'Carlo s.e., {combined.get("repeats", 1)} decisions) +- '
+        f'{100 * combined.get("image_se", 0.0):.2f} (image s.e., '
+        f'{combined["examples"]} images)' + (
+            '' if se <= max(tol / 2, 0.005) else
+            ': too noisy to compare; raise --decision_repeats or '
+            '--mc_samples')))
+  return found
+
+
+def _row_checks(rows: Sequence[dict], tol: float) -> List[Check]:
+  """single_step, gradient_free, transfer, noise_floor from one row per
+  attack: each compared with the best (iterative) gradient attack."""
+  found = []
   iterative = _strongest(rows, _ITERATIVE)
   gradient = _strongest(rows, _WHITE_BOX)
   single = _strongest(rows, ('single_step',))
@@ -294,19 +335,51 @@ def checks(rows: Sequence[dict], eps_sweep: Sequence[dict],
         f'{_pct(gradient["accuracy"])}' + (
             f': {what} beats the gradients, so they are masked; the audit '
             f'escalates' if bad else '')))
-  found.append(_mode_check(rows, tol, stochastic))
+  return found
+
+
+# The cascade stages a check judges: (stage, check, what, allowed drop in
+# units of the tolerance, why it may not run).
+_STAGE_CHECKS = (
+    ('single_step', 'single_step', 'one gradient step', 1,
+     'no iterative gradient attack ran before the single steps'),
+    ('square', 'gradient_free', 'Square (no gradients)', 2, 'no Square stage'),
+    ('transfer', 'transfer', 'the transfer attack', 1,
+     'no transfer source (--transfer_from, or transfer_logits_fn)'),
+    ('random_noise', 'noise_floor', 'random noise', 1,
+     'no random-noise stage'))
+
+
+def _stage_checks(rows: Sequence[dict], tol: float) -> List[Check]:
+  """single_step, gradient_free, transfer, noise_floor from a cascade's
+  stage rows: a stage must not lower the worst case of the stages before
+  it (freshly scored, on every image) by more than its allowance plus
+  twice the two rows' Monte Carlo s.e."""
   combined = _row(rows, 'combined')
-  if combined is not None:
-    se = combined.get('mc_se', 0.0)
+  ran = [attack_suite.cascade_stage(c['attack'].split('/')[0])
+         for c in combined.get('cascade', [])]
+  order = [s for s in dict.fromkeys(ran) if s != 'previous']
+  through = {stage: _row(rows, f'stage:{stage}') for stage in order[:-1]}
+  if order:
+    through[order[-1]] = combined
+  found = []
+  for stage, check, what, allowed, missing in _STAGE_CHECKS:
+    at = order.index(stage) if stage in order else -1
+    if at < 1 or through.get(order[at - 1]) is None:
+      found.append(_not_run(check, missing if at < 0 else
+                            'no gradient attack ran before it'))
+      continue
+    before, after = through[order[at - 1]], through[stage]
+    bad = _beats(after, before, allowed * tol)
     found.append(Check(
-        'monte_carlo', se <= max(tol / 2, 0.005),
-        f'worst case {_pct(combined["accuracy"])} +- {100 * se:.2f} (Monte '
-        f'Carlo s.e., {combined.get("repeats", 1)} decisions) +- '
-        f'{100 * combined.get("image_se", 0.0):.2f} (image s.e., '
-        f'{combined["examples"]} images)' + (
-            '' if se <= max(tol / 2, 0.005) else
-            ': too noisy to compare; raise --decision_repeats or '
-            '--mc_samples')))
+        check, not bad,
+        f'{what} took the worst case of the attacks before it '
+        f'({", ".join(order[:at])}) from {_pct(before["accuracy"])} to '
+        f'{_pct(after["accuracy"])} (what it broke, they had left standing; '
+        f'allowed: {_pct(allowed * tol)} plus twice the Monte Carlo '
+        f's.e.)' + (
+            f': {what} finds what the gradient attacks miss, so they are '
+            f'masked or stuck; the audit escalates' if bad else '')))
   return found
 
 
@@ -553,23 +626,26 @@ def run_audit(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
       verbose=verbose, examples=examples, stochastic=stochastic,
       extra_attacks=extra, rows_per_mode=not table_cfg.cascade,
       outcomes=outcomes, picks=picks, title='audit table',
-      gradient_fns=gradient_fns, **scale('batches'))
+      gradient_fns=gradient_fns, stage_rows=table_cfg.cascade,
+      **scale('batches'))
   seconds['table'] = time.perf_counter() - clock
-  # The checks compare attacks on the same images: with a cascade (each
-  # attack on what the others left), every attack runs on the first
-  # sweep_examples images as well, for them.
+  # With a cascade the table's stage rows say what Square, transfer, one
+  # gradient step and noise found beyond the attacks before them (the
+  # checks); which gradient mode is strongest takes APGD-CE in every mode
+  # on the same images: on the first sweep_examples, a small table of its
+  # own (its point also serves both sweeps).
   compared, compared_outcomes = rows, outcomes
   if table_cfg.cascade:
     clock = time.perf_counter()
     compared_outcomes = {}
     compared = robustness.evaluate_robustness(
         None, images[subset], labels[subset],
-        dataclasses.replace(table_cfg, cascade=False), batch_size=batch_size,
-        verbose=verbose, stochastic=stochastic, extra_attacks=extra,
+        dataclasses.replace(table_cfg, attacks=('apgd_ce',), cascade=False),
+        batch_size=batch_size, verbose=verbose, stochastic=stochastic,
         rows_per_mode=True, outcomes=compared_outcomes,
-        title='audit checks table', gradient_fns=gradient_fns,
-        **scale('checks'))
-    seconds['checks_table'] = time.perf_counter() - clock
+        title='audit modes table', gradient_fns=gradient_fns,
+        **scale('modes'))
+    seconds['modes_table'] = time.perf_counter() - clock
   modes = [m for m in rows[0]['gradient_modes'].split(',') if m]
   sweep_mode = _strongest_mode(compared, modes)
   clock = time.perf_counter()
@@ -622,8 +698,9 @@ def run_audit(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
       print(f'audit: steps sweep, {steps} steps: {_pct(row["accuracy"])}',
             flush=True)
   seconds['steps_sweep'] = time.perf_counter() - clock
-  found = checks(compared, eps_sweep, steps_sweep, audit, stochastic,
-                 gradients, classes, noise_at_largest)
+  found = checks(rows, eps_sweep, steps_sweep, audit, stochastic,
+                 gradients, classes, noise_at_largest,
+                 mode_rows=compared if compared is not rows else None)
   failed = [c.name for c in found if not c.passed]
   masked = [name for name in failed if name in MASKING_CHECKS]
   escalation = []
@@ -745,7 +822,7 @@ def _escalate(replicas, images, labels, cfg, audit, outcomes, picks,
       found = [_pick_variant(survivors_best, survivors)]
       found += attack_suite.square_variants(
           fn, cfg, modes_, stochastic, queries=queries, restarts=2,
-          name='square_escalated')
+          name='square_escalated', every=True)
       # APGD-DLR on the model itself, in every mode, 2 restarts and twice
       # the EOT passes: its loss is a ratio of logit differences, blind to
       # a softmax that saturates (large logits leave the cross-entropy's
@@ -868,9 +945,9 @@ def markdown(result: Dict[str, object]) -> str:
             f'{result["sweep_mode"]}):', '',
             robustness.markdown_table(result['rows'])]
   if result.get('compared_rows'):
-    lines += [f'Every attack on the first {result["sweep_examples"]} images '
-              '(what the checks compare):', '',
-              robustness.markdown_table(result['compared_rows'])]
+    lines += [f'APGD-CE in every gradient mode on the first '
+              f'{result["sweep_examples"]} images (which mode is strongest):',
+              '', robustness.markdown_table(result['compared_rows'])]
   if result.get('seconds'):
     lines += ['Seconds: ' + ', '.join(
         f'{part.replace("_", " ")} {value:.0f}'

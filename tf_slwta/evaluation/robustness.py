@@ -212,7 +212,8 @@ class _BatchEvaluator:
 
   def __init__(self, replica: Replica, cfg: config_lib.AttackConfig,
                stochastic: bool, probe, transfer_logits_fn, extra_attacks,
-               rows_per_mode: bool, gradient_fns=None):
+               rows_per_mode: bool, gradient_fns=None,
+               stage_rows: bool = False):
     # Monte Carlo and EOT passes several to a call where that is set.
     fn = self.logits_fn = attacks.eot.batched(
         replica.logits_fn, cfg.passes_per_call, cfg.max_call_images)
@@ -230,12 +231,20 @@ class _BatchEvaluator:
     if extra_attacks is not None:
       self.variants += extra_attacks(fn, self.gradient_modes)
     self.cascade = cfg.cascade and cfg.combined == 'worst_case'
+    self.stages: Dict[str, int] = {}
     if self.cascade:
       # Cheapest and strongest first; only the worst case is a row, since
       # each attack runs on the images no earlier one broke.
       self.variants = attack_suite.cascade_order(self.variants)
       self.grouped, self.per_mode = {}, []
-      self.names = ['natural', 'combined']
+      # {row 'stage:<stage>': variants run up to the end of that stage},
+      # for every stage but the last (its row is 'combined').
+      if stage_rows:
+        kinds = [attack_suite.cascade_stage(v.name) for v in self.variants]
+        for k, kind in enumerate(kinds[:-1]):
+          if kind != kinds[k + 1] and kind != 'previous':
+            self.stages[f'stage:{kind}'] = k + 1
+      self.names = ['natural', *self.stages, 'combined']
     else:
       self.grouped = attack_suite.variants_by_attack(self.variants)
       self.per_mode = [v.label for v in self.variants if rows_per_mode and
@@ -260,7 +269,8 @@ class _BatchEvaluator:
 
   def scoring_cost(self) -> float:
     """Passes per image of a batch's fresh scoring decisions."""
-    rows = len(self.grouped) + 1 + len(self.per_mode)  # (+ combined)
+    rows = (len(self.grouped) + 1 + len(self.per_mode) +  # (+ combined)
+            len(self.stages))
     return rows * self.decision_cost() if self.stochastic else 1.0
 
   def _reseed(self, index: int, part: int) -> None:
@@ -363,8 +373,11 @@ class _BatchEvaluator:
     returns the combined row's picks `[b, H, W, C]`."""
     if self.cascade:  # The worst of every attack's output, freshly scored.
       pool = scoring.Candidates([x], [clean_ok], [clean_probs])
-      for made in outputs.values():
+      ends = {end: name for name, end in self.stages.items()}
+      for k, made in enumerate(outputs.values(), start=1):
         pool.add(made['output'], made['ok'], made['probs'])
+        if k in ends:  # The worst case of the stages so far, scored afresh.
+          score(ends[k], pool)
       return score('combined', pool)[0]
     # The combined worst case chooses among each attack's pick, judged by
     # the fresh decisions that scored it (unbiased by its own selection).
@@ -409,7 +422,8 @@ def evaluate_robustness(logits_fn: Optional[attacks.eot.LogitsFn],
                         title: str = 'robustness',
                         gradient_fns: Optional[Dict[
                             str, attacks.eot.LogitsFn]] = None,
-                        picks: Optional[Dict[str, np.ndarray]] = None
+                        picks: Optional[Dict[str, np.ndarray]] = None,
+                        stage_rows: bool = False
                         ) -> List[Dict[str, object]]:
   """Scores a model on clean images and under each configured attack.
 
@@ -461,6 +475,11 @@ def evaluate_robustness(logits_fn: Optional[attacks.eot.LogitsFn],
     picks: if given (with cfg.combined 'worst_case'), filled with
       {'combined': float32 `[N, H, W, C]`}, the image each test image's
       worst case picked.
+    stage_rows: with a cascade, also a row 'stage:<stage>' per stage of
+      the cascade but the last (`attack_suite.CASCADE_STAGES`), before the
+      combined row: the worst case of the attacks up to the end of that
+      stage, freshly scored, so the next stage's row says what it found
+      that they had missed.
 
   Returns:
     One dict per row (natural, each attack, the extra ones, combined, then
@@ -481,7 +500,8 @@ def evaluate_robustness(logits_fn: Optional[attacks.eot.LogitsFn],
     raise ValueError('gradient_fns belong to one model copy: pass one '
                      'replica (or logits_fn) with them.')
   evaluators = [_BatchEvaluator(r, cfg, stochastic, probe, transfer_logits_fn,
-                                extra_attacks, rows_per_mode, gradient_fns)
+                                extra_attacks, rows_per_mode, gradient_fns,
+                                stage_rows)
                 for r in replicas]
   for evaluator in evaluators:
     evaluator.keep_picks = picks is not None and cfg.combined == 'worst_case'
@@ -619,10 +639,17 @@ def _table(evaluator, rows, seconds, cfg, examples, outcomes):
     natural = ok if natural is None else natural
     base = name.split('/')[0]
     variant = given.get(base)
-    text = (variant.settings if variant is not None and variant.settings
-            else attack_settings(base, cfg))
-    threat = (variant.threat if variant is not None and variant.threat else
-              attack_suite.threat_model(base, cfg))
+    if name in evaluator.stages:  # The cascade's worst case so far.
+      ran = evaluator.variants[:evaluator.stages[name]]
+      text = (f'worst case of the cascade up to its {name[6:]} stage '
+              f'({"+".join(dict.fromkeys(v.name for v in ran))})')
+      threat = ' + '.join(dict.fromkeys(
+          v.threat or attack_suite.threat_model(v.name, cfg) for v in ran))
+    else:
+      text = (variant.settings if variant is not None and variant.settings
+              else attack_settings(base, cfg))
+      threat = (variant.threat if variant is not None and variant.threat
+                else attack_suite.threat_model(base, cfg))
     if name == 'combined':
       # A cascade has no per-attack rows: its attacks are the variants'.
       members = list(evaluator.grouped) or list(dict.fromkeys(
