@@ -171,6 +171,31 @@ def test_eot_averages_fresh_randomness_on_a_stochastic_model(fn, batch):
   assert np.std(many, axis=0).mean() < 0.5 * np.std(one, axis=0).mean()
 
 
+def test_finite_differences_estimate_the_gradient_from_values_alone(fn,
+                                                                   batch):
+  x, y = batch
+  x, y = tf.constant(x[:8]), tf.constant(y[:8])
+  loss = lambda logits: tf.nn.sparse_softmax_cross_entropy_with_logits(
+      labels=y, logits=logits)
+  true = attacks.eot.loss_gradient(fn, loss, x)[0].numpy().ravel()
+  tf.random.set_seed(0)
+  estimated = attacks.eot.finite_differences(fn, 1e-3, 2000)
+  guess = attacks.eot.loss_gradient(estimated, loss, x)[0].numpy().ravel()
+  # 2,000 random directions for 784 pixels: close to the real gradient
+  # (a lying or shattered autodiff gradient would not matter to it).
+  assert np.corrcoef(true, guess)[0, 1] > 0.8
+  # A model whose autodiff gradient is exactly 0 (quantized input) still
+  # has a slope at the scale of the smoothing; its values are unchanged.
+  quantized = lambda z: fn(tf.round(z * 8) / 8)
+  assert not attacks.eot.loss_gradient(quantized, loss, x)[0].numpy().any()
+  smooth = attacks.eot.finite_differences(quantized, 0.05, 200)
+  np.testing.assert_array_equal(smooth(x).numpy(), quantized(x).numpy())
+  slope = attacks.eot.loss_gradient(smooth, loss, x)[0].numpy().ravel()
+  assert np.corrcoef(true, slope)[0, 1] > 0.2
+  with pytest.raises(ValueError, match='sigma > 0'):
+    attacks.eot.finite_differences(fn, 0.0, 4)
+
+
 def test_inputs_are_never_modified(fn, batch):
   x, y = batch
   x_copy, y_copy = x.copy(), y.copy()

@@ -117,8 +117,8 @@ def test_an_audit_with_a_cascade_checks_by_its_stages(uint8_batch):
   # The worst case after each stage of the cascade (the distilled network
   # is the transfer source), then after all of them.
   names = [r['attack'] for r in result['rows']]
-  assert names == ['natural', 'stage:iterative', 'stage:single_step',
-                   'stage:transfer', 'stage:square', 'combined'], names
+  assert names == ['natural', 'after_iterative', 'after_single_step',
+                   'after_transfer', 'after_square', 'combined'], names
   accuracies = [r['accuracy'] for r in result['rows']]
   assert accuracies == sorted(accuracies, reverse=True)  # Deterministic.
   assert accuracies[-1] < 0.5
@@ -127,7 +127,7 @@ def test_an_audit_with_a_cascade_checks_by_its_stages(uint8_batch):
                       ('gradient_free', 'transfer'),
                       ('noise_floor', 'square')):
     assert by_name[name]['status'] == 'passed', by_name[name]
-    before = result['rows'][names.index(f'stage:{stage}')]['accuracy']
+    before = result['rows'][names.index(f'after_{stage}')]['accuracy']
     assert f'from {100 * before:.1f}%' in by_name[name]['detail']
   # Which mode is strongest: APGD-CE alone on the first 32 images.
   assert [r['attack'] for r in result['compared_rows']] == [

@@ -368,3 +368,68 @@ def settled_probabilities(logits_fn: LogitsFn, x, cap: int, block: int = 2,
     active = active[~settled]
   return (tf.constant((total / passes[:, None]).astype(np.float32)),
           tf.constant(passes))
+
+
+def finite_differences(logits_fn: LogitsFn, sigma: float,
+                       pairs: int, tile: int = 1) -> LogitsFn:
+  """`logits_fn` whose input gradient is estimated from its values alone.
+
+  The forward pass is `logits_fn` itself; the backward pass never
+  differentiates it. It estimates the gradient of the model smoothed by
+  Gaussian input noise of s.d. `sigma` from `pairs` antithetic pairs of
+  queries (NES; Ilyas et al., 2018, as SPSA in Uesato et al., 2018):
+  for a vector v at the output, g = mean_i <v, f(x + sigma u_i) -
+  f(x - sigma u_i)> u_i / (2 sigma), u_i ~ N(0, I). No gradient of the
+  model enters it, so gradients that are shattered (oscillating faster
+  than `sigma`), saturated or lie cost it nothing; the model's own noise
+  only adds variance. Use it as a gradient attack's `gradient_fn`.
+
+  Args:
+    logits_fn: images `[B, H, W, C]` -> logits `[B, K]`.
+    sigma: the smoothing s.d. per input value, > 0 (in [0, 1] image units;
+      a fraction of the attack's radius).
+    pairs: antithetic pairs of queries per gradient, >= 1; they run as one
+      call of 2 * pairs * B images.
+    tile: directions drawn on a grid `tile` times coarser than the image
+      and repeated over each tile x tile block (Ilyas et al., 2019: nearby
+      pixels' gradients agree), so the estimate has H W C / tile^2
+      unknowns instead of H W C; 1 draws every pixel.
+
+  Returns:
+    images `[B, H, W, C]` -> logits `[B, K]`, differentiable.
+  """
+  if sigma <= 0 or pairs < 1 or tile < 1:
+    raise ValueError(f'finite_differences needs sigma > 0, pairs >= 1 and '
+                     f'tile >= 1 (got {sigma}, {pairs}, {tile}).')
+
+  @tf.custom_gradient
+  def fn(x):
+    logits = logits_fn(x)
+
+    def grad(upstream, variables=None):  # `[B, K]` -> `[B, H, W, C]`.
+      size = tf.shape(x)
+      coarse = tf.stack([pairs * size[0], -(-size[1] // tile),
+                         -(-size[2] // tile), size[3]])
+      u = tf.random.normal(coarse, dtype=x.dtype)
+      if tile > 1:  # Each draw over a tile x tile block, cut to the image.
+        u = tf.repeat(tf.repeat(u, tile, axis=1), tile, axis=2)
+        u = u[:, :size[1], :size[2]]
+      u = tf.reshape(u, tf.concat([[pairs], size], 0))
+      shifted = tf.concat([x[None] + sigma * u, x[None] - sigma * u], 0)
+      flat = tf.reshape(shifted, tf.concat([[-1], tf.shape(x)[1:]], 0))
+      values = tf.reshape(tf.stop_gradient(logits_fn(flat)),
+                          tf.concat([[2, pairs], tf.shape(logits)], 0))
+      slope = tf.reduce_sum(upstream[None] * (values[0] - values[1]),
+                            axis=-1) / (2.0 * sigma)  # `[pairs, B]`.
+      rank = len(x.shape) - 1
+      along = tf.reshape(slope, tf.concat([tf.shape(slope), [1] * rank], 0))
+      estimate = tf.reduce_mean(along * u, axis=0)
+      if variables is None:
+        return estimate
+      # The model's weights (a Keras model's variables) get none.
+      return estimate, [tf.zeros_like(v) for v in variables]
+
+    return logits, grad
+
+  # Autograph would unwrap the custom gradient into (value, grad) pairs.
+  return tf.autograph.experimental.do_not_convert(fn)

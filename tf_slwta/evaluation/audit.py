@@ -55,8 +55,9 @@ the table.
 When a check says the gradients are masked, the audit does not stop at the
 number they give: it attacks the images still standing with what needs no
 gradient of the model (Square with a larger budget and restarts, in every
-mode, and APGD on a network distilled from the model's own answers around
-them, `distill`), with APGD-DLR on the model itself (more restarts and
+mode with a forward pass of its own; APGD on a gradient estimated from the
+model's values alone, `eot.finite_differences`; and APGD on a network
+distilled from the model's own answers around them, `distill`), with APGD-DLR on the model itself (more restarts and
 EOT passes; its loss cannot saturate) and with APGD on the model's gradient
 averaged over small random shifts of the input (shattered gradients average
 out), judged by the decision rule and picked per image against
@@ -103,6 +104,12 @@ MASKING_CHECKS = ('gradients', 'gradient_direction', 'eps_to_zero',
 ZERO_GRADIENT_SHARE = 0.1
 # Escalation's input-noise EOT: gradients averaged per step.
 _SMOOTHING_PASSES = 16
+# Escalation's gradient from the model's values alone: antithetic pairs of
+# queries per step (`eot.finite_differences`), smoothing at the radius. On
+# the masking zoo's shattered toy (48 images, eps 0.03, 50 APGD steps):
+# 32 pairs leave 100%, 128 40%, 512 4% (BPDA 2%); tiled directions
+# (4 x 4 blocks) did worse, 92% with 64 pairs.
+_DIFFERENCE_PAIRS = 512
 # `gradient_direction` passes when in some mode a gradient step delivers at
 # least this share of the margin's drop it promises to first order.
 DIRECTION_SHARE = 0.1
@@ -182,7 +189,7 @@ def checks(rows: Sequence[dict], eps_sweep: Sequence[dict],
   Args:
     rows: the audit table (`robustness.evaluate_robustness` rows), every
       row at the audited threat model: either one row per attack (and per
-      mode), or a cascade's with its 'stage:<stage>' rows (then
+      mode), or a cascade's with its 'after_<stage>' rows (then
       `single_step`, `gradient_free`, `transfer` and `noise_floor` judge
       how far each of those stages lowered the worst case of the stages
       before it, on the images they left standing).
@@ -275,7 +282,7 @@ def checks(rows: Sequence[dict], eps_sweep: Sequence[dict],
         if not rises else 'more steps help the model: ' + '; '.join(rises) +
         '; the attack is not converging (noisy gradients: raise '
         '--eot_samples or use another gradient mode)'))
-  if any(r['attack'].startswith('stage:') for r in rows):
+  if any(r['attack'].startswith('after_') for r in rows):
     found += _stage_checks(rows, tol)
   else:
     found += _row_checks(rows, tol)
@@ -359,7 +366,7 @@ def _stage_checks(rows: Sequence[dict], tol: float) -> List[Check]:
   ran = [attack_suite.cascade_stage(c['attack'].split('/')[0])
          for c in combined.get('cascade', [])]
   order = [s for s in dict.fromkeys(ran) if s != 'previous']
-  through = {stage: _row(rows, f'stage:{stage}') for stage in order[:-1]}
+  through = {stage: _row(rows, f'after_{stage}') for stage in order[:-1]}
   if order:
     through[order[-1]] = combined
   found = []
@@ -408,19 +415,19 @@ def _mode_check(rows: Sequence[dict], tol: float, stochastic: bool) -> Check:
     if 'sample' in modes and len(modes) > 1:
       best = min(modes.values(), key=lambda r: r['accuracy'])
       gaps.append((modes['sample']['accuracy'] - best['accuracy'], name,
-                   best['attack']))
+                   best['attack'], _slack(modes['sample'], best, tol)))
   if not gaps:
     inert = rows[0].get('inert_modes') if rows else ''
     return _not_run('gradient_modes', 'one gradient mode only' + (
         f' (the model does not respond to {inert})' if inert else ''))
   wins = ', '.join(f'{a}: {m}' for a, m in mode_wins(rows).items())
-  gap, name, best = max(gaps)
+  gap, name, best, allowed = max(gaps)
   return Check(
-      'gradient_modes', gap <= tol,
+      'gradient_modes', gap <= allowed,
       f'strongest mode per attack: {wins}; {name} with EOT over samples is '
       f'{100 * gap:.1f} points weaker than {best}' + (
           ': the sampled passes mask the gradient; the table keeps the '
-          'adaptive worst case' if gap > tol else ''))
+          'adaptive worst case' if gap > allowed else ''))
 
 
 def gradient_health(modes: attack_suite.GradientModes, images: np.ndarray,
@@ -602,6 +609,9 @@ def run_audit(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
               'transfer': ('distilled' if distilled else
                            transfer_logits_fn is not None),
               'gradient_fns': sorted(gradient_fns or {}),
+              # Records of audits before the cascade had stage rows (and
+              # Square fewer modes) do not match: their parts are redone.
+              'layout': 2,
               'audit': dataclasses.asdict(audit), 'examples': len(images),
               'batch_size': batch_size}
 
@@ -808,8 +818,9 @@ def _escalate(replicas, images, labels, cfg, audit, outcomes, picks,
       print(f'audit: escalation round {round_}: {len(standing)} image(s) '
             f'still robust; Square with {queries} queries x 2 restarts in '
             f'every mode, APGD-DLR on the model with 2 restarts and twice the '
-            f'EOT passes, APGD on its gradient smoothed over input noise, and '
-            f'APGD on a network distilled from the model',
+            f'EOT passes, APGD on its gradient smoothed over input noise and '
+            f'on finite differences of its values, and APGD on a network '
+            f'distilled from the model',
             flush=True)
     survivors = images[standing]
     source = distill.distill(
@@ -857,6 +868,25 @@ def _escalate(replicas, images, labels, cfg, audit, outcomes, picks,
                     f'inputs with noise s.d. {sd:.3g}, 2 restarts'),
           cost=2 * (3.0 * _SMOOTHING_PASSES * (cfg.apgd_steps + 1) +
                     cfg.mc_samples)))
+      # APGD-CE on a gradient estimated from the model's values alone
+      # (finite differences along random directions, the model smoothed at
+      # the radius): no gradient of the model enters it, so gradients that
+      # are shattered, saturated or lie cannot mislead it, and the model's
+      # own noise averages out over the queries.
+      estimated = eot.finite_differences(fn, 4 * sd, _DIFFERENCE_PAIRS)
+      fd_steps = max(cfg.apgd_steps, 50)  # A noisy gradient needs steps.
+      found.append(attack_suite.Variant(
+          'finite_differences', '', attack_suite.compiled(
+              lambda x, y, s, i: attacks.apgd(
+                  fn, x, y, eps, norm=norm, steps=fd_steps, loss='ce',
+                  restarts=1, seed=s, ids=i, eot_samples=1,
+                  mc_samples=cfg.mc_samples, gradient_fn=estimated)),
+          settings=(f'APGD-CE, {fd_steps} steps, on a gradient from '
+                    f'{_DIFFERENCE_PAIRS} '
+                    f'antithetic pairs of queries per step, smoothing s.d. '
+                    f'{4 * sd:.3g}'),
+          cost=(2.0 * _DIFFERENCE_PAIRS + 1) * (fd_steps + 1) +
+          cfg.mc_samples))
       for loss in ('ce', 'dlr'):
         found.append(attack_suite.Variant(
             'distilled', loss, attack_suite.compiled(
@@ -894,7 +924,8 @@ def _escalate(replicas, images, labels, cfg, audit, outcomes, picks,
          'settings': (f'worst case after {len(log)} escalation round(s): '
                       f'Square {queries} queries x 2 restarts per mode, '
                       f'APGD-DLR on the model, APGD on its noise-smoothed '
-                      f'gradient, APGD on a distilled network'),
+                      f'gradient and on finite differences, APGD on a '
+                      f'distilled network'),
          **numbers, 'examples': len(images),
          'repeats': ok.shape[0], 'gradient_modes': '', 'inert_modes': '',
          'seconds': 0.0}

@@ -237,13 +237,13 @@ class _BatchEvaluator:
       # each attack runs on the images no earlier one broke.
       self.variants = attack_suite.cascade_order(self.variants)
       self.grouped, self.per_mode = {}, []
-      # {row 'stage:<stage>': variants run up to the end of that stage},
+      # {row 'after_<stage>': variants run up to the end of that stage},
       # for every stage but the last (its row is 'combined').
       if stage_rows:
         kinds = [attack_suite.cascade_stage(v.name) for v in self.variants]
         for k, kind in enumerate(kinds[:-1]):
           if kind != kinds[k + 1] and kind != 'previous':
-            self.stages[f'stage:{kind}'] = k + 1
+            self.stages[f'after_{kind}'] = k + 1
       self.names = ['natural', *self.stages, 'combined']
     else:
       self.grouped = attack_suite.variants_by_attack(self.variants)
@@ -475,7 +475,7 @@ def evaluate_robustness(logits_fn: Optional[attacks.eot.LogitsFn],
     picks: if given (with cfg.combined 'worst_case'), filled with
       {'combined': float32 `[N, H, W, C]`}, the image each test image's
       worst case picked.
-    stage_rows: with a cascade, also a row 'stage:<stage>' per stage of
+    stage_rows: with a cascade, also a row 'after_<stage>' per stage of
       the cascade but the last (`attack_suite.CASCADE_STAGES`), before the
       combined row: the worst case of the attacks up to the end of that
       stage, freshly scored, so the next stage's row says what it found
@@ -641,7 +641,8 @@ def _table(evaluator, rows, seconds, cfg, examples, outcomes):
     variant = given.get(base)
     if name in evaluator.stages:  # The cascade's worst case so far.
       ran = evaluator.variants[:evaluator.stages[name]]
-      text = (f'worst case of the cascade up to its {name[6:]} stage '
+      stage = name[len('after_'):]
+      text = (f'worst case of the cascade up to its {stage} stage '
               f'({"+".join(dict.fromkeys(v.name for v in ran))})')
       threat = ' + '.join(dict.fromkeys(
           v.threat or attack_suite.threat_model(v.name, cfg) for v in ran))
