@@ -340,3 +340,15 @@ def test_report_puts_failed_checks_on_top(tmp_path):
   assert page.index('class="warning"') < page.index('<h2>')
   assert 'APGD-CE at eps=0.8 leaves 90.0%' in page
   assert page.index('class="warning"') < page.index('Gradient-masking audit')
+
+
+def test_the_sweeps_take_a_cheap_mode_only_when_it_is_as_strong():
+  rows = _rows(**{'apgd_ce/sample': 0.60, 'apgd_ce/expected': 0.524,
+                  'apgd_ce/straight_through': 0.512})
+  modes = ['sample', 'expected', 'straight_through']
+  # 'expected' has no randomness and is 1.2 points off the strongest.
+  assert audit._sweep_mode(rows, modes, ('expected',), 0.02) == 'expected'
+  # 3 points off: the sweeps take the strongest, whatever it costs.
+  rows[1]['accuracy'] = 0.542
+  assert audit._sweep_mode(rows, modes, ('expected',),
+                           0.02) == 'straight_through'
