@@ -11,6 +11,8 @@ audit's final number must land within those few points of BPDA's. On the
 honest toys, no check may fail.
 """
 
+import functools
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -68,9 +70,11 @@ def _zoo():
 _STOCHASTIC = ('noisy_liar', 'noisy')
 # Masks the audit sees (a check fails, it escalates) but whose escalated
 # number is still more than a few points above BPDA's: the gap that
-# remains, kept visible here until it closes (measured: shattered 14.6% vs
-# 2.1% after 2 rounds; the liar 49.3% / 41.7% / 35.4% after 1 / 2 / 3
-# rounds vs 0%, still moving; one round here, as the costliest toy).
+# remains, kept visible here until it closes (measured: the liar 49.3% /
+# 41.7% / 35.4% after 1 / 2 / 3 rounds vs 0%, still moving; with APGD on
+# finite differences 29-45% after one round, the number it prints; one
+# round here, as the costliest toy). The shattered toy left this list
+# when finite differences joined the escalation (14.6% -> within 3/48).
 _KNOWN_GAPS = {'noisy_liar': 1}  # {toy: escalation rounds}
 
 
@@ -102,18 +106,30 @@ def _reference(fn, bpda, x, y, stochastic):
   return float(ok.mean())
 
 
-@pytest.fixture(scope='module')
-def batch():
+# The toys whose gradients are exactly 0 are checked in
+# test_masking_zoo_zero_gradients.py, so that the two halves of the zoo run
+# on two test processes at once.
+ZERO_GRADIENT_TOYS = ('quantized', 'saturated', 'purified')
+
+
+@functools.lru_cache(maxsize=1)
+def _batch():
   x, y = sample_batch(128)
   return x[:IMAGES], y[:IMAGES]
 
 
-@pytest.mark.parametrize('name', list(_zoo()))
-def test_the_audit_sees_each_mask_and_escalates_to_the_real_number(
-    batch, name):
+@pytest.mark.parametrize('name', [n for n in _zoo()
+                                  if n not in ZERO_GRADIENT_TOYS])
+def test_the_audit_sees_each_mask_and_escalates_to_the_real_number(name):
+  check_toy(name)
+
+
+def check_toy(name):
+  """Audits toy `name` and holds its verdicts and number to the rules of
+  the module docstring."""
   tf.random.set_seed(7)
   fn, bpda, expected = _zoo()[name]
-  x, y = batch
+  x, y = _batch()
   images = np.round(x * 255).astype(np.uint8)
   stochastic = name in _STOCHASTIC
   result = audit.run_audit(fn, images, y,

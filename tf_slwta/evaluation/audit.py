@@ -57,7 +57,8 @@ When a check says the gradients are masked, the audit does not stop at the
 number they give: it attacks the images still standing with what needs no
 gradient of the model (Square with a larger budget and restarts, in every
 mode with a forward pass of its own; APGD on a gradient estimated from the
-model's values alone, `eot.finite_differences`; and APGD on a network
+model's values alone, `eot.finite_differences`, when the gradients point
+nowhere; and APGD on a network
 distilled from the model's own answers around them, `distill`), with APGD-DLR on the model itself (more restarts and
 EOT passes; its loss cannot saturate) and with APGD on the model's gradient
 averaged over small random shifts of the input (shattered gradients average
@@ -721,7 +722,10 @@ def run_audit(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
     clock = time.perf_counter()
     worst, escalation = _escalate(
         replicas, images, labels, table_cfg, audit, outcomes, picks,
-        stochastic, scale, verbose, gradient_fns, batch_size)
+        stochastic, scale, verbose, gradient_fns, batch_size,
+        # Gradients that exist but point nowhere (not merely 0).
+        values_only=('gradient_direction' in masked and
+                     'gradients' not in masked))
     rows = _insert_after_combined(rows, worst)
     seconds['escalation'] = time.perf_counter() - clock
   if masked:
@@ -799,8 +803,15 @@ def _pick_variant(picks: np.ndarray, images: np.ndarray
 
 
 def _escalate(replicas, images, labels, cfg, audit, outcomes, picks,
-              stochastic, scale, verbose, gradient_fns, batch_size):
+              stochastic, scale, verbose, gradient_fns, batch_size,
+              values_only=False):
   """Attacks the surviving images until the worst case stops moving.
+
+  With `values_only` (the gradients point nowhere: `gradient_direction`
+  failed, and not because they are 0: `gradients` passed) APGD on finite
+  differences of the model's values joins in; it
+  costs 1,025 passes per step, and where the gradients are merely 0 or
+  saturated the other attacks reach BPDA without it (the masking zoo).
 
   Returns:
     (the 'escalated' row over all images, [{'round', 'images', 'before',
@@ -820,9 +831,9 @@ def _escalate(replicas, images, labels, cfg, audit, outcomes, picks,
       print(f'audit: escalation round {round_}: {len(standing)} image(s) '
             f'still robust; Square with {queries} queries x 2 restarts in '
             f'every mode, APGD-DLR on the model with 2 restarts and twice the '
-            f'EOT passes, APGD on its gradient smoothed over input noise and '
-            f'on finite differences of its values, and APGD on a network '
-            f'distilled from the model',
+            f'EOT passes, APGD on its gradient smoothed over input noise' +
+            (' and on finite differences of its values' if values_only
+             else '') + ', and APGD on a network distilled from the model',
             flush=True)
     survivors = images[standing]
     source = distill.distill(
@@ -877,18 +888,19 @@ def _escalate(replicas, images, labels, cfg, audit, outcomes, picks,
       # own noise averages out over the queries.
       estimated = eot.finite_differences(fn, 4 * sd, _DIFFERENCE_PAIRS)
       fd_steps = max(cfg.apgd_steps, 50)  # A noisy gradient needs steps.
-      found.append(attack_suite.Variant(
-          'finite_differences', '', attack_suite.compiled(
-              lambda x, y, s, i: attacks.apgd(
-                  fn, x, y, eps, norm=norm, steps=fd_steps, loss='ce',
-                  restarts=1, seed=s, ids=i, eot_samples=1,
-                  mc_samples=cfg.mc_samples, gradient_fn=estimated)),
-          settings=(f'APGD-CE, {fd_steps} steps, on a gradient from '
-                    f'{_DIFFERENCE_PAIRS} '
-                    f'antithetic pairs of queries per step, smoothing s.d. '
-                    f'{4 * sd:.3g}'),
-          cost=(2.0 * _DIFFERENCE_PAIRS + 1) * (fd_steps + 1) +
-          cfg.mc_samples))
+      if values_only:
+        found.append(attack_suite.Variant(
+            'finite_differences', '', attack_suite.compiled(
+                lambda x, y, s, i: attacks.apgd(
+                    fn, x, y, eps, norm=norm, steps=fd_steps, loss='ce',
+                    restarts=1, seed=s, ids=i, eot_samples=1,
+                    mc_samples=cfg.mc_samples, gradient_fn=estimated)),
+            settings=(f'APGD-CE, {fd_steps} steps, on a gradient from '
+                      f'{_DIFFERENCE_PAIRS} '
+                      f'antithetic pairs of queries per step, smoothing s.d. '
+                      f'{4 * sd:.3g}'),
+            cost=(2.0 * _DIFFERENCE_PAIRS + 1) * (fd_steps + 1) +
+            cfg.mc_samples))
       for loss in ('ce', 'dlr'):
         found.append(attack_suite.Variant(
             'distilled', loss, attack_suite.compiled(
@@ -926,8 +938,9 @@ def _escalate(replicas, images, labels, cfg, audit, outcomes, picks,
          'settings': (f'worst case after {len(log)} escalation round(s): '
                       f'Square {queries} queries x 2 restarts per mode, '
                       f'APGD-DLR on the model, APGD on its noise-smoothed '
-                      f'gradient and on finite differences, APGD on a '
-                      f'distilled network'),
+                      f'gradient (and on finite differences when the '
+                      f'gradients point nowhere), APGD on a distilled '
+                      f'network'),
          **numbers, 'examples': len(images),
          'repeats': ok.shape[0], 'gradient_modes': '', 'inert_modes': '',
          'seconds': 0.0}
