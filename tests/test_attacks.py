@@ -184,6 +184,10 @@ def test_finite_differences_estimate_the_gradient_from_values_alone(fn,
   # 2,000 random directions for 784 pixels: close to the real gradient
   # (a lying or shattered autodiff gradient would not matter to it).
   assert np.corrcoef(true, guess)[0, 1] > 0.8
+  # The same in calls of at most 64 shifted images (4 pairs of 8 images).
+  capped = attacks.eot.finite_differences(fn, 1e-3, 2000, max_images=64)
+  piecewise = attacks.eot.loss_gradient(capped, loss, x)[0].numpy().ravel()
+  assert np.corrcoef(true, piecewise)[0, 1] > 0.8
   # A model whose autodiff gradient is exactly 0 (quantized input) still
   # has a slope at the scale of the smoothing; its values are unchanged.
   quantized = lambda z: fn(tf.round(z * 8) / 8)

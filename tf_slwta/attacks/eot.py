@@ -371,7 +371,8 @@ def settled_probabilities(logits_fn: LogitsFn, x, cap: int, block: int = 2,
 
 
 def finite_differences(logits_fn: LogitsFn, sigma: float,
-                       pairs: int, tile: int = 1) -> LogitsFn:
+                       pairs: int, tile: int = 1,
+                       max_images: int = 8192) -> LogitsFn:
   """`logits_fn` whose input gradient is estimated from its values alone.
 
   The forward pass is `logits_fn` itself; the backward pass never
@@ -388,19 +389,22 @@ def finite_differences(logits_fn: LogitsFn, sigma: float,
     logits_fn: images `[B, H, W, C]` -> logits `[B, K]`.
     sigma: the smoothing s.d. per input value, > 0 (in [0, 1] image units;
       a fraction of the attack's radius).
-    pairs: antithetic pairs of queries per gradient, >= 1; they run as one
-      call of 2 * pairs * B images.
+    pairs: antithetic pairs of queries per gradient, >= 1.
     tile: directions drawn on a grid `tile` times coarser than the image
       and repeated over each tile x tile block (Ilyas et al., 2019: nearby
       pixels' gradients agree), so the estimate has H W C / tile^2
       unknowns instead of H W C; 1 draws every pixel.
+    max_images: most images per call of `logits_fn` (the pairs run in
+      calls of at most this many shifted images, at least one pair each):
+      the cap that keeps memory bounded.
 
   Returns:
     images `[B, H, W, C]` -> logits `[B, K]`, differentiable.
   """
-  if sigma <= 0 or pairs < 1 or tile < 1:
-    raise ValueError(f'finite_differences needs sigma > 0, pairs >= 1 and '
-                     f'tile >= 1 (got {sigma}, {pairs}, {tile}).')
+  if sigma <= 0 or pairs < 1 or tile < 1 or max_images < 1:
+    raise ValueError(f'finite_differences needs sigma > 0, pairs >= 1, '
+                     f'tile >= 1 and max_images >= 1 (got {sigma}, {pairs}, '
+                     f'{tile}, {max_images}).')
 
   @tf.custom_gradient
   def fn(x):
@@ -408,22 +412,30 @@ def finite_differences(logits_fn: LogitsFn, sigma: float,
 
     def grad(upstream, variables=None):  # `[B, K]` -> `[B, H, W, C]`.
       size = tf.shape(x)
-      coarse = tf.stack([pairs * size[0], -(-size[1] // tile),
-                         -(-size[2] // tile), size[3]])
-      u = tf.random.normal(coarse, dtype=x.dtype)
-      if tile > 1:  # Each draw over a tile x tile block, cut to the image.
-        u = tf.repeat(tf.repeat(u, tile, axis=1), tile, axis=2)
-        u = u[:, :size[1], :size[2]]
-      u = tf.reshape(u, tf.concat([[pairs], size], 0))
-      shifted = tf.concat([x[None] + sigma * u, x[None] - sigma * u], 0)
-      flat = tf.reshape(shifted, tf.concat([[-1], tf.shape(x)[1:]], 0))
-      values = tf.reshape(tf.stop_gradient(logits_fn(flat)),
-                          tf.concat([[2, pairs], tf.shape(logits)], 0))
-      slope = tf.reduce_sum(upstream[None] * (values[0] - values[1]),
-                            axis=-1) / (2.0 * sigma)  # `[pairs, B]`.
-      rank = len(x.shape) - 1
-      along = tf.reshape(slope, tf.concat([tf.shape(slope), [1] * rank], 0))
-      estimate = tf.reduce_mean(along * u, axis=0)
+      per_call = tf.maximum(1, max_images // (2 * size[0]))
+
+      def chunk(done, total):  # `n` more pairs, summed into `total`.
+        n = tf.minimum(per_call, pairs - done)
+        coarse = tf.stack([n * size[0], -(-size[1] // tile),
+                           -(-size[2] // tile), size[3]])
+        u = tf.random.normal(coarse, dtype=x.dtype)
+        if tile > 1:  # Each draw over a tile x tile block, cut to the image.
+          u = tf.repeat(tf.repeat(u, tile, axis=1), tile, axis=2)
+          u = u[:, :size[1], :size[2]]
+        u = tf.reshape(u, tf.concat([[n], size], 0))
+        shifted = tf.concat([x[None] + sigma * u, x[None] - sigma * u], 0)
+        flat = tf.reshape(shifted, tf.concat([[-1], size[1:]], 0))
+        values = tf.reshape(tf.stop_gradient(logits_fn(flat)),
+                            tf.concat([[2, n], tf.shape(logits)], 0))
+        slope = tf.reduce_sum(upstream[None] * (values[0] - values[1]),
+                              axis=-1) / (2.0 * sigma)  # `[n, B]`.
+        along = tf.reshape(slope, tf.concat(
+            [tf.shape(slope), tf.ones([tf.rank(x) - 1], tf.int32)], 0))
+        return done + n, total + tf.reduce_sum(along * u, axis=0)
+
+      _, total = tf.while_loop(lambda done, _: done < pairs, chunk,
+                               (tf.constant(0), tf.zeros_like(x)))
+      estimate = total / float(pairs)
       if variables is None:
         return estimate
       # The model's weights (a Keras model's variables) get none.
