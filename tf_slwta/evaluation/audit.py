@@ -58,8 +58,8 @@ number they give: it attacks the images still standing with what needs no
 gradient of the model (Square with a larger budget and restarts, in every
 mode with a forward pass of its own; APGD on a gradient estimated from the
 model's values alone, `eot.finite_differences`, when the gradients point
-nowhere; and APGD on a network
-distilled from the model's own answers around them, `distill`), with APGD-DLR on the model itself (more restarts and
+nowhere; and APGD on a network distilled from the model's own answers
+around them, `distill`), with APGD-DLR on the model itself (more restarts and
 EOT passes; its loss cannot saturate) and with APGD on the model's gradient
 averaged over small random shifts of the input (shattered gradients average
 out), judged by the decision rule and picked per image against
@@ -886,9 +886,9 @@ def _escalate(replicas, images, labels, cfg, audit, outcomes, picks,
       # the radius): no gradient of the model enters it, so gradients that
       # are shattered, saturated or lie cannot mislead it, and the model's
       # own noise averages out over the queries.
-      estimated = eot.finite_differences(fn, 4 * sd, _DIFFERENCE_PAIRS)
-      fd_steps = max(cfg.apgd_steps, 50)  # A noisy gradient needs steps.
       if values_only:
+        estimated = eot.finite_differences(fn, 4 * sd, _DIFFERENCE_PAIRS)
+        fd_steps = max(cfg.apgd_steps, 50)  # A noisy gradient needs steps.
         found.append(attack_suite.Variant(
             'finite_differences', '', attack_suite.compiled(
                 lambda x, y, s, i: attacks.apgd(
