@@ -189,6 +189,11 @@ def test_every_check_passes_on_sound_numbers():
     (dict(eps=[{'eps': e, 'accuracy': a, 'mc_se': 0.0} for e, a in (
         (0.05, 0.30), (0.1, 0.315), (0.2, 0.33), (0.4, 0.0))]),
      'eps_monotone'),
+    # A cascaded point: the fresh attack at 0.4 left 3 of 16 images
+    # standing that 0.2 had broken (2 allowed at a 2-point tolerance).
+    (dict(eps=_EPS[:-1] + [{'eps': 0.4, 'accuracy': 0.0, 'mc_se': 0.0,
+                            'spot': {'examples': 16, 'standing': 3.0,
+                                     'allowed': 2}}]), 'eps_monotone'),
     (dict(rows=_rows(**{**_SOUND, 'single_step': 0.2})), 'single_step'),
     (dict(rows=_rows(**{**_SOUND, 'square': 0.3})), 'gradient_free'),
     (dict(rows=_rows(**{**_SOUND, 'transfer': 0.3})), 'transfer'),
@@ -352,3 +357,54 @@ def test_the_sweeps_take_a_cheap_mode_only_when_it_is_as_strong():
   rows[1]['accuracy'] = 0.542
   assert audit._sweep_mode(rows, modes, ('expected',),
                            0.02) == 'straight_through'
+
+
+def test_the_spot_check_allows_what_a_sound_attack_leaves_by_chance():
+  # P(X >= 3) < 2.5% <= P(X >= 2) for X ~ Binomial(16, 0.02).
+  assert audit._allowed(16, 0.02) == 2
+  assert audit._allowed(16, 0.0) == 0
+  assert audit._allowed(100, 0.02) == 5
+  spot = {'examples': 16, 'standing': 2.0, 'allowed': 2}
+  eps = _EPS[:-1] + [{'eps': 0.4, 'accuracy': 0.0, 'mc_se': 0.0,
+                      'spot': spot}]
+  assert _verdicts(eps=eps)['eps_monotone'] == 'passed'
+
+
+def _fake_sweep(survive):
+  """run(ids, outcomes) of a sweep point on 6 images with 2 decisions:
+  image i stands unless survive[i] is False; records which were run."""
+  calls = []
+
+  def run(ids, outcomes):
+    ids = np.arange(6) if ids is None else ids
+    calls.append(ids)
+    ok = np.tile(np.asarray(survive)[ids], (2, 1))
+    outcomes['apgd_ce'] = ok
+    return [{'attack': 'apgd_ce', 'accuracy': ok.mean(), 'mc_se': 0.0,
+             'image_se': 0.0, 'examples': len(ids)}]
+  return run, calls
+
+
+def test_the_eps_sweep_attacks_only_what_stands_and_spot_checks_the_rest():
+  first, calls = _fake_sweep([True, False, True, False, False, True])
+  point, ok, _ = audit._eps_point(first, 0.1, None, 2, 0.02)
+  assert calls[0].tolist() == list(range(6)) and point['spot'] is None
+  assert point['accuracy'] == 0.5 and point['attacked'] == 6
+  # At the next radius: the 3 standing images plus the first 2 broken ones
+  # (1, 3) afresh; image 4 keeps its broken verdict.
+  second, calls = _fake_sweep([False, True, True, False, False, False])
+  point, ok2, _ = audit._eps_point(second, 0.2, ok, 2, 0.02)
+  assert calls[0].tolist() == [0, 1, 2, 3, 5]
+  assert ok2[0].tolist() == [False, False, True, False, False, False]
+  assert point['attacked'] == 5 and point['accuracy'] == 1 / 6
+  # Image 1, broken at 0.1, stood against the fresh attack at 0.2.
+  assert point['spot'] == {'examples': 2, 'standing': 1.0,
+                           'allowed': audit._allowed(2, 0.02)}
+  # Every image broken before: only the spot check runs.
+  third, calls = _fake_sweep([False] * 6)
+  point, _, _ = audit._eps_point(third, 0.4, np.zeros((2, 6), bool), 1, 0.02)
+  assert calls[0].tolist() == [0] and point['attacked'] == 1
+  assert point['accuracy'] == 0.0 and point['spot']['standing'] == 0.0
+  # --audit_eps_spot=0: every image at every radius, no cascade.
+  point, _, _ = audit._eps_point(third, 0.4, ok2, 0, 0.02)
+  assert calls[1].tolist() == list(range(6)) and point['attacked'] == 6

@@ -80,6 +80,12 @@ class _Replay:
     self.counter = np.zeros(images, np.int64)
 
   def __call__(self, x):
+    # Python state: run eagerly even inside the compiled decision passes.
+    out = tf.py_function(self._replay, [x], tf.float32)
+    out.set_shape([x.shape[0], 3])
+    return out
+
+  def _replay(self, x):
     ids = np.asarray(x[:, 0, 0, 0]).astype(np.int64)
     out = self.logits[ids, self.counter[ids]]
     self.counter[ids] += 1

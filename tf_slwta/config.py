@@ -551,6 +551,10 @@ class AuditConfig:
     sweep_steps: increasing APGD-CE iteration counts of the steps sweep.
     noise_draws: random points of the eps sphere per image in the
       random-noise floor, >= 1.
+    eps_spot: the eps sweep runs as a cascade over radii: at each radius
+      past the first only the images still standing are attacked, plus
+      this many of those a smaller radius broke, attacked afresh as a spot
+      check (eps_monotone); >= 0, 0 attacks every image at every radius.
     tolerance: how far in [0, 1] one number may beat another it must not
       beat before a check fails (at least twice their Monte Carlo standard
       errors are allowed too).
@@ -572,6 +576,7 @@ class AuditConfig:
   eps_multiples: Tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
   sweep_steps: Tuple[int, ...] = (10, 25, 50, 100)
   noise_draws: int = 20
+  eps_spot: int = 16
   tolerance: float = 0.02
   chance_share: float = 0.5
   escalate: bool = True
@@ -583,6 +588,7 @@ class AuditConfig:
     _check_finite(self)
     _check_at_least('audit_sweep_examples', self.sweep_examples, 1)
     _check_at_least('audit_noise_draws', self.noise_draws, 1)
+    _check_at_least('audit_eps_spot', self.eps_spot, 0)
     _check_at_least('audit_escalation_rounds', self.escalation_rounds, 1)
     _check_at_least('audit_distill_examples', self.distill_examples, 0)
     _check_at_least('audit_escalation_queries', self.escalation_queries, 0)

@@ -153,6 +153,14 @@ def mean_probabilities(logits_fn: LogitsFn, x: tf.Tensor,
   return total / mc_samples
 
 
+@tf.function(reduce_retracing=True)
+def compiled_mean_probabilities(logits_fn: LogitsFn, x: tf.Tensor,
+                                mc_samples: int = 1) -> tf.Tensor:
+  """`mean_probabilities` as one compiled call, for eager callers (the
+  scoring decisions); one trace per logits function and pass count."""
+  return mean_probabilities(logits_fn, x, mc_samples)
+
+
 def mean_log_probabilities(logits_fn: LogitsFn, x: tf.Tensor,
                            samples: int = 1) -> tf.Tensor:
   """log of `mean_probabilities`, computed stably in log space.
@@ -297,6 +305,17 @@ def decision_margin_gradient(logits_fn: LogitsFn, x: tf.Tensor,
   return grad, log_p, wrong - pick(log_p, y)
 
 
+@tf.function(reduce_retracing=True)
+def _pass_probabilities(logits_fn: LogitsFn, x: tf.Tensor, n: int,
+                        in_one_call: bool) -> tf.Tensor:
+  """float32 `[n, B, K]`: the softmax of n passes of `x`, as one compiled
+  call (eager Keras calls cost about 50 ms each on a small CNN, ten times
+  the pass itself); `in_one_call` stacks them in one batch (`_stacked`)."""
+  if in_one_call:
+    return tf.nn.softmax(_stacked(logits_fn, x, n))
+  return tf.stack([tf.nn.softmax(logits_fn(x)) for _ in range(n)])
+
+
 def settled_probabilities(logits_fn: LogitsFn, x, cap: int, block: int = 2,
                           z: float = 3.5):
   """The decision rule's probabilities, with no more passes than it needs.
@@ -327,7 +346,8 @@ def settled_probabilities(logits_fn: LogitsFn, x, cap: int, block: int = 2,
   """
   x = tf.convert_to_tensor(x)
   batch = int(x.shape[0])
-  first = tf.nn.softmax(logits_fn(x)).numpy().astype(np.float64)
+  first = _pass_probabilities(logits_fn, x, 1, True)[0].numpy().astype(
+      np.float64)
   classes = first.shape[-1]
   total = np.zeros((batch, classes))
   square = np.zeros((batch, classes, classes))
@@ -340,10 +360,8 @@ def settled_probabilities(logits_fn: LogitsFn, x, cap: int, block: int = 2,
     if rounds > len(drawn):
       points = tf.gather(x, active)
       n = rounds - len(drawn)
-      drawn += list(tf.nn.softmax(_stacked(logits_fn, points, n)).numpy()
-                    if _per_call(logits_fn, points, n) == n else
-                    [tf.nn.softmax(logits_fn(points)).numpy()
-                     for _ in range(n)])
+      drawn += list(_pass_probabilities(
+          logits_fn, points, n, _per_call(logits_fn, points, n) == n).numpy())
     for probs in drawn[:rounds]:
       total[active] += probs
       square[active] += probs[:, :, None] * probs[:, None, :]

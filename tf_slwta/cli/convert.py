@@ -31,6 +31,7 @@ _RENAMED = {
     'audit_eps_multiples': ('audit', 'eps_multiples'),
     'audit_steps': ('audit', 'sweep_steps'),
     'audit_noise_draws': ('audit', 'noise_draws'),
+    'audit_eps_spot': ('audit', 'eps_spot'),
     'audit_tolerance': ('audit', 'tolerance'),
     'audit_chance_share': ('audit', 'chance_share'),
     'audit_escalate': ('audit', 'escalate'),
@@ -123,7 +124,8 @@ def _audit_config(v) -> config_lib.AuditConfig:
   return config_lib.AuditConfig(
       sweep_examples=v['audit_sweep_examples'], eps_multiples=multiples,
       sweep_steps=_int_list('audit_steps', v['audit_steps']),
-      noise_draws=v['audit_noise_draws'], tolerance=v['audit_tolerance'],
+      noise_draws=v['audit_noise_draws'], eps_spot=v['audit_eps_spot'],
+      tolerance=v['audit_tolerance'],
       chance_share=v['audit_chance_share'], escalate=v['audit_escalate'],
       escalation_rounds=v['audit_escalation_rounds'],
       escalation_queries=v['audit_escalation_queries'],

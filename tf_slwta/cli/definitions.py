@@ -36,7 +36,8 @@ SECTIONS = {
               'clean_loss_weight', 'lwta_kl_weight', 'ibp_kl_weight',
               'ibp_learning_rate', 'mixture_gradient'),
     'audit': ('audit_sweep_examples', 'audit_eps_multiples', 'audit_steps',
-              'audit_noise_draws', 'audit_tolerance', 'audit_chance_share',
+              'audit_noise_draws', 'audit_eps_spot', 'audit_tolerance',
+              'audit_chance_share',
               'audit_escalate', 'audit_escalation_rounds',
               'audit_distill_examples',
               'audit_escalation_queries'),
@@ -235,6 +236,11 @@ def define(fv: flags.FlagValues) -> None:
   flags.DEFINE_integer('audit_noise_draws', d_audit.noise_draws,
                        'Random points per image of the random-noise floor.',
                        flag_values=fv)
+  flags.DEFINE_integer('audit_eps_spot', d_audit.eps_spot,
+                       'The eps sweep attacks at each larger radius only the '
+                       'images still standing, plus this many a smaller one '
+                       'broke, afresh (a spot check); 0 attacks every image '
+                       'at every radius.', flag_values=fv)
   flags.DEFINE_float('audit_tolerance', d_audit.tolerance,
                      'How far one number may beat another it must not beat '
                      'before an audit check fails.', flag_values=fv)

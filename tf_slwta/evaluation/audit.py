@@ -72,6 +72,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import os
 import time
 from typing import Dict, List, Optional, Sequence
@@ -255,9 +256,12 @@ def checks(rows: Sequence[dict], eps_sweep: Sequence[dict],
     if last['accuracy'] > zero:
       fails.append(f'more than {_pct(zero)} ({cfg.chance_share:g} of chance '
                    f'for {classes} classes)')
-    if noise_at_largest is not None and _beats(noise_at_largest, last, tol):
+    versus = (noise_at_largest or {}).get('versus') or last
+    if noise_at_largest is not None and _beats(noise_at_largest, versus, tol):
       fails.append(f'more than random noise at that radius '
-                   f'({_pct(noise_at_largest["accuracy"])})')
+                   f'({_pct(noise_at_largest["accuracy"])} against '
+                   f'{_pct(versus["accuracy"])} on the images attacked '
+                   f'there)')
     found.append(Check(
         'eps_to_zero', not fails,
         f'APGD-CE at eps={last["eps"]:g} leaves {_pct(last["accuracy"])}' + (
@@ -267,11 +271,19 @@ def checks(rows: Sequence[dict], eps_sweep: Sequence[dict],
             if not fails else
             f': {" and ".join(fails)}; an attack that cannot break a model '
             'at any radius is not finding its gradients (masking)')))
-    rises = _rises(eps_sweep, 'eps', tol)
+    rises = _rises(eps_sweep, 'eps', tol) + [
+        f'the fresh attack at eps {p["eps"]:g} left {p["spot"]["standing"]:g} '
+        f'of {p["spot"]["examples"]} images standing that a smaller eps had '
+        f'broken (at most {p["spot"]["allowed"]} allowed)'
+        for p in eps_sweep if p.get('spot') and
+        p['spot']['standing'] > p['spot']['allowed']]
+    checked = sum(p['spot']['examples'] for p in eps_sweep if p.get('spot'))
     found.append(Check(
         'eps_monotone', not rises,
         'accuracy never rises with eps (' + ', '.join(
             f'{p["eps"]:g}: {_pct(p["accuracy"])}' for p in eps_sweep) + ')'
+        + (f'; images broken at a smaller eps and attacked afresh at a '
+           f'larger one fell again ({checked} checked)' if checked else '')
         if not rises else 'accuracy rises with eps: ' + '; '.join(rises)))
   else:
     found.append(_not_run('eps_to_zero', 'no eps sweep (--audit_eps_multiples)'))
@@ -671,21 +683,31 @@ def run_audit(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
   seconds['gradients'] = time.perf_counter() - clock
   classes = int(replicas[0].logits_fn(probe[:1]).shape[-1])
 
-  def sweep(cfg, part, extra_attacks=None):
-    reused = _reused_point(cfg, table_cfg, sweep_mode, compared_outcomes,
-                           audit.sweep_examples, extra_attacks)
+  def sweep(cfg, part, extra_attacks=None, found_outcomes=None, ids=None):
+    """The sweep point `cfg` on the first sweep_examples images (or those
+    of them at `ids`); fills `found_outcomes` ({row: bool `[R, n]`})."""
+    reused = (None if ids is not None else _reused_point(
+        cfg, table_cfg, sweep_mode, compared_outcomes, audit.sweep_examples,
+        extra_attacks))
     if reused is not None:  # The table's own APGD-CE on these images.
+      if found_outcomes is not None:
+        key = next(k for k in (f'apgd_ce/{sweep_mode}', 'apgd_ce')
+                   if k in compared_outcomes)
+        found_outcomes['apgd_ce'] = compared_outcomes[key][
+            :, :audit.sweep_examples]
       return reused
+    chosen = np.arange(len(images))[subset]
+    chosen = chosen if ids is None else chosen[ids]
     return robustness.evaluate_robustness(
-        None, images[subset], labels[subset], cfg, batch_size=batch_size,
+        None, images[chosen], labels[chosen], cfg, batch_size=batch_size,
         verbose=verbose, stochastic=stochastic, title=f'audit {part}',
-        extra_attacks=extra_attacks, gradient_fns=(
+        extra_attacks=extra_attacks, outcomes=found_outcomes, gradient_fns=(
             gradient_fns if sweep_mode in (gradient_fns or {}) else None),
         **scale(part))
 
   clock = time.perf_counter()
   cap = 1.0 if attack.aa_norm == 'inf' else float('inf')
-  eps_sweep, noise_at_largest = [], None
+  eps_sweep, noise_at_largest, previous = [], None, None
   for k, multiple in enumerate(audit.eps_multiples):
     eps = min(attack.aa_eps * multiple, cap)
     cfg = _sweep_config(attack, sweep_mode, aa_eps=eps,
@@ -693,13 +715,23 @@ def run_audit(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
     largest = k == len(audit.eps_multiples) - 1
     noise = (lambda fn, modes_, cfg=cfg: [attack_suite.random_noise_variant(
         fn, cfg, audit.noise_draws)]) if largest else None
-    found = sweep(cfg, f'eps-{eps:g}', noise)
-    eps_sweep.append(_point('eps', eps, _row(found, 'apgd_ce')))
-    if largest:
+    point, previous, found = _eps_point(
+        lambda ids, out, cfg=cfg, eps=eps, noise=noise: sweep(
+            cfg, f'eps-{eps:g}', noise, out, ids),
+        eps, previous, audit.eps_spot, audit.tolerance)
+    eps_sweep.append(point)
+    if largest and found is not None:
       noise_at_largest = _row(found, 'random_noise')
+      if noise_at_largest is not None:  # Compared on the same images.
+        noise_at_largest = {**noise_at_largest,
+                            'versus': _row(found, 'apgd_ce')}
     if verbose:
       print(f'audit: eps sweep, eps={eps:g}: '
-            f'{_pct(eps_sweep[-1]["accuracy"])}', flush=True)
+            f'{_pct(eps_sweep[-1]["accuracy"])}' + (
+                f' ({point["attacked"]} of {point["examples"]} images '
+                f'attacked, the others broken at a smaller eps)'
+                if point['attacked'] < point['examples'] else ''),
+            flush=True)
   seconds['eps_sweep'] = time.perf_counter() - clock
   clock = time.perf_counter()
   steps_sweep = []
@@ -947,6 +979,72 @@ def _escalate(replicas, images, labels, cfg, audit, outcomes, picks,
   return row, log
 
 
+def _eps_point(run, eps: float, previous: Optional[np.ndarray], spot: int,
+              tolerance: float):
+  """One point of the eps sweep, as a cascade over radii.
+
+  An image broken at a smaller radius is broken at this one too (its
+  adversarial example is inside this ball), so only the images still
+  standing are attacked, plus a spot check: the first `spot` of the broken
+  ones, attacked afresh, which an attack that works must break again (the
+  eps_monotone check; with the cascade alone the curve could never rise).
+
+  Args:
+    run: run(ids or None, outcomes) -> the rows of the sweep point on the
+      sweep's images at `ids` (None: all), filling outcomes {row: bool
+      `[R, n]`}.
+    eps: the radius.
+    previous: bool `[R, n]`, the verdicts of the point before (None: this
+      is the first point, every image is attacked).
+    spot: broken images attacked afresh, >= 0 (0: every image is attacked
+      at every radius, no cascade).
+    tolerance: the audit's tolerance (the spot check's allowance).
+
+  Returns:
+    (the point {'eps', 'accuracy', 'mc_se', 'image_se', 'examples',
+    'attacked', 'spot' (None, or {'examples', 'standing', 'allowed'}:
+    broken images attacked afresh, how many (mean over decisions) the fresh
+    attack left standing, and the most it may)}, its verdicts bool
+    `[R, n]`, the rows run returned or None when nothing was attacked).
+  """
+  outcomes = {}
+  if previous is None or spot == 0:
+    found = run(None, outcomes)
+    ok = outcomes['apgd_ce']
+    return ({**_point('eps', eps, _row(found, 'apgd_ce')),
+             'attacked': ok.shape[1], 'spot': None}, ok, found)
+  broken = ~previous.any(axis=0)
+  checked = np.flatnonzero(broken)[:spot]
+  ids = np.union1d(np.flatnonzero(~broken), checked)
+  ok, found, fresh = previous.copy(), None, None
+  if len(ids):
+    found = run(ids, outcomes)
+    fresh = outcomes['apgd_ce']
+    standing = ~np.isin(ids, checked)
+    ok[:, ids[standing]] = fresh[:, standing]
+  numbers = scoring.summarize(ok, np.zeros(ok.shape[1]), np.zeros(ok.shape[1]))
+  point = {'eps': eps, **{k: numbers[k] for k in
+                          ('accuracy', 'mc_se', 'image_se')},
+           'examples': ok.shape[1], 'attacked': len(ids), 'spot': None}
+  if len(checked):
+    left = float(fresh[:, np.isin(ids, checked)].mean(axis=0).sum())
+    point['spot'] = {'examples': len(checked), 'standing': left,
+                     'allowed': _allowed(len(checked), tolerance)}
+  return point, ok, found
+
+
+def _allowed(count: int, share: float, level: float = 0.025) -> int:
+  """The most of `count` images that may come out standing when each does
+  with probability `share`: the smallest m with P(X >= m + 1) < level for
+  X ~ Binomial(count, share), so a sound attack fails the spot check with
+  probability below `level`. E.g. 2 of 16 at a share of 0.02."""
+  tail, m = 1.0, -1
+  while tail >= level and m < count:
+    m += 1
+    tail -= math.comb(count, m) * share ** m * (1 - share) ** (count - m)
+  return m
+
+
 def _point(key: str, value, row: dict) -> dict:
   return {key: value, 'accuracy': row['accuracy'], 'mc_se': row['mc_se'],
           'image_se': row['image_se'], 'examples': row['examples']}
@@ -1008,8 +1106,12 @@ def markdown(result: Dict[str, object]) -> str:
     lines += ['Seconds: ' + ', '.join(
         f'{part.replace("_", " ")} {value:.0f}'
         for part, value in result['seconds'].items()), '']
-  lines += ['| eps | accuracy (%) |', '|---|---|']
-  lines += [f'| {p["eps"]:g} | {100 * p["accuracy"]:.2f} |'
+  lines += ['| eps | accuracy (%) | attacked | spot check (standing / '
+            'checked) |', '|---|---|---|---|']
+  lines += [f'| {p["eps"]:g} | {100 * p["accuracy"]:.2f} | '
+            f'{p.get("attacked", p.get("examples", ""))} | ' + (
+                f'{p["spot"]["standing"]:g} / {p["spot"]["examples"]}'
+                if p.get('spot') else '-') + ' |'
             for p in result['eps_sweep']]
   lines += ['', '| APGD-CE steps | accuracy (%) |', '|---|---|']
   lines += [f'| {p["steps"]} | {100 * p["accuracy"]:.2f} |'

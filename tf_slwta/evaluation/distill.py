@@ -58,8 +58,9 @@ def training_set(logits_fn: LogitsFn, images: np.ndarray, eps: float,
     parts.append(np.clip(images + noise.numpy(), 0.0, 1.0))
   inputs = np.concatenate(parts).astype(np.float32)
   labels = np.concatenate([
-      eot.mean_probabilities(logits_fn, tf.constant(inputs[i:i + batch_size]),
-                             mc_samples).numpy()
+      eot.compiled_mean_probabilities(
+          logits_fn, tf.constant(inputs[i:i + batch_size]),
+          mc_samples).numpy()
       for i in range(0, len(inputs), batch_size)])
   return inputs, labels.astype(np.float32)
 

@@ -47,7 +47,8 @@ def decide_repeated(logits_fn: attacks.eot.LogitsFn, x, y: np.ndarray,
                                                       mc_samples, block, z)
       probs, used = probs.numpy(), used.numpy()
     else:
-      probs = attacks.mean_probabilities(logits_fn, x, mc_samples).numpy()
+      probs = attacks.eot.compiled_mean_probabilities(
+          logits_fn, tf.convert_to_tensor(x), mc_samples).numpy()
       used = np.full(len(probs), mc_samples)
     if passes is not None:
       passes.append(float(np.mean(used)))
