@@ -52,11 +52,11 @@ def random_noise(logits_fn: eot.LogitsFn, x, y, eps: float, *, norm='inf',
 @tf.function(reduce_retracing=True)
 def _random_noise(logits_fn, x, y, eps, norm, draws, mc_samples, seed,
                   clip_min, clip_max, token, ids):
-  best = x
-  best_margin = tf.fill(tf.shape(y), float('inf'))
-  for d in range(draws):
-    with tf.control_dependencies([best]):  # In order, for the progress.
-      draw_seed = tf.stack([seed, tf.constant(d, tf.int64)])
+  # The draws in one tf.while_loop: one copy of the model in the graph
+  # (unrolled, 20 draws traced in 7 s on a small CNN; the run takes 0.5 s).
+
+  def one_draw(d, best, best_margin):
+    draw_seed = tf.stack([seed, tf.cast(d, tf.int64)])
     if norm == 'inf':
       delta = eps * tf.sign(common.uniform_draws(tf.shape(x), draw_seed, ids,
                                                  -1.0, 1.0))
@@ -67,7 +67,11 @@ def _random_noise(logits_fn, x, y, eps, norm, draws, mc_samples, seed,
     margin = common.log_probability_margin(
         eot.mean_probabilities(logits_fn, point, mc_samples), y)
     take = margin < best_margin
-    best = common.keep_better(take, point, best)
-    best_margin = tf.where(take, margin, best_margin)
     reporting.report(token, d + 1, draws)
+    return (d + 1, common.keep_better(take, point, best),
+            tf.where(take, margin, best_margin))
+
+  _, best, _ = tf.while_loop(
+      lambda d, *_: d < draws, one_draw,
+      (tf.constant(0), x, tf.fill(tf.shape(y), float('inf'))))
   return best

@@ -715,10 +715,13 @@ def run_audit(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
     largest = k == len(audit.eps_multiples) - 1
     noise = (lambda fn, modes_, cfg=cfg: [attack_suite.random_noise_variant(
         fn, cfg, audit.noise_draws)]) if largest else None
+    # A point the modes table already has is read whole from it.
+    reused = _reused_point(cfg, table_cfg, sweep_mode, compared_outcomes,
+                           audit.sweep_examples, noise) is not None
     point, previous, found = _eps_point(
         lambda ids, out, cfg=cfg, eps=eps, noise=noise: sweep(
             cfg, f'eps-{eps:g}', noise, out, ids),
-        eps, previous, audit.eps_spot, audit.tolerance)
+        eps, None if reused else previous, audit.eps_spot, audit.tolerance)
     eps_sweep.append(point)
     if largest and found is not None:
       noise_at_largest = _row(found, 'random_noise')
