@@ -14,7 +14,8 @@ can do is that corner's accuracy under the noisy decision rule.
 
 Prints the accuracy (20 fresh decisions per image, 200 images) left by the
 optimum, by Square on the noisy model (one pass, and `--mc_samples`
-passes, per estimate), and by Square searching the noise-free mean (a
+passes, per estimate; or --estimates=1,5,10), and by Square searching
+the noise-free mean (a
 stand-in, as the gradient modes' surrogates), all judged by the noisy
 decision rule.
 """
@@ -44,6 +45,10 @@ def main():
   parser.add_argument('--eps', type=float, default=0.016)
   parser.add_argument('--scale', type=float, default=32.0)
   parser.add_argument('--noise', type=float, default=0.5)
+  parser.add_argument('--estimates', default='',
+                      help='passes per margin estimate of the Square rows, '
+                      'comma-separated (default 1 and --mc_samples; the '
+                      'decisions always average --mc_samples)')
   args = parser.parse_args()
   rng = np.random.default_rng(0)
   classes, side, n = 3, 8, 200
@@ -73,11 +78,12 @@ def main():
 
   rows = [('clean', accuracy(x)), ('optimum (closed form)', accuracy(optimum))]
   tf.random.set_seed(0)
-  for label, kwargs in (('Square, 1 pass per estimate', dict(mc_samples=1)),
-                        (f'Square, {args.mc_samples} passes per estimate',
-                         dict(mc_samples=args.mc_samples)),
-                        ('Square on the noise-free mean',
-                         dict(score_fn=mean_fn))):
+  estimates = [int(k) for k in (args.estimates or
+                                 f'1,{args.mc_samples}').split(',')]
+  runs = [(f'Square, {k} pass{"es" if k > 1 else ""} per estimate',
+           dict(mc_samples=k)) for k in estimates]
+  for label, kwargs in runs + [('Square on the noise-free mean',
+                                dict(score_fn=mean_fn))]:
     if args.old and 'score_fn' in kwargs:
       continue
     adv = attacks.square(noisy_fn, x, y, args.eps, queries=args.queries,

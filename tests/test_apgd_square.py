@@ -1,5 +1,6 @@
 """APGD and Square: known answers on a linear model, schedule, bounds."""
 
+import dataclasses
 import importlib
 
 import numpy as np
@@ -204,3 +205,32 @@ def test_square_finds_the_optimum_of_a_model_that_answers_with_noise():
   assert 0.3 < best < 0.6
   assert four <= best + 0.05 and one_pass <= best + 0.08
   assert stand_in <= best + 0.03
+
+
+def test_square_samples_sets_the_passes_of_a_stochastic_search():
+  from tf_slwta import config as config_lib  # pylint: disable=g-import-not-at-top
+  from tf_slwta.evaluation import attack_suite  # pylint: disable=g-import-not-at-top
+  x, y = sample_batch(4)
+  base = logits_fn()
+  seen = tf.Variable(0, dtype=tf.int64)
+
+  def noisy(v):  # Counts the images it is shown.
+    seen.assign_add(tf.cast(tf.shape(v)[0], tf.int64))
+    return base(v) + tf.random.normal(tf.shape(base(v)), stddev=0.1)
+
+  cfg = config_lib.AttackConfig(aa_eps=0.1, square_queries=20,
+                                mc_samples=6, gradient_modes=('sample',))
+  modes = attack_suite.gradient_modes(noisy, cfg, True, tf.constant(x))
+  counts = {}
+  for samples in (0, 2):
+    variant, = attack_suite.square_variants(
+        noisy, dataclasses.replace(cfg, square_samples=samples), modes, True)
+    seen.assign(0)
+    variant.run(x, y, 0)
+    counts[samples] = int(seen.numpy())
+    assert ('2 passes per estimate' in variant.settings) == (samples == 2)
+  # Every query estimates the incumbent and a challenger: 2 passes of each
+  # instead of the decision's 6.
+  assert counts[2] * 3 == counts[0], counts
+  with pytest.raises(ValueError, match='square_samples'):
+    config_lib.AttackConfig(square_samples=-1)

@@ -25,7 +25,8 @@ SECTIONS = {
                'cw_binary_search_steps', 'cw_learning_rate', 'eot_samples',
                'mc_samples', 'attack_seed', 'aa_norm', 'aa_eps', 'apgd_steps',
                'apgd_restarts', 'apgd_target_classes', 'square_queries',
-               'square_p_init', 'gradient_modes', 'transfer_from',
+               'square_p_init', 'square_samples', 'gradient_modes',
+               'transfer_from',
                'decision_repeats', 'cascade', 'decision_block',
                'decision_z', 'passes_per_call', 'max_call_images'),
     'train': ('epochs', 'kl_anneal_epochs', 'learning_rate', 'momentum', 'nesterov',
@@ -390,6 +391,9 @@ def define(fv: flags.FlagValues) -> None:
                        'Square attack iterations (queries).', flag_values=fv)
   flags.DEFINE_float('square_p_init', d_attack.square_p_init,
                      'Square attack initial window share.', flag_values=fv)
+  flags.DEFINE_integer('square_samples', d_attack.square_samples,
+                       'Passes per margin estimate when Square searches a '
+                       'stochastic model (0: --mc_samples).', flag_values=fv)
   flags.DEFINE_list('gradient_modes', list(d_attack.gradient_modes),
                     'How gradient attacks differentiate a stochastic model: '
                     'auto (every mode the model\'s layers respond to, if it '

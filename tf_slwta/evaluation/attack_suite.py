@@ -337,7 +337,8 @@ def square_variants(logits_fn: eot.LogitsFn, cfg: config_lib.AttackConfig,
                     modes: GradientModes, stochastic: bool,
                     num_classes: int = 10, queries: Optional[int] = None,
                     restarts: int = 1, name: str = 'square',
-                    every: bool = False) -> List[Variant]:
+                    every: bool = False,
+                    samples: Optional[int] = None) -> List[Variant]:
   """Square with the aa_* budget, once per mode of `square_modes`: in
   'sample' its search lowers the model's own margin, in the others that of
   the mode's function (the layers' expectation, say); the model decides
@@ -348,9 +349,12 @@ def square_variants(logits_fn: eot.LogitsFn, cfg: config_lib.AttackConfig,
       search).
     name: the row (e.g. 'square_escalated').
     every: search in the temperature modes too (`square_modes`).
+    samples: passes per margin estimate of a stochastic search (default
+      cfg.square_samples, or cfg.mc_samples when that is 0).
     Others as `attack_variants`.
   """
   queries = queries or cfg.square_queries
+  samples = samples or cfg.square_samples or cfg.mc_samples
   budget = dataclasses.replace(cfg, square_queries=queries)
   variants = []
   for mode in square_modes(modes, every):
@@ -360,13 +364,16 @@ def square_variants(logits_fn: eot.LogitsFn, cfg: config_lib.AttackConfig,
                             compiled(
         lambda x, y, s, i, fn=fn, noisy=noisy: attacks.square(
             logits_fn, x, y, cfg.aa_eps, norm=cfg.aa_norm, queries=queries,
-            p_init=cfg.square_p_init, mc_samples=cfg.mc_samples, seed=s,
+            p_init=cfg.square_p_init, mc_samples=samples, seed=s,
             restarts=restarts, score_fn=fn, stochastic=stochastic,
             score_stochastic=noisy, ids=i)),
                             settings=(f'{queries} queries, p_init='
                                       f'{cfg.square_p_init:g}' +
                                       (f', {restarts} restarts'
-                                       if restarts > 1 else '')),
+                                       if restarts > 1 else '') +
+                                      (f', {samples} passes per estimate'
+                                       if noisy and samples != cfg.mc_samples
+                                       else '')),
                             cost=restarts * attack_cost(
                                 'square', budget, num_classes) *
                             (2 if noisy else 1)))

@@ -881,7 +881,8 @@ def _escalate(replicas, images, labels, cfg, audit, outcomes, picks,
       found = [_pick_variant(survivors_best, survivors)]
       found += attack_suite.square_variants(
           fn, cfg, modes_, stochastic, queries=queries, restarts=2,
-          name='square_escalated', every=True)
+          name='square_escalated', every=True,
+          samples=max(cfg.mc_samples, cfg.square_samples))
       # APGD-DLR on the model itself, in every mode, 2 restarts and twice
       # the EOT passes: its loss is a ratio of logit differences, blind to
       # a softmax that saturates (large logits leave the cross-entropy's
