@@ -5,10 +5,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
-# Two test processes (pytest-xdist), a module's tests in the same one: the
-# suite is mostly single-threaded tracing and process start-up, and takes
-# 10.5 instead of 18 minutes on the 2-core CPU this project is developed on.
-PYTEST_ARGS ?= -n 2 --dist loadfile
+# Three test processes (pytest-xdist) on the 2-core CPU, a module's tests in
+# the same one: the suite is mostly single-threaded tracing and process
+# start-up. Modules go out in collection order (tests/conftest.py puts the
+# longest first), not xdist's "most tests first", so the short ones fill
+# the end.
+PYTEST_ARGS ?= -n 3 --dist loadfile --no-loadscope-reorder
 
 .PHONY: demo test setup data
 

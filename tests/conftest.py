@@ -38,10 +38,10 @@ def pytest_configure(config):
 
 # The modules that take longest (pytest --durations on the 2-core CPU, 1-4
 # minutes each) run first: pytest-xdist hands modules out in collection
-# order, so the short ones fill the end and neither process waits alone
-# for a long one (16.4 minutes in alphabetical order).
-_LONGEST_FIRST = ('test_readme.py', 'test_masking_zoo.py',
-                  'test_distributed_eval.py', 'test_audit.py',
+# order (with --no-loadscope-reorder, as the Makefile runs it), so the
+# short ones fill the end and no process waits alone for a long one.
+_LONGEST_FIRST = ('test_readme.py', 'test_masking_zoo.py', 'test_audit.py',
+                  'test_distributed_eval.py', 'test_resume.py',
                   'test_masking_zoo_zero_gradients.py', 'test_figures.py',
                   'test_install.py', 'test_cli.py', 'test_export.py')
 

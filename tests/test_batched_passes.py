@@ -15,11 +15,21 @@ class _Model:
     self.w = tf.constant(np.random.default_rng(seed).normal(size=(4, 3)),
                          tf.float32)
     self.noise = noise
-    self.calls, self.images = 0, 0
+    # Variables: they count the passes run, compiled (the decisions) or not.
+    self._calls = tf.Variable(0, dtype=tf.int64)
+    self._images = tf.Variable(0, dtype=tf.int64)
+
+  @property
+  def calls(self):
+    return int(self._calls.numpy())
+
+  @property
+  def images(self):
+    return int(self._images.numpy())
 
   def __call__(self, x):
-    self.calls += 1
-    self.images += int(x.shape[0])
+    self._calls.assign_add(1)
+    self._images.assign_add(tf.cast(tf.shape(x)[0], tf.int64))
     logits = tf.tanh(tf.reshape(x, [-1, 4])) @ self.w * 3.0
     if self.noise:
       logits += self.noise * tf.random.normal(tf.shape(logits))

@@ -12,10 +12,15 @@ class _Counting:
 
   def __init__(self, logits):
     self.logits = tf.constant(logits, tf.float32)
-    self.images = 0
+    # A variable: it counts the passes run, compiled (the decisions) or not.
+    self._images = tf.Variable(0, dtype=tf.int64)
+
+  @property
+  def images(self):
+    return int(self._images.numpy())
 
   def __call__(self, x):
-    self.images += int(x.shape[0])
+    self._images.assign_add(tf.cast(tf.shape(x)[0], tf.int64))
     return tf.gather(self.logits, tf.cast(x[:, 0, 0, 0], tf.int32))
 
 
