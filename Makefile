@@ -5,12 +5,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
-# Three test processes (pytest-xdist) on the 2-core CPU, a module's tests in
+# Two test processes (pytest-xdist) on the 2-core CPU, a module's tests in
 # the same one: the suite is mostly single-threaded tracing and process
-# start-up. Modules go out in collection order (tests/conftest.py puts the
+# start-up (three measured no faster: 16.4 minutes). Modules go out in collection order (tests/conftest.py puts the
 # longest first), not xdist's "most tests first", so the short ones fill
 # the end.
-PYTEST_ARGS ?= -n 3 --dist loadfile --no-loadscope-reorder
+PYTEST_ARGS ?= -n 2 --dist loadfile --no-loadscope-reorder
 
 .PHONY: demo test setup data
 

@@ -992,6 +992,11 @@ def _eps_point(run, eps: float, previous: Optional[np.ndarray], spot: int,
   standing are attacked, plus a spot check: the first `spot` of the broken
   ones, attacked afresh, which an attack that works must break again (the
   eps_monotone check; with the cascade alone the curve could never rise).
+  On a stochastic model an image is carried only when every one of its
+  decisions was wrong, and it keeps those verdicts: that selection counts
+  some luck (an image right 30% of the time is all wrong in 3 decisions
+  a third of the time), so the larger radii's accuracy can be a little
+  low; the first radius and any the modes table holds are fresh.
 
   Args:
     run: run(ids or None, outcomes) -> the rows of the sweep point on the
