@@ -7,9 +7,9 @@ PY := $(VENV)/bin/python
 ARGS ?=
 # Two test processes (pytest-xdist) on the 2-core CPU, a module's tests in
 # the same one: the suite is mostly single-threaded tracing and process
-# start-up (three measured no faster: 16.4 minutes). Modules go out in collection order (tests/conftest.py puts the
-# longest first), not xdist's "most tests first", so the short ones fill
-# the end.
+# start-up (three measured no faster: 16.4 minutes). Modules go out in
+# collection order (tests/conftest.py puts the longest first), not
+# xdist's "most tests first", so the short ones fill the end.
 PYTEST_ARGS ?= -n 2 --dist loadfile --no-loadscope-reorder
 
 .PHONY: demo test setup data
