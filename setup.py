@@ -61,7 +61,7 @@ setuptools.setup(
         'tensorflow-serving-api>=2.21,<2.22',
     ],
     extras_require={
-        'test': ['pytest>=8,<10', 'pytest-xdist>=3.5,<4',
+        'test': ['pytest>=8,<10', 'pytest-xdist>=3.8,<4',
                  'adversarial-robustness-toolbox>=1.17,<2',
                  # Mutation score of the audit's checks (BENCHMARKS.md).
                  'mutmut>=2.4,<3'],
