@@ -11,6 +11,7 @@ from attack_fixtures import logits_fn, sample_batch
 from tf_slwta import attacks
 from tf_slwta import config as config_lib
 from tf_slwta.attacks import eot
+from tf_slwta.evaluation import attack_suite
 from tf_slwta.evaluation import audit
 from tf_slwta.evaluation import robustness
 
@@ -65,6 +66,34 @@ def test_an_attack_on_part_of_a_batch_treats_each_image_alike():
     whole = attack(x, y, ids).numpy()[part]
     alone = attack(x[part], y[part], tf.gather(ids, part)).numpy()
     np.testing.assert_allclose(whole, alone, atol=1e-6)
+
+
+def test_the_cascades_lead_attack_runs_its_own_steps():
+  # --cascade_lead_steps: only the first attack of the cascade (APGD-CE,
+  # the one that meets every image) runs longer; the rest keep apgd_steps,
+  # and without a cascade the setting changes nothing.
+  x, y = sample_batch(16)
+  fn = logits_fn()
+  cfg = dataclasses.replace(_SUITE, cascade=True, cascade_lead_steps=40)
+  modes = attack_suite.gradient_modes(fn, cfg, False, x[:4])
+  variants = attack_suite.attack_variants(fn, cfg, modes)
+  lead = attack_suite.cascade_order(variants)[0]
+  assert lead.name == 'apgd_ce' and '40 steps' in lead.settings
+  others = [v for v in variants if v is not lead]
+  assert [v.name for v in others] == ['apgd_dlr', 'pgd_linf', 'square']
+  assert all('40' not in v.settings for v in others)
+  seed = tf.constant(cfg.seed, tf.int64)
+  np.testing.assert_allclose(
+      lead.run(x, y, seed).numpy(),
+      attacks.apgd(fn, x, y, 0.02, steps=40, seed=seed).numpy(), atol=1e-6)
+  assert not np.allclose(
+      lead.run(x, y, seed).numpy(),
+      attacks.apgd(fn, x, y, 0.02, steps=15, seed=seed).numpy(), atol=1e-6)
+  plain = attack_suite.attack_variants(
+      fn, dataclasses.replace(cfg, cascade=False), modes)
+  assert [v.settings for v in plain] == ['', '', '', plain[3].settings]
+  with pytest.raises(ValueError, match='cascade_lead_steps'):
+    dataclasses.replace(cfg, cascade_lead_steps=-1)
 
 
 class _Replay:

@@ -419,6 +419,11 @@ class AttackConfig:
     cascade: run each attack only on the images no earlier attack broke
       (cheapest and strongest first; AutoAttack's economy): the same worst
       case for much less, but no per-attack rows (worst_case only).
+    cascade_lead_steps: APGD iterations of the cascade's first attack, the
+      one that meets every image (in the cheapest gradient mode), >= 0; 0
+      takes apgd_steps. On the PNI row the audit's 50-step lead broke 815
+      of 920 images where AutoAttack's 100 steps broke 826, and the later
+      stages did not make up the difference (BENCHMARKS.md).
     decision_block: a stochastic model's decision draws its passes in
       blocks of this many and stops once its answer is settled (see
       `decision_z`), up to mc_samples passes; 0 always draws mc_samples.
@@ -464,6 +469,7 @@ class AttackConfig:
   transfer_from: str = ''
   decision_repeats: int = 5
   cascade: bool = False
+  cascade_lead_steps: int = 0
   decision_block: int = 2
   decision_z: float = 3.5
   passes_per_call: int = 1
@@ -490,6 +496,7 @@ class AttackConfig:
       _check_at_least(name, getattr(self, name), 1)
     _check_at_least('decision_block', self.decision_block, 0)
     _check_at_least('square_samples', self.square_samples, 0)
+    _check_at_least('cascade_lead_steps', self.cascade_lead_steps, 0)
     _check_at_least('decision_z', self.decision_z, 0)
     if not 0 < self.square_p_init <= 1:
       raise ValueError(f'square_p_init must be in (0, 1], got '

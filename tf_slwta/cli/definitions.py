@@ -27,7 +27,8 @@ SECTIONS = {
                'apgd_restarts', 'apgd_target_classes', 'square_queries',
                'square_p_init', 'square_samples', 'gradient_modes',
                'transfer_from',
-               'decision_repeats', 'cascade', 'decision_block',
+               'decision_repeats', 'cascade', 'cascade_lead_steps',
+               'decision_block',
                'decision_z', 'passes_per_call', 'max_call_images'),
     'train': ('epochs', 'kl_anneal_epochs', 'learning_rate', 'momentum', 'nesterov',
               'weight_decay', 'lr_schedule', 'lr_warmup_epochs',
@@ -417,6 +418,10 @@ def define(fv: flags.FlagValues) -> None:
                        'broke, cheapest and strongest first: the same worst '
                        'case for less, without per-attack rows (the audit '
                        'gives the worst case after each stage instead).',
+                       flag_values=fv)
+  flags.DEFINE_integer('cascade_lead_steps', d_attack.cascade_lead_steps,
+                       'APGD iterations of the cascade\'s first attack, the '
+                       'one that meets every image (0: --apgd_steps).',
                        flag_values=fv)
   flags.DEFINE_integer('decision_block', d_attack.decision_block,
                        'Passes a stochastic decision draws at a time until '

@@ -271,7 +271,36 @@ def attack_variants(logits_fn: eot.LogitsFn, cfg: config_lib.AttackConfig,
             'the source run with --transfer_from=RUN_DIR (or, from Python, '
             'transfer_logits_fn).')
       variants.append(transfer_variant(transfer_logits_fn, cfg, num_classes))
+  if cfg.cascade and cfg.cascade_lead_steps:
+    variants = _with_lead_steps(variants, logits_fn, cfg, modes, settings,
+                                num_classes)
   return variants
+
+
+_APGD_ATTACKS = ('apgd_ce', 'apgd_dlr', 'apgd_margin', 'apgd_t')
+
+
+def _with_lead_steps(variants: List[Variant], logits_fn: eot.LogitsFn,
+                     cfg: config_lib.AttackConfig, modes: GradientModes,
+                     settings: Dict[str, config_lib.AttackConfig],
+                     num_classes: int) -> List[Variant]:
+  """`variants` with the cascade's first attack, if it is APGD, rebuilt
+  with `cfg.cascade_lead_steps` iterations: it meets every image in the
+  cheapest mode, so its steps decide most of the worst case for little of
+  its cost (`AttackConfig.cascade_lead_steps`)."""
+  lead = next((v for v in cascade_order(variants)
+               if cascade_stage(v.name) == 'iterative'), None)
+  if lead is None or lead.name not in _APGD_ATTACKS:
+    return variants
+  lead_cfg = dataclasses.replace(settings[lead.mode],
+                                 apgd_steps=cfg.cascade_lead_steps)
+  rebuilt = Variant(
+      lead.name, lead.mode, compiled(_gradient_attack(
+          lead.name, logits_fn, modes.functions[lead.mode], lead_cfg,
+          num_classes)),
+      settings=attack_settings(lead.name, lead_cfg) + ' (the cascade\'s lead)',
+      cost=attack_cost(lead.name, lead_cfg, num_classes))
+  return [rebuilt if v is lead else v for v in variants]
 
 
 def attack_cost(name: str, cfg: config_lib.AttackConfig,
