@@ -7,7 +7,8 @@ wherever the mask fools the table's attacks (its number more than a few
 points above what an attacker who knows the mask gets: BPDA, APGD through
 the masked layer's identity or the model's own logits, judged by the masked
 model), some masking check must fail and the audit escalate; and the
-audit's final number must land within those few points of BPDA's. On the
+audit's final number must land within those few points of BPDA's (the
+lying toy, `_DETECTION_ONLY`: seen and called an upper bound). On the
 honest toys, no check may fail.
 """
 
@@ -68,24 +69,26 @@ def _zoo():
 
 
 _STOCHASTIC = ('noisy_liar', 'noisy')
-# Masks the audit sees (a check fails, it escalates) but whose escalated
-# number is still more than a few points above BPDA's: the gap that
-# remains, kept visible here until it closes (measured: the liar 49.3% /
-# 41.7% / 35.4% after 1 / 2 / 3 rounds vs 0%, still moving; with APGD on
-# finite differences 29-45% after one round, the number it prints; one
-# round here, as the costliest toy). The shattered toy left this list
-# when finite differences joined the escalation (14.6% -> within 3/48).
-_KNOWN_GAPS = {'noisy_liar': 1}  # {toy: escalation rounds}
+# Masks the audit sees (a check fails) but whose escalated number is still
+# more than a few points above BPDA's. Here only the detection is checked
+# (no escalation: it cost 2 of this module's minutes for an expected
+# failure); the gap is measured by `python benchmarks/masking_zoo.py
+# --models=noisy_liar` (the liar 49.3% / 41.7% / 35.4% after 1 / 2 / 3
+# rounds vs 0%; with APGD on finite differences 27.8-45.1% after one
+# round). The shattered toy left this list when finite differences joined
+# the escalation (14.6% -> within 3/48).
+_DETECTION_ONLY = ('noisy_liar',)
 
 
-def _settings(stochastic, rounds=2):
+def _settings(stochastic, escalate=True):
   attack = config_lib.AttackConfig(
       attacks=('apgd_ce', 'square'), aa_eps=EPS, apgd_steps=20,
       square_queries=200, eot_samples=4 if stochastic else 1,
       mc_samples=10 if stochastic else 1, decision_repeats=3)
   checks = config_lib.AuditConfig(
       sweep_examples=IMAGES, sweep_steps=(5, 20), eps_multiples=(1, 4, 16),
-      noise_draws=3, escalation_rounds=rounds, escalation_queries=1000)
+      noise_draws=3, escalation_rounds=2, escalation_queries=1000,
+      escalate=escalate)
   return attack, checks
 
 
@@ -133,7 +136,8 @@ def check_toy(name):
   images = np.round(x * 255).astype(np.uint8)
   stochastic = name in _STOCHASTIC
   result = audit.run_audit(fn, images, y,
-                           *_settings(stochastic, _KNOWN_GAPS.get(name, 2)),
+                           *_settings(stochastic,
+                                      name not in _DETECTION_ONLY),
                            batch_size=IMAGES, verbose=False)
   statuses = {c['name']: c['status'] for c in result['checks']}
   if not expected:  # Honest: nothing fails, nothing is escalated.
@@ -146,6 +150,12 @@ def check_toy(name):
     assert not result['upper_bound'] and not result['escalation']
     return
   failed = set(result['failed'])
+  if name in _DETECTION_ONLY:
+    # Seen, and the number is called an upper bound, not the result.
+    assert failed & set(audit.MASKING_CHECKS), (name, statuses)
+    assert result['upper_bound'] and not result['escalation']
+    assert any('upper bound' in n for n in result['notes']), result['notes']
+    return
   reference = _reference(fn, bpda, tf.constant(x), y, stochastic)
   table = next(r for r in result['rows'] if r['attack'] == 'combined')
   worst = result['worst_case']
@@ -162,9 +172,6 @@ def check_toy(name):
     assert worst['attack'] == 'escalated'
     assert worst['accuracy'] <= table['accuracy']
   # Either way the audit's number is at most a few points above BPDA's.
-  if name in _KNOWN_GAPS and worst['accuracy'] > reference + CLOSE:
-    pytest.xfail(f'{name}: escalated {worst["accuracy"]:.1%} vs BPDA '
-                 f'{reference:.1%} (table {table["accuracy"]:.1%})')
   assert worst['accuracy'] <= reference + CLOSE, (
       name, worst['accuracy'], table['accuracy'], reference,
       result['escalation'], statuses)
