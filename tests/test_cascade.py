@@ -94,6 +94,14 @@ def test_the_cascades_lead_attack_runs_its_own_steps():
   assert [v.settings for v in plain] == ['', '', '', plain[3].settings]
   with pytest.raises(ValueError, match='cascade_lead_steps'):
     dataclasses.replace(cfg, cascade_lead_steps=-1)
+  # The table's note says what the lead ran.
+  rows = robustness.evaluate_robustness(
+      fn, np.round(x * 255).astype(np.uint8), y,
+      dataclasses.replace(cfg, attacks=('apgd_ce', 'apgd_dlr')),
+      batch_size=16, verbose=False)
+  assert any('apgd_ce/sample ran 40 steps' in n and '--cascade_lead_steps'
+             in n for n in robustness.table_notes(rows)), (
+                 robustness.table_notes(rows))
 
 
 class _Replay:

@@ -278,6 +278,8 @@ def attack_variants(logits_fn: eot.LogitsFn, cfg: config_lib.AttackConfig,
 
 
 _APGD_ATTACKS = ('apgd_ce', 'apgd_dlr', 'apgd_margin', 'apgd_t')
+# The end of the lead attack's settings text (`cascade_lead_steps`).
+LEAD = 'the cascade\'s lead, --cascade_lead_steps'
 
 
 def _with_lead_steps(variants: List[Variant], logits_fn: eot.LogitsFn,
@@ -298,7 +300,7 @@ def _with_lead_steps(variants: List[Variant], logits_fn: eot.LogitsFn,
       lead.name, lead.mode, compiled(_gradient_attack(
           lead.name, logits_fn, modes.functions[lead.mode], lead_cfg,
           num_classes)),
-      settings=attack_settings(lead.name, lead_cfg) + ' (the cascade\'s lead)',
+      settings=f'{attack_settings(lead.name, lead_cfg)} ({LEAD})',
       cost=attack_cost(lead.name, lead_cfg, num_classes))
   return [rebuilt if v is lead else v for v in variants]
 

@@ -588,7 +588,8 @@ def evaluate_robustness(logits_fn: Optional[attacks.eot.LogitsFn],
     for row in table:
       row['cascade'] = [{'attack': v.label, 'attacked': attacked.get(v.label, 0),
                          'broke': broke.get(v.label, 0),
-                         'seconds': seconds.get(v.label, 0.0)}
+                         'seconds': seconds.get(v.label, 0.0),
+                         'settings': v.settings}
                         for v in first.variants]
   return table
 
@@ -704,8 +705,10 @@ def table_notes(rows: Sequence[Dict[str, object]]) -> List[str]:
         'A cascade: each attack ran only on the images no attack before it '
         'had broken, cheapest and strongest first (attacked -> broken): ' +
         ', '.join(f'{c["attack"]} {c["attacked"]} -> {c["broke"]}'
-                  for c in cascade) + '. The per-attack table takes '
-        '--nocascade.')
+                  for c in cascade) + '.' +
+        ''.join(f' {c["attack"]} ran {c["settings"]}.' for c in cascade
+                if attack_suite.LEAD in c.get('settings', '')) +
+        ' The per-attack table takes --nocascade.')
   inert = rows[0].get('inert_modes') if rows else ''
   if inert:
     notes.append(
