@@ -210,6 +210,25 @@ def test_a_missing_row_is_not_run_never_silence():
   verdicts = _verdicts(rows=rows)
   for name in ('single_step', 'gradient_free', 'transfer', 'noise_floor'):
     assert verdicts[name] == 'not run', name
+  # A line of its own, but not a failure that starts an escalation.
+  found = audit.checks(rows, _EPS, _STEPS, config_lib.AuditConfig(), False,
+                       _HEALTHY, 10)
+  assert all(c.passed for c in found if c.status == 'not run')
+
+
+def test_checks_say_what_they_compared():
+  # Found by a mutation run: a passing check's sentence with random noise,
+  # and the Monte Carlo check's name and bar, were tested nowhere.
+  found = {c.name: c for c in audit.checks(
+      _rows(**_SOUND), _EPS, _STEPS, config_lib.AuditConfig(), False,
+      _HEALTHY, 10, {'accuracy': 0.5, 'mc_se': 0.0})}
+  assert found['eps_to_zero'].passed
+  assert 'random noise 50.0%' in found['eps_to_zero'].detail
+  assert found['monte_carlo'].passed
+  noisy = [{**r, 'mc_se': 0.011} if r['attack'] == 'combined' else r
+           for r in _rows(**_SOUND)]
+  verdicts = _verdicts(rows=noisy, stochastic=True)
+  assert verdicts['monte_carlo'] == 'failed'  # Above half the tolerance.
 
 
 def _stage_rows(iterative=0.40, single_step=0.40, transfer=0.40,
