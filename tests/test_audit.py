@@ -297,28 +297,23 @@ def test_gradient_modes_says_which_mode_won_and_fails_on_masked_eot():
 def test_audit_flags_a_model_whose_gradients_are_masked(uint8_batch):
   # Input quantization with no gradient (tf.round): every gradient attack
   # sees zeros. Square does not need gradients, so it breaks the model.
+  # Without the escalation: where it lands against BPDA on this mask is
+  # tests/test_masking_zoo_zero_gradients.py's (quantized).
   base = logits_fn()
   masked = lambda x: base(tf.round(x * 4) / 4)
   images, labels = uint8_batch
-  result = audit.run_audit(masked, images, labels, *_audit_settings(),
+  attack, checks = _audit_settings()
+  result = audit.run_audit(masked, images, labels, attack,
+                           dataclasses.replace(checks, escalate=False),
                            batch_size=64, verbose=False)
   assert {'gradients', 'eps_to_zero', 'gradient_free'} <= set(
       result['failed'])
   by_name = {r['attack']: r for r in result['rows']}
   assert by_name['apgd_ce']['accuracy'] > 0.9
   assert by_name['combined']['accuracy'] <= by_name['square']['accuracy']
-  # It escalated, and says the number is only an upper bound.
-  assert result['escalation'] and result['upper_bound']
-  assert result['worst_case']['attack'] == 'escalated'
-  assert result['worst_case']['accuracy'] <= by_name['combined']['accuracy']
-  # ... close to what an attacker who knows the mask gets: APGD through
-  # the rounding's identity (BPDA), judged by the masked model.
-  bpda = lambda x: base(x + tf.stop_gradient(tf.round(x * 4) / 4 - x))
-  x = images.astype(np.float32) / 255.0
-  adv = attacks.apgd(masked, x, labels, 0.03, steps=50, restarts=2,
-                     gradient_fn=bpda)
-  reference = accuracy(masked, adv, labels)
-  assert result['worst_case']['accuracy'] <= reference + 0.03
+  # It says the number is only an upper bound, failed checks on top.
+  assert result['upper_bound'] and not result['escalation']
+  assert result['worst_case']['accuracy'] == by_name['combined']['accuracy']
   text = audit.markdown(result)
   assert text.index('FAILED') < text.index('passed')
   assert 'upper bound' in text
