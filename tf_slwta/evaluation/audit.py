@@ -119,8 +119,8 @@ _DIFFERENCE_PAIRS = 512
 # (`benchmarks/distill_epochs.py`), at 40 / 20 / 10 epochs: 52.5 / 53.0 /
 # 56.0% on the masking zoo's plain CNN, 69.0 / 69.5 / 69.5% quantized,
 # 76.0 / 75.0 / 76.0% quantized + saturated, 42.5 / 43.5 / 46.0% purified,
-# 67.5 / 68.0 / 69.0% on the PNI row (decisions of 10 passes); 20 epochs
-# costs half of 40 (53 s on the PNI row's 1,000-image audit).
+# 67.5 / 68.0 / 69.0% on the PNI row (decisions of 10 passes); training
+# took 39 s at 20 epochs where 40 took 67 s there.
 _TABLE_DISTILL_EPOCHS = 20
 # `gradient_direction` passes when in some mode a gradient step delivers at
 # least this share of the margin's drop it promises to first order.
