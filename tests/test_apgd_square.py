@@ -9,6 +9,8 @@ import tensorflow as tf
 
 from attack_fixtures import accuracy, logits_fn, sample_batch
 from tf_slwta import attacks
+from tf_slwta import config as config_lib
+from tf_slwta.evaluation import attack_suite
 
 # The package exports functions named like these modules.
 apgd_lib = importlib.import_module('tf_slwta.attacks.apgd')
@@ -208,8 +210,6 @@ def test_square_finds_the_optimum_of_a_model_that_answers_with_noise():
 
 
 def test_square_samples_sets_the_passes_of_a_stochastic_search():
-  from tf_slwta import config as config_lib  # pylint: disable=g-import-not-at-top
-  from tf_slwta.evaluation import attack_suite  # pylint: disable=g-import-not-at-top
   x, y = sample_batch(4)
   base = logits_fn()
   seen = tf.Variable(0, dtype=tf.int64)

@@ -386,7 +386,9 @@ def square_variants(logits_fn: eot.LogitsFn, cfg: config_lib.AttackConfig,
   """
   queries = queries or cfg.square_queries
   samples = samples or cfg.square_samples or cfg.mc_samples
-  budget = dataclasses.replace(cfg, square_queries=queries)
+  # Each query draws `samples` passes (the cost estimate's unit).
+  budget = dataclasses.replace(cfg, square_queries=queries,
+                               mc_samples=samples)
   variants = []
   for mode in square_modes(modes, every):
     fn = modes.functions[mode]
