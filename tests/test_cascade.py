@@ -3,6 +3,7 @@ drawing passes once they are settled."""
 
 import dataclasses
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -14,6 +15,7 @@ from tf_slwta.attacks import eot
 from tf_slwta.evaluation import attack_suite
 from tf_slwta.evaluation import audit
 from tf_slwta.evaluation import robustness
+from tf_slwta.layers import lwta
 
 
 @pytest.fixture(scope='module')
@@ -68,10 +70,11 @@ def test_an_attack_on_part_of_a_batch_treats_each_image_alike():
     np.testing.assert_allclose(whole, alone, atol=1e-6)
 
 
-def test_the_cascades_lead_attack_runs_its_own_steps():
-  # --cascade_lead_steps: only the first attack of the cascade (APGD-CE,
-  # the one that meets every image) runs longer; the rest keep apgd_steps,
-  # and without a cascade the setting changes nothing.
+def test_the_cascades_lead_mode_runs_its_own_steps():
+  # --cascade_lead_steps: the APGD attacks of the cascade's lead mode (the
+  # mode of its first attack, the one that meets every image) run longer;
+  # other attacks keep their settings, and without a cascade the setting
+  # changes nothing.
   x, y = sample_batch(16)
   fn = logits_fn()
   cfg = dataclasses.replace(_SUITE, cascade=True, cascade_lead_steps=40)
@@ -82,29 +85,58 @@ def test_the_cascades_lead_attack_runs_its_own_steps():
   others = [v for v in variants if v is not lead]
   assert [v.name for v in others] == ['apgd_dlr', 'pgd_linf', 'square']
   seed = tf.constant(cfg.seed, tf.int64)
-  np.testing.assert_allclose(  # The next APGD keeps apgd_steps (15).
-      others[0].run(x, y, seed).numpy(),
-      attacks.apgd(fn, x, y, 0.02, steps=15, loss='dlr', seed=seed).numpy(),
-      atol=1e-6)
-  np.testing.assert_allclose(
-      lead.run(x, y, seed).numpy(),
-      attacks.apgd(fn, x, y, 0.02, steps=40, seed=seed).numpy(), atol=1e-6)
-  assert not np.allclose(
-      lead.run(x, y, seed).numpy(),
-      attacks.apgd(fn, x, y, 0.02, steps=15, seed=seed).numpy(), atol=1e-6)
+  for variant, loss in ((lead, 'ce'), (others[0], 'dlr')):
+    np.testing.assert_allclose(
+        variant.run(x, y, seed).numpy(),
+        attacks.apgd(fn, x, y, 0.02, steps=40, loss=loss, seed=seed).numpy(),
+        atol=1e-6)
+    assert not np.allclose(
+        variant.run(x, y, seed).numpy(),
+        attacks.apgd(fn, x, y, 0.02, steps=15, loss=loss,
+                     seed=seed).numpy(), atol=1e-6)
+  np.testing.assert_allclose(  # PGD is not APGD: its own steps.
+      others[1].run(x, y, seed).numpy(),
+      attacks.pgd(fn, x, y, 0.02, 0.005, 10, seed=seed).numpy(), atol=1e-6)
   plain = attack_suite.attack_variants(
       fn, dataclasses.replace(cfg, cascade=False), modes)
   assert [v.settings for v in plain] == ['', '', '', plain[3].settings]
   with pytest.raises(ValueError, match='cascade_lead_steps'):
     dataclasses.replace(cfg, cascade_lead_steps=-1)
-  # The table's note says what the lead ran.
+  # The table's note says what the lead mode ran.
   rows = robustness.evaluate_robustness(
       fn, np.round(x * 255).astype(np.uint8), y,
       dataclasses.replace(cfg, attacks=('apgd_ce', 'apgd_dlr')),
       batch_size=16, verbose=False)
-  assert any('apgd_ce/sample ran 40 steps' in n and '--cascade_lead_steps'
-             in n for n in robustness.table_notes(rows)), (
-                 robustness.table_notes(rows))
+  note = next(n for n in robustness.table_notes(rows) if 'cascade' in n)
+  assert ('apgd_ce/sample ran 40 steps' in note and
+          'apgd_dlr/sample ran 40 steps' in note and
+          '--cascade_lead_steps' in note), note
+
+
+def test_the_lead_steps_stay_in_the_lead_mode():
+  # A stochastic model attacked in several modes: only the APGD attacks of
+  # the first (cheapest) mode take the lead's steps.
+  keras.utils.set_random_seed(3)
+  model = keras.Sequential([
+      keras.layers.Input((28, 28, 1)), keras.layers.Flatten(),
+      keras.layers.Dense(16), lwta.LWTA(competitors=2, seed=4),
+      keras.layers.Dense(10)])
+  fn = lambda images: model(images, training=False)
+  x, _ = sample_batch(8)
+  cfg = dataclasses.replace(
+      _SUITE, attacks=('apgd_ce', 'apgd_dlr'), cascade=True,
+      cascade_lead_steps=40, gradient_modes=('expected', 'sample'),
+      eot_samples=2, mc_samples=2)
+  modes = attack_suite.gradient_modes(fn, cfg, True, x[:4])
+  order = attack_suite.cascade_order(
+      attack_suite.attack_variants(fn, cfg, modes))
+  steps = {f'{v.name}/{v.mode}': v.settings.split(' steps')[0]
+           for v in order}
+  lead_mode = order[0].mode
+  assert lead_mode in ('expected', 'sample'), order[0]
+  assert sorted(steps.values()) == ['', '', '40', '40'], steps
+  assert all((steps[key] == '40') == key.endswith('/' + lead_mode)
+             for key in steps), steps
 
 
 class _Replay:

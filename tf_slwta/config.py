@@ -419,11 +419,12 @@ class AttackConfig:
     cascade: run each attack only on the images no earlier attack broke
       (cheapest and strongest first; AutoAttack's economy): the same worst
       case for much less, but no per-attack rows (worst_case only).
-    cascade_lead_steps: APGD iterations of the cascade's first attack, the
-      one that meets every image (in the cheapest gradient mode), >= 0; 0
-      takes apgd_steps. On the PNI row the audit's 50-step lead broke 815
-      of 920 images where AutoAttack's 100 steps broke 826, and the later
-      stages did not make up the difference (BENCHMARKS.md).
+    cascade_lead_steps: APGD iterations of the attacks in the cascade's
+      lead mode (the cheapest gradient mode, that of its first attack,
+      which meets every image), >= 0; 0 takes apgd_steps. On the PNI row
+      the audit's 50-step lead broke 815 of 920 images where AutoAttack's
+      100 steps broke 826, and the later stages did not make up the
+      difference (BENCHMARKS.md).
     decision_block: a stochastic model's decision draws its passes in
       blocks of this many and stops once its answer is settled (see
       `decision_z`), up to mc_samples passes; 0 always draws mc_samples.

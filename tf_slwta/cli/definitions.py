@@ -420,8 +420,9 @@ def define(fv: flags.FlagValues) -> None:
                        'gives the worst case after each stage instead).',
                        flag_values=fv)
   flags.DEFINE_integer('cascade_lead_steps', d_attack.cascade_lead_steps,
-                       'APGD iterations of the cascade\'s first attack, the '
-                       'one that meets every image (0: --apgd_steps).',
+                       'APGD iterations of the attacks in the cascade\'s '
+                       'lead mode (that of its first attack, the one that '
+                       'meets every image; 0: --apgd_steps).',
                        flag_values=fv)
   flags.DEFINE_integer('decision_block', d_attack.decision_block,
                        'Passes a stochastic decision draws at a time until '

@@ -278,31 +278,37 @@ def attack_variants(logits_fn: eot.LogitsFn, cfg: config_lib.AttackConfig,
 
 
 _APGD_ATTACKS = ('apgd_ce', 'apgd_dlr', 'apgd_margin', 'apgd_t')
-# The end of the lead attack's settings text (`cascade_lead_steps`).
-LEAD = 'the cascade\'s lead, --cascade_lead_steps'
+# The end of the lead mode's attacks' settings text (`cascade_lead_steps`).
+LEAD = 'the cascade\'s lead mode, --cascade_lead_steps'
 
 
 def _with_lead_steps(variants: List[Variant], logits_fn: eot.LogitsFn,
                      cfg: config_lib.AttackConfig, modes: GradientModes,
                      settings: Dict[str, config_lib.AttackConfig],
                      num_classes: int) -> List[Variant]:
-  """`variants` with the cascade's first attack, if it is APGD, rebuilt
-  with `cfg.cascade_lead_steps` iterations: it meets every image in the
-  cheapest mode, so its steps decide most of the worst case for little of
-  its cost (`AttackConfig.cascade_lead_steps`)."""
+  """`variants` with every APGD attack of the cascade's lead mode (the mode
+  of its first iterative attack, the cheapest) rebuilt with
+  `cfg.cascade_lead_steps` iterations: the first meets every image, the
+  others the images it left, and a step there costs one pass when the
+  mode has no randomness (`AttackConfig.cascade_lead_steps`)."""
   lead = next((v for v in cascade_order(variants)
                if cascade_stage(v.name) == 'iterative'), None)
   if lead is None or lead.name not in _APGD_ATTACKS:
     return variants
   lead_cfg = dataclasses.replace(settings[lead.mode],
                                  apgd_steps=cfg.cascade_lead_steps)
-  rebuilt = Variant(
-      lead.name, lead.mode, compiled(_gradient_attack(
-          lead.name, logits_fn, modes.functions[lead.mode], lead_cfg,
-          num_classes)),
-      settings=f'{attack_settings(lead.name, lead_cfg)} ({LEAD})',
-      cost=attack_cost(lead.name, lead_cfg, num_classes))
-  return [rebuilt if v is lead else v for v in variants]
+
+  def rebuilt(v):
+    if v.mode != lead.mode or v.name not in _APGD_ATTACKS:
+      return v
+    return Variant(
+        v.name, v.mode, compiled(_gradient_attack(
+            v.name, logits_fn, modes.functions[v.mode], lead_cfg,
+            num_classes)),
+        settings=f'{attack_settings(v.name, lead_cfg)} ({LEAD})',
+        cost=attack_cost(v.name, lead_cfg, num_classes))
+
+  return [rebuilt(v) for v in variants]
 
 
 def attack_cost(name: str, cfg: config_lib.AttackConfig,
