@@ -10,6 +10,12 @@ and masked as in `benchmarks/masking_zoo.py`) and on any runs given.
 
   python benchmarks/distill_epochs.py --epochs=40,20,10
   python benchmarks/distill_epochs.py --models=quantized --runs=runs/pni
+  python benchmarks/distill_epochs.py --pool=10000 --epochs=4  # the audit's
+
+With --pool=N the source learns the model's answers on the distilled test
+images and on the first N training images (no random copies: the audit's
+`AuditConfig.distill_pool`); without, on the test images and 8 random
+points of each one's eps ball.
 """
 
 import argparse
@@ -46,13 +52,16 @@ def main():
   parser.add_argument('--eps', type=float, default=0.1)
   parser.add_argument('--distill_examples', type=int, default=500)
   parser.add_argument('--examples', type=int, default=200)
+  parser.add_argument('--pool', type=int, default=0,
+                      help='training images labelled by the model (0: none)')
   args = parser.parse_args()
   info = config_lib.DataConfig(dataset='fashion_mnist')
   test_x, test_y = data_lib.load_arrays(info, 'test')
   models = {}
   wanted = [m for m in args.models.split(',') if m]
+  train_x, train_y = data_lib.load_arrays(info, 'train')
+  pool = train_x[:args.pool].astype(np.float32) / 255.0
   if wanted:
-    train_x, train_y = data_lib.load_arrays(info, 'train')
     zoo = masking_zoo.zoo(masking_zoo.train(0, train_x, train_y))
     models.update({name: (zoo[name][0], 1) for name in wanted})
   for path in (p for p in args.runs.split(',') if p):
@@ -65,8 +74,9 @@ def main():
   print('| model | epochs | seconds | agreement | transfer leaves |\n'
         '|---|---|---|---|---|')
   for name, (fn, mc) in models.items():
-    inputs, labels = distill.training_set(fn, distilled, args.eps, 'inf',
-                                          mc_samples=mc)
+    inputs, labels = distill.training_set(
+        fn, distilled, args.eps, 'inf', mc_samples=mc,
+        copies=0 if args.pool else 8, extra=pool if args.pool else None)
     decisions = np.argmax(eot.compiled_mean_probabilities(fn, x, mc), -1)
     for epochs in (int(e) for e in args.epochs.split(',')):
       start = time.perf_counter()

@@ -169,7 +169,8 @@ def main():
       start = time.perf_counter()
       result = audit.run_audit(fn, images, labels, cfg, checks,
                                batch_size=args.examples, verbose=False,
-                               transfer_logits_fn=transfer)
+                               transfer_logits_fn=transfer,
+                               distill_pool=train_x[:checks.distill_pool])
       worst = result.get('worst_case') or next(
           r for r in result['rows'] if r['attack'] == 'combined')
       key = 'with_transfer' if transfer else 'audit'

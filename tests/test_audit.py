@@ -11,10 +11,12 @@ import tensorflow as tf
 from attack_fixtures import accuracy, logits_fn, sample_batch
 from tf_slwta import attacks
 from tf_slwta import config as config_lib
+from tf_slwta import data as data_lib
 from tf_slwta.attacks import common
 from tf_slwta.evaluation import audit
 from tf_slwta.evaluation import report
 from tf_slwta.evaluation import robustness
+from tf_slwta.modes import audit as audit_mode
 
 
 def _noisy_model(stddev):
@@ -125,6 +127,59 @@ def test_a_transfer_source_is_a_plain_argument(uint8_batch):
   statuses = {c['name']: c['status'] for c in result['checks']}
   assert statuses['transfer'] == 'passed'
   assert 'transfer' in [r['attack'] for r in result['rows']]
+
+
+def test_the_distilled_source_learns_the_models_answers_on_a_pool(
+    uint8_batch, monkeypatch):
+  # Without a transfer source the audit distils one; given training images
+  # (`distill_pool`), it learns the model's answers on the first
+  # `AuditConfig.distill_pool` of them too, with no random copies.
+  images, labels = uint8_batch
+  attack, checks = _audit_settings()
+  checks = dataclasses.replace(checks, distill_examples=8, distill_pool=30)
+  seen = []
+
+  class Stop(Exception):
+    pass
+
+  def recorded(fn, around, eps, norm, **kwargs):
+    seen.append(dict(kwargs, around=around))
+    raise Stop  # The distilled source is the audit's first part.
+
+  monkeypatch.setattr(audit.distill, 'distill', recorded)
+  pool = np.full([40, 28, 28, 1], 51, np.uint8)
+  for given in (pool, None):
+    with pytest.raises(Stop):
+      audit.run_audit(logits_fn(), images[:16], labels[:16], attack, checks,
+                      verbose=False, distill_pool=given)
+  with_pool, without = seen
+  assert with_pool['around'].shape[0] == without['around'].shape[0] == 8
+  assert with_pool['extra'].shape == (30, 28, 28, 1)
+  np.testing.assert_allclose(with_pool['extra'], 0.2)
+  assert with_pool['copies'] == 0 and with_pool['epochs'] < without['epochs']
+  assert without.get('extra') is None and without.get('copies', 8) > 0
+  # The model labels the pool: its decision probabilities, no true labels.
+  inputs, soft = audit.distill.training_set(
+      logits_fn(), images[:4].astype(np.float32) / 255, 0.03, copies=0,
+      extra=pool[:6].astype(np.float32) / 255)
+  assert inputs.shape[0] == soft.shape[0] == 10
+  np.testing.assert_allclose(
+      soft[4:], tf.nn.softmax(logits_fn()(inputs[4:])).numpy(), atol=1e-5)
+  # --mode=audit gives the first training images, none with a source run.
+  config = config_lib.ExperimentConfig(
+      data=config_lib.DataConfig(dataset='synthetic'),
+      audit=config_lib.AuditConfig(distill_pool=50))
+  train, _ = data_lib.load_arrays(
+      dataclasses.replace(config.data, train_examples=50), 'train')
+  np.testing.assert_array_equal(audit_mode.distill_pool(config), train)
+  assert audit_mode.distill_pool(dataclasses.replace(
+      config, attack=config_lib.AttackConfig(transfer_from='runs/x'))) is None
+  assert audit_mode.distill_pool(dataclasses.replace(
+      config, audit=config_lib.AuditConfig(distill_pool=0))) is None
+  assert len(audit_mode.distill_pool(dataclasses.replace(  # The run's own.
+      config, data=dataclasses.replace(config.data, train_examples=20)))) == 20
+  with pytest.raises(ValueError, match='audit_distill_pool'):
+    config_lib.AuditConfig(distill_pool=-1)
 
 
 def test_attacks_at_another_threat_model_are_left_out_with_a_note():

@@ -38,6 +38,7 @@ _RENAMED = {
     'audit_escalation_rounds': ('audit', 'escalation_rounds'),
     'audit_escalation_queries': ('audit', 'escalation_queries'),
     'audit_distill_examples': ('audit', 'distill_examples'),
+    'audit_distill_pool': ('audit', 'distill_pool'),
 }
 # Flags that set a field in a second section: {flag: (section, field)}.
 # --export_name and --export_version name the export and, for
@@ -129,7 +130,8 @@ def _audit_config(v) -> config_lib.AuditConfig:
       chance_share=v['audit_chance_share'], escalate=v['audit_escalate'],
       escalation_rounds=v['audit_escalation_rounds'],
       escalation_queries=v['audit_escalation_queries'],
-      distill_examples=v['audit_distill_examples'])
+      distill_examples=v['audit_distill_examples'],
+      distill_pool=v['audit_distill_pool'])
 
 
 def _certify_config(v) -> config_lib.CertifyConfig:

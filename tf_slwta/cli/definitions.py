@@ -41,7 +41,7 @@ SECTIONS = {
               'audit_noise_draws', 'audit_eps_spot', 'audit_tolerance',
               'audit_chance_share',
               'audit_escalate', 'audit_escalation_rounds',
-              'audit_distill_examples',
+              'audit_distill_examples', 'audit_distill_pool',
               'audit_escalation_queries'),
     'certify': ('certify_sigma', 'certify_n0', 'certify_n', 'certify_alpha',
                 'certify_batch_size', 'certify_radii'),
@@ -265,6 +265,11 @@ def define(fv: flags.FlagValues) -> None:
                        'comes from a small network distilled from the model\'s '
                        'answers around the first this many test images (0: '
                        'none).', flag_values=fv)
+  flags.DEFINE_integer('audit_distill_pool', d_audit.distill_pool,
+                       'Training images (labelled by the model, not by their '
+                       'labels) the distilled source also learns from (0: '
+                       'only the audited images and points around them).',
+                       flag_values=fv)
   d_certify = config_lib.CertifyConfig()
   flags.DEFINE_float('certify_sigma', d_certify.sigma,
                      'Randomized smoothing noise std (--mode=certify).',

@@ -1,6 +1,9 @@
 """--mode=audit: the gradient-masking checklist on a run's latest checkpoint."""
 
+import dataclasses
 from typing import Optional
+
+import numpy as np
 
 import tensorflow as tf
 
@@ -15,6 +18,26 @@ from tf_slwta.modes import common
 from tf_slwta.modes import evaluate
 from tf_slwta.training import distribute
 from tf_slwta.training import state
+
+
+def distill_pool(config: config_lib.ExperimentConfig) -> Optional[np.ndarray]:
+  """The run's training images (uint8 `[M, H, W, C]`, M at most
+  --audit_distill_pool and --train_examples) whose answers the audit's
+  distilled transfer source also learns, or None when it builds no
+  distilled source (a --transfer_from run is given)."""
+  wanted = config.audit.distill_pool
+  if config.data.train_examples:
+    wanted = min(wanted, config.data.train_examples)
+  if (not wanted or not config.audit.distill_examples or
+      config.attack.transfer_from):
+    return None
+  try:
+    images, _ = data_lib.load_arrays(
+        dataclasses.replace(config.data, train_examples=wanted), 'train')
+  except data_lib.DataError:  # A smaller training split: all of it.
+    images, _ = data_lib.load_arrays(
+        dataclasses.replace(config.data, train_examples=0), 'train')
+  return images[:wanted]
 
 
 def run(config: config_lib.ExperimentConfig, folder: run_folder.RunFolder,
@@ -44,7 +67,8 @@ def run(config: config_lib.ExperimentConfig, folder: run_folder.RunFolder,
         batch_size=config.data.eval_batch_size,
         transfer_logits_fn=evaluate.transfer_source(
             config.attack.transfer_from, strategy),
-        examples=examples, folder=where, **evaluate.scale_out(config, strategy))
+        examples=examples, folder=where, distill_pool=distill_pool(config),
+        **evaluate.scale_out(config, strategy))
     if not distribute.is_chief(strategy):
       return result
     result['notes'] = evaluate.table_notes(config.output_dir) + result['notes']
