@@ -60,7 +60,8 @@ def main():
   models = {}
   wanted = [m for m in args.models.split(',') if m]
   train_x, train_y = data_lib.load_arrays(info, 'train')
-  pool = train_x[:args.pool].astype(np.float32) / 255.0
+  pool = (train_x[:args.pool].astype(np.float32) / 255.0 if args.pool
+          else None)
   if wanted:
     zoo = masking_zoo.zoo(masking_zoo.train(0, train_x, train_y))
     models.update({name: (zoo[name][0], 1) for name in wanted})
@@ -76,7 +77,7 @@ def main():
   for name, (fn, mc) in models.items():
     inputs, labels = distill.training_set(
         fn, distilled, args.eps, 'inf', mc_samples=mc,
-        copies=0 if args.pool else 8, extra=pool if args.pool else None)
+        copies=0 if args.pool else 8, extra=pool)
     decisions = np.argmax(eot.compiled_mean_probabilities(fn, x, mc), -1)
     for epochs in (int(e) for e in args.epochs.split(',')):
       start = time.perf_counter()

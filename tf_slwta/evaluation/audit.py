@@ -629,24 +629,19 @@ def run_audit(logits_fn: attacks.eot.LogitsFn, images: np.ndarray,
   if distilled:  # A transfer source that needs no other run.
     clock = time.perf_counter()
     around = min(len(images), audit.distill_examples)
-    if len(pool):  # The model's answers on the images and on the pool.
-      transfer_logits_fn = distill.distill(
-          replicas[0].logits_fn,
-          data_lib.to_float_image(images[:around]).numpy(),
-          attack.aa_eps, attack.aa_norm, mc_samples=attack.mc_samples,
-          extra=data_lib.to_float_image(pool).numpy(), seed=attack.seed,
-          copies=0, epochs=_POOL_DISTILL_EPOCHS)
-      transfer_settings = (f'APGD-CE on a network distilled from the '
-                           f'model\'s answers on {around} of these images '
-                           f'and {len(pool):,} training images')
-    else:  # Around the images: them and random points of their balls.
-      transfer_logits_fn = distill.distill(
-          replicas[0].logits_fn,
-          data_lib.to_float_image(images[:around]).numpy(),
-          attack.aa_eps, attack.aa_norm, mc_samples=attack.mc_samples,
-          seed=attack.seed, epochs=_TABLE_DISTILL_EPOCHS)
-      transfer_settings = (f'APGD-CE on a network distilled from the '
-                           f'model\'s answers around {around} images')
+    # The model's answers on the images and the pool, or (no pool) on the
+    # images and random points of their eps balls.
+    transfer_logits_fn = distill.distill(
+        replicas[0].logits_fn,
+        data_lib.to_float_image(images[:around]).numpy(),
+        attack.aa_eps, attack.aa_norm, mc_samples=attack.mc_samples,
+        extra=data_lib.to_float_image(pool).numpy() if len(pool) else None,
+        seed=attack.seed, copies=0 if len(pool) else 8,
+        epochs=_POOL_DISTILL_EPOCHS if len(pool) else _TABLE_DISTILL_EPOCHS)
+    transfer_settings = (
+        f'APGD-CE on a network distilled from the model\'s answers ' +
+        (f'on {around} of these images and {len(pool):,} training images'
+         if len(pool) else f'around {around} images'))
     seconds['distill'] = time.perf_counter() - clock
   # What the parts' records depend on besides the model (the caller's
   # folder is keyed by that): no paths, so a moved run keeps its record.
