@@ -4,6 +4,7 @@ On one trained run and the same test images, side by side, each on a fresh
 copy of the run folder (no evaluation record to reuse):
 
   aa_rand      python main.py --mode=evaluate --flagfile=attacks/autoattack_rand.cfg
+               (and with other --attack_seed values: --aa_rand_seeds=0,1)
   audit        python main.py --mode=audit --flagfile=attacks/audit_cpu.cfg
   audit_before the same audit with another checkout's code (--before=DIR,
                e.g. a `git worktree` of an older commit), its own flagfile
@@ -117,6 +118,9 @@ def main():
   parser.add_argument('--examples', type=int, default=200)
   parser.add_argument('--before', default='',
                       help='another checkout whose audit to time as well')
+  parser.add_argument('--aa_rand_seeds', default='0',
+                      help='attack seeds of AutoAttack-rand, one run each '
+                      '(its own spread from seed to seed)')
   parser.add_argument('--skip', default='',
                       help='commands to leave out: aa_rand,audit,...')
   parser.add_argument('--output', default='runs/audit_cost.json')
@@ -127,10 +131,11 @@ def main():
   args = parser.parse_args()
   common = [f'--aa_eps={args.aa_eps}', f'--mc_samples={args.mc_samples}',
             f'--eval_examples={args.examples}']
-  jobs = [('aa_rand', REPO, ['--mode=evaluate',
-                             '--flagfile=attacks/autoattack_rand.cfg',
-                             *common]),
-          ('audit', REPO, ['--flagfile=attacks/audit_cpu.cfg', *common])]
+  jobs = [(f'aa_rand{"" if seed == "0" else "_seed" + seed}', REPO,
+           ['--mode=evaluate', '--flagfile=attacks/autoattack_rand.cfg',
+            f'--attack_seed={seed}', *common])
+          for seed in args.aa_rand_seeds.split(',')]
+  jobs.append(('audit', REPO, ['--flagfile=attacks/audit_cpu.cfg', *common]))
   if args.before:
     flagfile = os.path.join(args.before, 'flags', 'attacks', 'audit_cpu.cfg')
     jobs.append(('audit_before', os.path.abspath(args.before),

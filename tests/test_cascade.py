@@ -113,15 +113,20 @@ def test_the_cascades_lead_mode_runs_its_own_steps():
           '--cascade_lead_steps' in note), note
 
 
-def test_the_lead_steps_stay_in_the_lead_mode():
-  # A stochastic model attacked in several modes: only the APGD attacks of
-  # the first (cheapest) mode take the lead's steps.
+def _small_lwta():
+  """A small stochastic LWTA model's logits function (fixed seeds)."""
   keras.utils.set_random_seed(3)
   model = keras.Sequential([
       keras.layers.Input((28, 28, 1)), keras.layers.Flatten(),
       keras.layers.Dense(16), lwta.LWTA(competitors=2, seed=4),
       keras.layers.Dense(10)])
-  fn = lambda images: model(images, training=False)
+  return lambda images: model(images, training=False)
+
+
+def test_the_lead_steps_stay_in_the_lead_mode():
+  # A stochastic model attacked in several modes: only the APGD attacks of
+  # the first (cheapest) mode take the lead's steps.
+  fn = _small_lwta()
   x, _ = sample_batch(8)
   cfg = dataclasses.replace(
       _SUITE, attacks=('apgd_ce', 'apgd_dlr'), cascade=True,
@@ -137,6 +142,93 @@ def test_the_lead_steps_stay_in_the_lead_mode():
   assert sorted(steps.values()) == ['', '', '40', '40'], steps
   assert all((steps[key] == '40') == key.endswith('/' + lead_mode)
              for key in steps), steps
+
+
+def test_the_focus_stage_runs_aa_rand_in_the_randomized_modes_only(
+    monkeypatch):
+  # --cascade_focus: APGD-CE with AutoAttack-rand's EOT and steps, after
+  # the iterative attacks, in each gradient mode with randomness.
+  fn = _small_lwta()
+  x, y = sample_batch(8)
+  cfg = dataclasses.replace(
+      _SUITE, attacks=('apgd_ce', 'square'), cascade=True,
+      cascade_focus=0.25, cascade_focus_eot=3, cascade_focus_steps=7,
+      gradient_modes=('expected', 'sample'), eot_samples=2, mc_samples=2)
+  modes = attack_suite.gradient_modes(fn, cfg, True, x[:4])
+  order = attack_suite.cascade_order(
+      attack_suite.attack_variants(fn, cfg, modes, stochastic=True))
+  labels = [v.label for v in order]
+  assert labels[:3] == ['apgd_ce/expected', 'apgd_ce/sample',
+                        'apgd_ce_focus/sample'], labels
+  assert labels[3].startswith('square'), labels
+  focus = order[2]
+  assert focus.focus == 0.25 and '7 steps, EOT 3' in focus.settings
+  calls = []  # What the variant asks of APGD (its randomness is the model's).
+
+  def apgd(logits, images, labels, eps, **kwargs):
+    calls.append((logits, eps, kwargs))
+    return tf.identity(images)
+
+  monkeypatch.setattr(attacks, 'apgd', apgd)
+  focus.run(x, y, tf.constant(5, tf.int64))
+  (logits, eps, kwargs), = calls
+  assert logits is fn and eps == cfg.aa_eps
+  assert kwargs['gradient_fn'] is modes.functions['sample']
+  assert {k: kwargs[k] for k in ('loss', 'steps', 'eot_samples',
+                                 'mc_samples', 'restarts')} == dict(
+                                     loss='ce', steps=7, eot_samples=3,
+                                     mc_samples=2, restarts=1)
+  monkeypatch.undo()
+  # None for a deterministic model, or without a cascade.
+  for stochastic, cascade in ((False, True), (True, False)):
+    assert not [v for v in attack_suite.attack_variants(
+        fn, dataclasses.replace(cfg, cascade=cascade), modes,
+        stochastic=stochastic) if v.name.endswith('_focus')]
+  for share in (-0.1, 1.5):
+    with pytest.raises(ValueError, match='cascade_focus'):
+      dataclasses.replace(cfg, cascade_focus=share)
+
+
+def test_the_focus_stage_meets_the_images_nearest_the_boundary():
+  # The focused attack runs on the share of the images still standing
+  # whose worst point so far has the lowest margin, and on no other.
+  x, y = sample_batch(48)
+  fn = logits_fn()
+  shift = 0.2 * np.sign(np.random.default_rng(0).normal(
+      size=x.shape)).astype(np.float32)
+  met = []
+
+  def first(images, labels, seed, ids):
+    return tf.clip_by_value(images + tf.gather(shift, ids), 0.0, 1.0)
+
+  def focused(images, labels, seed, ids):
+    met.append(np.sort(ids.numpy()))
+    return tf.identity(images)
+
+  extra = lambda fn_, modes: [
+      attack_suite.Variant('apgd_ce', 'sample', first),
+      attack_suite.Variant('apgd_ce_focus', 'sample', focused, focus=0.3)]
+  cfg = dataclasses.replace(_SUITE, attacks=(), cascade=True)
+  rows = robustness.evaluate_robustness(
+      fn, np.round(x * 255).astype(np.uint8), y, cfg, batch_size=48,
+      verbose=False, extra_attacks=extra, stochastic=False)
+  # The same choice made by hand: the worse of the clean and the shifted
+  # image per example (by the decision), among those both leave right.
+  clean = np.round(x * 255).astype(np.float32) / 255.0
+  shifted = first(tf.constant(clean), y, 0, tf.range(48)).numpy()
+  probs = [tf.nn.softmax(fn(tf.constant(c))).numpy() for c in (clean,
+                                                                shifted)]
+  right = np.stack([p.argmax(-1) == y for p in probs])
+  margin = np.stack([np.log(p[np.arange(48), y]) - np.log(np.where(
+      np.eye(10, dtype=bool)[y], 0, p).max(-1)) for p in probs])
+  standing = np.flatnonzero(right.all(axis=0))
+  closest = margin.min(axis=0)[standing]
+  want = np.sort(standing[np.argsort(closest)[:int(np.ceil(
+      0.3 * len(standing)))]])
+  assert 4 <= len(standing) < 48 and len(met) == 1, (standing, met)
+  np.testing.assert_array_equal(met[0], want)
+  note = next(n for n in robustness.table_notes(rows) if 'cascade' in n)
+  assert f'apgd_ce_focus/sample {len(want)} -> 0' in note, note
 
 
 class _Replay:

@@ -28,6 +28,7 @@ SECTIONS = {
                'square_p_init', 'square_samples', 'gradient_modes',
                'transfer_from',
                'decision_repeats', 'cascade', 'cascade_lead_steps',
+               'cascade_focus', 'cascade_focus_eot', 'cascade_focus_steps',
                'decision_block',
                'decision_z', 'passes_per_call', 'max_call_images'),
     'train': ('epochs', 'kl_anneal_epochs', 'learning_rate', 'momentum', 'nesterov',
@@ -428,6 +429,19 @@ def define(fv: flags.FlagValues) -> None:
                        'APGD iterations of the attacks in the cascade\'s '
                        'lead mode (that of its first attack, the one that '
                        'meets every image; 0: --apgd_steps).',
+                       flag_values=fv)
+  flags.DEFINE_float('cascade_focus', d_attack.cascade_focus,
+                     'Share in [0, 1] of the images a stochastic model\'s '
+                     'cascade leaves after its iterative attacks, those '
+                     'nearest the decision boundary, that APGD-CE then '
+                     'attacks with --cascade_focus_eot passes per gradient '
+                     'and --cascade_focus_steps steps in every randomized '
+                     'gradient mode (0: none).', flag_values=fv)
+  flags.DEFINE_integer('cascade_focus_eot', d_attack.cascade_focus_eot,
+                       'EOT passes per gradient of the --cascade_focus '
+                       'stage.', flag_values=fv)
+  flags.DEFINE_integer('cascade_focus_steps', d_attack.cascade_focus_steps,
+                       'APGD iterations of the --cascade_focus stage.',
                        flag_values=fv)
   flags.DEFINE_integer('decision_block', d_attack.decision_block,
                        'Passes a stochastic decision draws at a time until '

@@ -327,12 +327,21 @@ class _BatchEvaluator:
     # points above the audit without a cascade).
     standing = clean_ok.any(axis=0)
     ids = np.arange(len(y))
+    # The worst point found so far per image, for a focused attack's choice.
+    found = scoring.Candidates([x], [clean_ok], [clean_probs])
     for part, variant in enumerate(self.variants, start=1):
       label = variant.label
       saved = (record.load_part(index, label, inputs) if record is not None
                else None)
       if saved is None:
         todo = ids[standing] if self.cascade else ids
+        if self.cascade and variant.focus and len(todo):
+          # The share `focus` of the standing images, nearest the decision
+          # boundary first (by the worst point any attack found).
+          _, worst_ok, worst_probs = found.worst(y)
+          nearest = scoring.nearest_first(worst_ok, worst_probs, y)
+          nearest = nearest[standing[nearest]]
+          todo = np.sort(nearest[:int(np.ceil(variant.focus * len(todo)))])
         output, probs = x.copy(), clean_probs.copy()
         ok = np.ones_like(clean_ok)
         start = time.perf_counter()
@@ -352,6 +361,7 @@ class _BatchEvaluator:
         if record is not None:
           record.save_part(index, label, saved, inputs)
       outputs[label] = saved
+      found.add(saved['output'], saved['ok'], saved['probs'])
       broke = standing & ~saved['ok'].any(axis=0)
       standing &= ~broke
       out[f'seconds/{label}'] = np.float64(saved['seconds'])
@@ -707,7 +717,8 @@ def table_notes(rows: Sequence[Dict[str, object]]) -> List[str]:
         ', '.join(f'{c["attack"]} {c["attacked"]} -> {c["broke"]}'
                   for c in cascade) + '.' +
         ''.join(f' {c["attack"]} ran {c["settings"]}.' for c in cascade
-                if attack_suite.LEAD in c.get('settings', '')) +
+                if attack_suite.LEAD in c.get('settings', '') or
+                '--cascade_focus' in c.get('settings', '')) +
         ' The per-attack table takes --nocascade.')
   inert = rows[0].get('inert_modes') if rows else ''
   if inert:

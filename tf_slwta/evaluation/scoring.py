@@ -63,6 +63,22 @@ def _margin(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
       tf.constant(probs), tf.constant(y, tf.int64)).numpy()
 
 
+def nearest_first(ok: np.ndarray, probs: np.ndarray,
+                  y: np.ndarray) -> np.ndarray:
+  """Example indices `[B]`, those nearest the decision boundary first.
+
+  Args:
+    ok: bool `[R, B]`, each example's repeated decisions are right.
+    probs: float `[B, K]`, its mean decision probabilities.
+    y: int labels `[B]` in [0, K).
+
+  Returns:
+    int `[B]`: fewest right decisions first, then the lowest margin
+    log p_y - max_{i != y} log p_i (the order of `Candidates.worst`).
+  """
+  return np.lexsort((_margin(probs, y), ok.mean(axis=0)))
+
+
 @dataclasses.dataclass
 class Row:
   """One table row's per-image outcomes, batch after batch."""
