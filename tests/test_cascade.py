@@ -189,6 +189,32 @@ def test_the_focus_stage_runs_aa_rand_in_the_randomized_modes_only(
       dataclasses.replace(cfg, cascade_focus=share)
 
 
+def test_some_attacks_skip_the_randomized_modes():
+  # --randomized_mode_attacks: the attacks not listed run only where a
+  # gradient takes one pass, or in the first mode if none does.
+  fn = _small_lwta()
+  x, _ = sample_batch(8)
+  cfg = dataclasses.replace(
+      _SUITE, attacks=('apgd_ce', 'apgd_dlr'), cascade=True,
+      gradient_modes=('expected', 'sample'),
+      randomized_mode_attacks=('apgd_ce',))
+  modes = attack_suite.gradient_modes(fn, cfg, True, x[:4])
+  assert modes.deterministic == ('expected',)
+  labels = lambda c, m: [v.label for v in attack_suite.cascade_order(
+      attack_suite.attack_variants(fn, c, m, stochastic=True))]
+  assert labels(cfg, modes) == ['apgd_ce/expected', 'apgd_dlr/expected',
+                                'apgd_ce/sample']
+  every = dataclasses.replace(cfg, randomized_mode_attacks=())
+  assert labels(every, modes) == [
+      'apgd_ce/expected', 'apgd_dlr/expected', 'apgd_ce/sample',
+      'apgd_dlr/sample']
+  sampled = dataclasses.replace(cfg, gradient_modes=('sample',))
+  assert labels(sampled, attack_suite.gradient_modes(
+      fn, sampled, True, x[:4])) == ['apgd_ce/sample', 'apgd_dlr/sample']
+  with pytest.raises(ValueError, match='randomized_mode_attacks'):
+    dataclasses.replace(cfg, randomized_mode_attacks=('square',))
+
+
 def test_the_focus_stage_meets_the_images_nearest_the_boundary():
   # The focused attack runs on the share of the images still standing
   # whose worst point so far has the lowest margin, and on no other.

@@ -412,6 +412,14 @@ class AttackConfig:
       a subset of `GRADIENT_MODES`, or ('auto',): every mode for a model
       whose passes differ, 'sample' alone for a deterministic one. Each mode
       runs every gradient attack; each image keeps its worst case.
+    randomized_mode_attacks: the gradient attacks of `attacks` that also
+      run in the gradient modes with randomness (EOT over passes: 'sample',
+      'straight_through', the temperatures); the others run only in the
+      modes without it (one pass per gradient), or in the first mode when
+      every mode has randomness. () runs every one in every mode. In the
+      audit's cascade on the PNI row and the LWTA recipe, APGD-DLR broke
+      no image in a randomized mode that APGD-CE and APGD-margin had left
+      in it (BENCHMARKS.md).
     transfer_from: run folder of the source model of the 'transfer' attack
       ('' for none): APGD-CE with the aa_* budget on the source, scored on
       the attacked model.
@@ -479,6 +487,7 @@ class AttackConfig:
   square_p_init: float = 0.8
   square_samples: int = 0
   gradient_modes: Tuple[str, ...] = ('auto',)
+  randomized_mode_attacks: Tuple[str, ...] = ()
   transfer_from: str = ''
   decision_repeats: int = 5
   cascade: bool = False
@@ -504,6 +513,8 @@ class AttackConfig:
   def __post_init__(self):
     for name in self.attacks:
       _check_choice('attacks', name, ATTACKS)
+    for name in self.randomized_mode_attacks:
+      _check_choice('randomized_mode_attacks', name, GRADIENT_ATTACKS)
     _check_choice('aa_norm', self.aa_norm, AA_NORMS)
     _check_at_least('aa_eps', self.aa_eps, 0)
     for name in ('apgd_steps', 'apgd_restarts', 'apgd_target_classes',

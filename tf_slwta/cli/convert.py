@@ -165,11 +165,13 @@ def _serve_config(v) -> config_lib.ServeConfig:
 
 
 def _attack_config(v) -> config_lib.AttackConfig:
-  special = ('attacks', 'attack_seed', 'gradient_modes')
+  special = ('attacks', 'attack_seed', 'gradient_modes',
+             'randomized_mode_attacks')
   names = [n for n in definitions.SECTIONS['attack'] if n not in special]
   return config_lib.AttackConfig(
       attacks=tuple(v['attacks']), seed=v['attack_seed'],
       gradient_modes=tuple(v['gradient_modes']),
+      randomized_mode_attacks=tuple(v['randomized_mode_attacks']),
       **{name: v[name] for name in names})
 
 

@@ -26,6 +26,7 @@ SECTIONS = {
                'mc_samples', 'attack_seed', 'aa_norm', 'aa_eps', 'apgd_steps',
                'apgd_restarts', 'apgd_target_classes', 'square_queries',
                'square_p_init', 'square_samples', 'gradient_modes',
+               'randomized_mode_attacks',
                'transfer_from',
                'decision_repeats', 'cascade', 'cascade_lead_steps',
                'cascade_focus', 'cascade_focus_eot', 'cascade_focus_steps',
@@ -401,6 +402,13 @@ def define(fv: flags.FlagValues) -> None:
   flags.DEFINE_integer('square_samples', d_attack.square_samples,
                        'Passes per margin estimate when Square searches a '
                        'stochastic model (0: --mc_samples).', flag_values=fv)
+  flags.DEFINE_list('randomized_mode_attacks',
+                    list(d_attack.randomized_mode_attacks),
+                    'The gradient attacks of --attacks that also run in the '
+                    'gradient modes with randomness (sample, '
+                    'straight_through, the temperatures); the others run '
+                    'only in the modes without (empty: all in every mode).',
+                    flag_values=fv)
   flags.DEFINE_list('gradient_modes', list(d_attack.gradient_modes),
                     'How gradient attacks differentiate a stochastic model: '
                     'auto (every mode the model\'s layers respond to, if it '

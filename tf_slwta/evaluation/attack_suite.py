@@ -258,10 +258,16 @@ def attack_variants(logits_fn: eot.LogitsFn, cfg: config_lib.AttackConfig,
   # noise layers) would repeat one pass: one is enough.
   settings = {mode: cfg if mode not in modes.deterministic else
               dataclasses.replace(cfg, eot_samples=1) for mode in modes.names}
+  # Where an attack outside `cfg.randomized_mode_attacks` runs: the modes
+  # without randomness, or the first mode if every one has some.
+  quiet = modes.deterministic or tuple(modes.names[:1])
   variants = []
   for name in cfg.attacks:
     if name in config_lib.GRADIENT_ATTACKS:
       for mode, fn in modes.functions.items():
+        if (cfg.randomized_mode_attacks and mode not in quiet and
+            name not in cfg.randomized_mode_attacks):
+          continue
         variants.append(Variant(
             name, mode, compiled(_gradient_attack(
                 name, logits_fn, fn, settings[mode], num_classes)),
