@@ -12,7 +12,10 @@ copy of the run folder (no evaluation record to reuse):
 with the run's radius (--aa_eps) and decision rule (--mc_samples). Prints
 for each: wall-clock seconds, the worst case with its Monte Carlo and image
 standard errors, and for the audits the attack seconds of each part (table,
-eps sweep, steps sweep, ...) summed from their evaluation records.
+eps sweep, steps sweep, ...) summed from their evaluation records. The
+first attack of each table (APGD-CE, 100 steps, the cheapest mode, every
+image: the same work in both) gauges the machine's speed during each
+command: a shared CPU's speed drifts by 20% or more between runs.
 
   python benchmarks/audit_cost.py --run=runs/slwta_seed_cnn_fashion_mnist \\
       --aa_eps=0.0314 --mc_samples=10 --examples=200 --before=../before
@@ -70,6 +73,24 @@ def _part_seconds(folder):
   return parts
 
 
+def _lead_seconds(folder):
+  """(label, attack seconds) of the table's first attack, from the newest
+  evaluation's records: in AutoAttack-rand and the audit the same work
+  (APGD-CE, 100 steps, the cheapest mode, every image), so its seconds
+  gauge how fast the machine ran during each command."""
+  evaluations = sorted(glob.glob(os.path.join(folder, 'evaluations', '*')),
+                       key=os.path.getmtime)
+  label, total = '', 0.0
+  for path in glob.glob(os.path.join(evaluations[-1] if evaluations else '',
+                                     'batches', 'batch-*.npz')):
+    with open(path, 'rb') as f:
+      arrays = np.load(io.BytesIO(f.read()))
+      first = next((k for k in arrays.files if k.startswith('seconds/')), '')
+      if first:
+        label, total = first[len('seconds/'):], total + float(arrays[first])
+  return label, total
+
+
 # Run in another checkout: keeps of config.json only the settings that
 # checkout knows (a run trained by newer code records fields it lacks).
 _KNOWN_SETTINGS = r"""
@@ -107,7 +128,8 @@ def run(label, code, args, source, scratch):
   return {'command': label, 'seconds': round(seconds, 1),
           'worst_case': worst['accuracy'], 'mc_se': worst.get('mc_se', 0.0),
           'image_se': worst.get('image_se', 0.0),
-          'examples': worst['examples'], 'parts': _part_seconds(folder)}
+          'examples': worst['examples'], 'parts': _part_seconds(folder),
+          'lead': _lead_seconds(folder)}
 
 
 def main():
@@ -155,13 +177,15 @@ def main():
   print(f'\n{args.run}, {args.examples} images, eps {args.aa_eps}, '
         f'{args.mc_samples} passes per decision:\n')
   print('| command | seconds | x aa_rand | worst case (%) | parts (attack s) '
-        '|\n|---|---|---|---|---|')
+        '| first attack (s; the machine\'s speed) |\n'
+        '|---|---|---|---|---|---|')
   for r in results:
     parts = ', '.join(f'{k} {v:.0f}' for k, v in sorted(r['parts'].items()))
     ratio = f'{r["seconds"] / base:.2f}' if base else '-'
     print(f'| {r["command"]} | {r["seconds"]:.0f} | {ratio} | '
           f'{100 * r["worst_case"]:.1f} ± {100 * r["mc_se"]:.1f} MC ± '
-          f'{100 * r["image_se"]:.1f} img | {parts} |')
+          f'{100 * r["image_se"]:.1f} img | {parts} | {r["lead"][0]} '
+          f'{r["lead"][1]:.1f} |')
   os.makedirs(os.path.dirname(args.output) or '.', exist_ok=True)
   with open(args.output, 'w') as f:
     json.dump(results, f, indent=2)
