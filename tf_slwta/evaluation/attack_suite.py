@@ -307,7 +307,7 @@ def focus_variants(logits_fn: eot.LogitsFn, cfg: config_lib.AttackConfig,
       cfg, eot_samples=cfg.cascade_focus_eot,
       apgd_steps=cfg.cascade_focus_steps, apgd_restarts=1)
   # APGD-DLR as well (AutoAttack-rand's second attack) broke none of the 10
-  # images per mode it met on the PNI row, for 15% more audit time.
+  # images per mode it met on the PNI row, for about 30 s more table time.
   return [Variant(
       'apgd_ce_focus', mode, compiled(_gradient_attack(
           'apgd_ce', logits_fn, fn, focus_cfg, num_classes)),
@@ -554,9 +554,9 @@ def attack_settings(name: str, cfg: config_lib.AttackConfig) -> str:
 
 # The cascade's order (`cascade_order`) runs in stages (`CASCADE_STAGES`):
 # the iterative gradient attacks, the focus stage (`focus_variants`), then
-# one gradient step, transfer, Square and random noise, so that the worst case before and after each stage
-# says what the stage found that the ones before it missed (the audit's
-# checks). Within the gradient stages, modes whose surrogate has no
+# one gradient step, transfer, Square and random noise, so that the worst
+# case before and after each stage says what the stage found that the ones
+# before it missed (the audit's checks). Within the gradient stages, modes whose surrogate has no
 # randomness first (one pass per gradient), then the sampled ones; within a
 # mode the attacks that broke the most images per second on this project's
 # models first (BENCHMARKS.md, "The audit's cost").
@@ -564,8 +564,8 @@ _MODE_ORDER = ('expected', 'straight_through', 'training_temperature',
                'soft_temperature', 'sample')
 _ATTACK_ORDER = ('previous', 'apgd_ce', 'apgd_margin', 'apgd_dlr', 'pgd_linf',
                  'pgd_l2', 'apgd_t', 'cw', 'apgd_ce_focus', 'single_step',
-                 'fgsm',
-                 'distilled', 'transfer', 'square', 'square_escalated', 'random_noise')
+                 'fgsm', 'distilled', 'transfer', 'square', 'square_escalated',
+                 'random_noise')
 # (stage, the attacks in it); any other attack is 'iterative'.
 CASCADE_STAGES = (('previous', ('previous',)),
                   ('iterative', ()),
