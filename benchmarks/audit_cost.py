@@ -13,9 +13,11 @@ with the run's radius (--aa_eps) and decision rule (--mc_samples). Prints
 for each: wall-clock seconds, the worst case with its Monte Carlo and image
 standard errors, and for the audits the attack seconds of each part (table,
 eps sweep, steps sweep, ...) summed from their evaluation records. The
-first attack of each table (APGD-CE, 100 steps, the cheapest mode, every
-image: the same work in both) gauges the machine's speed during each
-command: a shared CPU's speed drifts by 20% or more between runs.
+seconds of each table's first attack (APGD-CE, 100 steps, the cheapest
+mode, every image, in both commands) are a crude gauge of the machine's
+speed during each command (a shared CPU's speed drifts by 20% or more
+between runs; set-up costs a command paid earlier shorten it: on the
+LWTA recipe the audit's took half AutoAttack-rand's).
 
   python benchmarks/audit_cost.py --run=runs/slwta_seed_cnn_fashion_mnist \\
       --aa_eps=0.0314 --mc_samples=10 --examples=200 --before=../before
@@ -75,9 +77,9 @@ def _part_seconds(folder):
 
 def _lead_seconds(folder):
   """(label, attack seconds) of the table's first attack, from the newest
-  evaluation's records: in AutoAttack-rand and the audit the same work
-  (APGD-CE, 100 steps, the cheapest mode, every image), so its seconds
-  gauge how fast the machine ran during each command."""
+  evaluation's records: in AutoAttack-rand and the audit the same attack
+  (APGD-CE, 100 steps, the cheapest mode, every image), a crude gauge of
+  how fast the machine ran during each command."""
   evaluations = sorted(glob.glob(os.path.join(folder, 'evaluations', '*')),
                        key=os.path.getmtime)
   label, total = '', 0.0
@@ -177,7 +179,7 @@ def main():
   print(f'\n{args.run}, {args.examples} images, eps {args.aa_eps}, '
         f'{args.mc_samples} passes per decision:\n')
   print('| command | seconds | x aa_rand | worst case (%) | parts (attack s) '
-        '| first attack (s; the machine\'s speed) |\n'
+        '| first attack (s; a crude gauge of the machine\'s speed) |\n'
         '|---|---|---|---|---|---|')
   for r in results:
     parts = ', '.join(f'{k} {v:.0f}' for k, v in sorted(r['parts'].items()))
