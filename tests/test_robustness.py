@@ -86,17 +86,18 @@ def _noisy(stddev=2.0):
                                               stddev=stddev)
 
 
-def test_stochastic_rows_carry_their_monte_carlo_spread(uint8_batch):
+@pytest.mark.parametrize('seed', [0, 1])
+def test_stochastic_rows_carry_their_monte_carlo_spread(uint8_batch, seed):
   images, labels = uint8_batch
   cfg = config_lib.AttackConfig(attacks=('fgsm', 'pgd_linf'), fgsm_eps=0.02,
                                 pgd_eps=0.02, pgd_alpha=0.005, pgd_steps=3,
                                 eot_samples=2, mc_samples=3,
-                                decision_repeats=4)
+                                decision_repeats=12, seed=seed)
   rows = robustness.evaluate_robustness(_noisy(), images, labels, cfg,
                                         verbose=False)
   by_name = {r['attack']: r for r in rows}
   for row in rows:
-    assert row['repeats'] == 4 and row['mc_se'] > 0
+    assert row['repeats'] == 12 and row['mc_se'] > 0
     assert row['image_se'] == pytest.approx(np.sqrt(
         row['accuracy'] * (1 - row['accuracy']) / len(labels)))
   # The toy model has no layers that apply the other gradient modes: they
@@ -108,9 +109,16 @@ def test_stochastic_rows_carry_their_monte_carlo_spread(uint8_batch):
   natural = by_name['natural']['accuracy']
   for name in ('fgsm', 'pgd_linf'):
     assert by_name[name]['accuracy'] <= natural + 3 * by_name[name]['mc_se']
-  worst = min(by_name['fgsm']['accuracy'], by_name['pgd_linf']['accuracy'])
-  spread = 3 * max(by_name['combined']['mc_se'], 0.01)
-  assert by_name['combined']['accuracy'] <= worst + spread
+  # Each row and the combined one are independent estimates, each with its
+  # own Monte Carlo error: the combined row's pick was as bad for the model
+  # as the strongest row's (measured with 200 decisions per candidate on
+  # this toy: 66.8% vs 66.3% right), but its number can sit above that
+  # row's by their joint error (with 4 repeats once 3.9 points above, 1.6
+  # joint s.e.; the note under the table says so).
+  for name in ('fgsm', 'pgd_linf'):
+    joint = np.hypot(by_name['combined']['mc_se'], by_name[name]['mc_se'])
+    assert by_name['combined']['accuracy'] <= (
+        by_name[name]['accuracy'] + 4 * max(joint, 0.005))
   assert by_name['pgd_linf']['accuracy'] < natural - 0.05
 
 
