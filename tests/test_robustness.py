@@ -112,9 +112,9 @@ def test_stochastic_rows_carry_their_monte_carlo_spread(uint8_batch, seed):
   # Each row and the combined one are independent estimates, each with its
   # own Monte Carlo error: the combined row's pick was as bad for the model
   # as the strongest row's (measured with 200 decisions per candidate on
-  # this toy: 66.8% vs 66.3% right), but its number can sit above that
-  # row's by their joint error (with 4 repeats once 3.9 points above, 1.6
-  # joint s.e.; the note under the table says so).
+  # this toy with logit noise s.d. 1: 66.8% vs FGSM's 66.3% right, where
+  # 4 repeats scored them 68.5% and 64.6%), but its number can sit above
+  # that row's by their joint error (the note under the table says so).
   for name in ('fgsm', 'pgd_linf'):
     joint = np.hypot(by_name['combined']['mc_se'], by_name[name]['mc_se'])
     assert by_name['combined']['accuracy'] <= (
