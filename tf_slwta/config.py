@@ -439,8 +439,9 @@ class AttackConfig:
       cascade leaves standing after its iterative stage that AutoAttack's
       randomized APGD-CE then meets in full, with cascade_focus_eot passes
       per gradient and cascade_focus_steps steps, in every gradient mode
-      with randomness, on the images nearest the decision boundary (fewest wrong decisions, then the lowest margin
-      of the worst point found so far). 0: no such stage. On the PNI row
+      with randomness, on the images nearest the decision boundary (fewest
+      right decisions, then the lowest margin of the worst point found so
+      far; `scoring.nearest_first`). 0: no such stage. On the PNI row
       the images that EOT 20 x 100 broke after the lead mode were among
       the 3 nearest the boundary of 86, seed after seed (BENCHMARKS.md).
     cascade_focus_eot: EOT passes per gradient of that stage, >= 1.

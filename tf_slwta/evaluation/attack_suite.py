@@ -556,10 +556,11 @@ def attack_settings(name: str, cfg: config_lib.AttackConfig) -> str:
 # the iterative gradient attacks, the focus stage (`focus_variants`), then
 # one gradient step, transfer, Square and random noise, so that the worst
 # case before and after each stage says what the stage found that the ones
-# before it missed (the audit's checks). Within the gradient stages, modes whose surrogate has no
-# randomness first (one pass per gradient), then the sampled ones; within a
-# mode the attacks that broke the most images per second on this project's
-# models first (BENCHMARKS.md, "The audit's cost").
+# before it missed (the audit's checks). Within the gradient stages, modes
+# whose surrogate has no randomness first (one pass per gradient), then the
+# sampled ones; within a mode the attacks that broke the most images per
+# second on this project's models first (BENCHMARKS.md, "The audit's
+# cost").
 _MODE_ORDER = ('expected', 'straight_through', 'training_temperature',
                'soft_temperature', 'sample')
 _ATTACK_ORDER = ('previous', 'apgd_ce', 'apgd_margin', 'apgd_dlr', 'pgd_linf',
