@@ -109,7 +109,8 @@ def zoo(base):
 def outside(fn, bpda, x, y, cfg, queries):
   """The strongest outside attack: per image the worst (by 5 fresh
   decisions of 10 passes) of APGD-CE/DLR through `bpda` (3 restarts, EOT 10
-  on a noisy model) and Square with `queries`."""
+  on a noisy model) and Square with `queries`; its `scoring.summarize`
+  numbers ('accuracy', 'mc_se', 'image_se')."""
   noisy = attacks.eot.mean_probabilities(fn, x[:8], 1).numpy()
   stochastic = not np.array_equal(noisy, attacks.eot.mean_probabilities(
       fn, x[:8], 1).numpy())
@@ -128,7 +129,8 @@ def outside(fn, bpda, x, y, cfg, queries):
     pool.add(c, *scoring.decide_repeated(fn, c, y, mc, repeats))
   chosen, _, _ = pool.worst(y)
   ok, _ = scoring.decide_repeated(fn, chosen, y, mc, repeats)
-  return float(ok.mean())
+  unused = np.zeros(len(y))  # Norms: not reported here.
+  return scoring.summarize(ok, unused, unused)
 
 
 def main():
@@ -175,20 +177,22 @@ def main():
           r for r in result['rows'] if r['attack'] == 'combined')
       key = 'with_transfer' if transfer else 'audit'
       row[key] = worst['accuracy']
+      row[f'{key}_mc_se'] = worst.get('mc_se', 0.0)
       row[f'{key}_failed'] = result['failed']
       row[f'{key}_seconds'] = round(time.perf_counter() - start, 1)
     if not args.audit_only:
-      row['outside'] = outside(fn, bpda, x, labels, cfg,
-                               args.outside_queries)
+      numbers = outside(fn, bpda, x, labels, cfg, args.outside_queries)
+      row['outside'] = numbers['accuracy']
+      row['outside_mc_se'] = numbers['mc_se']
     results.append(row)
     print(json.dumps(row), flush=True)
-  print('\n| model | audit (%) | with transfer (%) | outside (%) | failed '
+  print('\n| model | audit (% ± MC s.e.) | with transfer | outside | failed '
         'checks |\n|---|---|---|---|---|')
   for r in results:
-    print(f'| {r["model"]} | {100 * r["audit"]:.1f} | '
-          f'{100 * r.get("with_transfer", float("nan")):.1f} | '
-          f'{100 * r.get("outside", float("nan")):.1f} | '
-          f'{", ".join(r["audit_failed"]) or "none"} |')
+    cell = lambda key: (f'{100 * r.get(key, float("nan")):.1f} ± '
+                        f'{100 * r.get(key + "_mc_se", float("nan")):.1f}')
+    print(f'| {r["model"]} | {cell("audit")} | {cell("with_transfer")} | '
+          f'{cell("outside")} | {", ".join(r["audit_failed"]) or "none"} |')
   os.makedirs(os.path.dirname(args.output) or '.', exist_ok=True)
   with open(args.output, 'w') as f:
     json.dump(results, f, indent=2)
